@@ -1,0 +1,172 @@
+"""The searcher contract: one abstract method, ``search(task) -> SearchResult``."""
+
+from __future__ import annotations
+
+import abc
+import inspect
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping
+
+from torch import nn
+
+from autodim.budget import full_bytes, min_feasible_bytes
+from autodim.data.datamodule import CTRDataModule
+from autodim.data.schema import Schema
+from autodim.errors import BudgetError
+from autodim.models import create_backbone
+from autodim.plan import DimensionPlan
+from autodim.task import TrainConfig
+
+__all__ = ["SearchTask", "SearchResult", "Searcher", "retrain", "Stopwatch"]
+
+
+@dataclass
+class SearchTask:
+    """Everything a searcher needs.
+
+    Attributes:
+        data: The datamodule (train batches fit weights, validation batches guide the search).
+        D: Common output dim of the embedding layer (the full model's dim).
+        budget_bytes: Byte budget of the plan's embedding (``None``: no budget).
+        candidate_dims: Dims a field may get (sorted ascending).
+        backbone, backbone_kwargs: The model on top of the embeddings (see
+            :func:`autodim.models.create_backbone`).
+        train: Trainer settings for the search's own training (epochs, lr, batch size...).
+        seed: Seed of the search.
+    """
+
+    data: CTRDataModule
+    D: int = 16
+    budget_bytes: int | None = None
+    candidate_dims: tuple[int, ...] = (1, 2, 4, 8, 16)
+    backbone: str = "fm"
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.candidate_dims = tuple(sorted(set(int(d) for d in self.candidate_dims)))
+        if not self.candidate_dims or self.candidate_dims[0] < 0 or self.candidate_dims[-1] > self.D:
+            raise BudgetError(f"candidate dims {self.candidate_dims} must lie in [0, D={self.D}]")
+
+    @property
+    def schema(self) -> Schema:
+        return self.data.schema
+
+    def make_backbone(self) -> nn.Module:
+        return create_backbone(self.backbone, self.schema.num_fields, self.D,
+                               **self.backbone_kwargs)
+
+    def full_bytes(self) -> int:
+        return full_bytes(self.schema, self.D)
+
+    def check_budget(self, align: str = "project") -> None:
+        """Raise :class:`BudgetError` naming the minimum if no candidate plan fits."""
+        if self.budget_bytes is None:
+            return
+        minimum = min_feasible_bytes(self.schema, self.D, self.candidate_dims, align)
+        if self.budget_bytes < minimum:
+            raise BudgetError(
+                f"budget {self.budget_bytes} B is below the minimum feasible budget {minimum} B "
+                f"(every field at dim {self.candidate_dims[0]} of candidates "
+                f"{list(self.candidate_dims)})")
+
+
+@dataclass
+class SearchResult:
+    """A searcher's output.
+
+    Attributes:
+        plan: The dimension plan (fits ``task.budget_bytes``).
+        history: JSON-able traces for the plots (α trajectories, sparsity, saliency,
+            generations...), plus ``search_seconds``.
+        warm_start: Optional state dict of an embedding built from ``plan`` (a retrain may
+            start from it).
+    """
+
+    plan: DimensionPlan
+    history: dict[str, Any] = field(default_factory=dict)
+    warm_start: dict[str, Any] | None = None
+
+
+class Searcher(abc.ABC):
+    """Base class of every dimension searcher.
+
+    Subclasses store their keyword-only settings in ``__init__`` (nothing else happens
+    there) and implement :meth:`search`. The lifecycle is: ``search(task)`` trains what it
+    needs on ``task.data``, decides per-field dims (or masks) that fit
+    ``task.budget_bytes``, and returns a :class:`SearchResult` whose plan carries this
+    searcher's name and settings. Register a subclass with
+    :func:`autodim.searchers.register_searcher` to make it available by name.
+
+    Class attributes:
+        name: Registry name.
+        history_keys: Keys ``search`` guarantees in ``SearchResult.history``.
+        quick_settings: Settings that make the search finish in seconds on tiny data (used
+            by the conformance suite and ``--quick`` benchmarks).
+    """
+
+    name: ClassVar[str] = ""
+    history_keys: ClassVar[tuple[str, ...]] = ()
+    quick_settings: ClassVar[Mapping[str, Any]] = {}
+
+    def get_settings(self) -> dict[str, Any]:
+        """The constructor arguments, read back from attributes of the same name."""
+        sig = inspect.signature(type(self).__init__)
+        return {p: getattr(self, p) for p in sig.parameters
+                if p != "self" and sig.parameters[p].kind != inspect.Parameter.VAR_KEYWORD}
+
+    @abc.abstractmethod
+    def search(self, task: SearchTask) -> SearchResult:
+        """Search a plan for ``task``; must respect ``task.budget_bytes`` and ``task.seed``."""
+
+    def make_plan(self, task: SearchTask, dims: Mapping[str, int], **kwargs: Any
+                  ) -> DimensionPlan:
+        """A plan from per-field dims, stamped with this searcher's provenance."""
+        return DimensionPlan.from_dims(
+            task.schema, task.D, dict(dims),
+            searcher={"name": self.name, "settings": _jsonable(self.get_settings())},
+            seed=task.seed, budget_bytes=task.budget_bytes, **kwargs)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_settings().items())
+        return f"{type(self).__name__}({args})"
+
+
+class Stopwatch:
+    """``with Stopwatch() as sw: ...; sw.seconds``."""
+
+    def __enter__(self) -> "Stopwatch":
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.seconds = time.perf_counter() - self.start
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return repr(obj)
+
+
+def retrain(task: SearchTask, result: SearchResult, *, warm_start: bool = False,
+            config: TrainConfig | None = None, test: bool = True):
+    """Train a fresh compact model from ``result.plan`` (optionally starting from the
+    searcher's ``warm_start`` weights) and return its :class:`~autodim.task.TrainResult`."""
+    from autodim.task import seed_everything, train_plan
+
+    config = config or task.train
+    embedding = None
+    if warm_start and result.warm_start is not None:
+        seed_everything(config.seed)
+        embedding = result.plan.build(sparse_threshold=config.sparse_threshold)
+        embedding.load_state_dict(result.warm_start, strict=False)
+    return train_plan(result.plan, task.data, backbone=task.backbone,
+                      backbone_kwargs=task.backbone_kwargs, config=config,
+                      embedding=embedding, test=test)

@@ -1,0 +1,91 @@
+"""CTRTask / train_plan: learning, early stopping, determinism, sparse optimiser, divergence."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from autodim.data.datamodule import CTRDataModule, TensorBatches
+from autodim.models import create_backbone, list_backbones
+from autodim.plan import DimensionPlan
+from autodim.task import (CTRTask, TrainConfig, TrainingDiverged, make_optimizers,
+                          train_plan)
+
+CFG = TrainConfig(max_epochs=3, batch_size=256, lr=5e-3, patience=1)
+
+
+@pytest.mark.parametrize("backbone", list_backbones())
+def test_every_backbone_learns(backbone, tiny_data):
+    dm = CTRDataModule(tiny_data, batch_size=256)
+    plan = DimensionPlan.full(tiny_data.schema, 8)
+    m = train_plan(plan, dm, backbone=backbone, config=CFG).metrics
+    assert m["test_auc"] > 0.6, m
+    assert m["num_bytes"] == plan.num_bytes()
+    assert math.isclose(m["compression"], 1.0)
+    assert {"val_auc", "val_logloss", "test_logloss", "epochs", "samples_per_s"} <= set(m)
+
+
+def test_same_seed_same_metrics(tiny_data):
+    plan = DimensionPlan.from_dims(tiny_data.schema, 8, [2, 4, 8, 1, 1])
+    a = train_plan(plan, CTRDataModule(tiny_data, batch_size=256), config=CFG).metrics
+    b = train_plan(plan, CTRDataModule(tiny_data, batch_size=256), config=CFG).metrics
+    assert a["test_auc"] == b["test_auc"] and a["test_logloss"] == b["test_logloss"]
+
+
+def test_early_stopping_stops_before_max_epochs(tiny_data):
+    dm = CTRDataModule(tiny_data, batch_size=256)
+    plan = DimensionPlan.full(tiny_data.schema, 16)  # overfits the noise fields quickly
+    cfg = TrainConfig(max_epochs=40, batch_size=256, lr=3e-2, patience=1)
+    m = train_plan(plan, dm, config=cfg).metrics
+    assert m["epochs"] < 40
+
+
+def test_backbones_take_batch_fields_dim():
+    emb = torch.randn(5, 3, 4)
+    for name in list_backbones():
+        assert create_backbone(name, 3, 4)(emb).shape == (5,)
+
+
+def test_sparse_tables_get_a_row_wise_optimiser(tiny_data):
+    plan = DimensionPlan.full(tiny_data.schema, 8)
+    emb = plan.build(sparse_threshold=100)  # the two noise fields (>100 rows) go sparse
+    task = CTRTask(emb, create_backbone("fm", 5, 8))
+    opts = make_optimizers(task, 1e-3)
+    kinds = sorted(type(o).__name__ for o in opts)
+    assert kinds == ["Adam", "SparseAdam"]
+    sparse_params = opts[[type(o).__name__ for o in opts].index("SparseAdam")].param_groups[0]
+    assert len(sparse_params["params"]) == 2
+
+
+def test_training_with_sparse_tables_learns(tiny_data):
+    dm = CTRDataModule(tiny_data, batch_size=256)
+    plan = DimensionPlan.full(tiny_data.schema, 8)
+    cfg = TrainConfig(max_epochs=3, batch_size=256, lr=5e-3, sparse_threshold=100)
+    assert train_plan(plan, dm, config=cfg).metrics["test_auc"] > 0.6
+
+
+def test_divergence_is_reported(tiny_data):
+    import dataclasses
+
+    import numpy as np
+
+    bad = dataclasses.replace(tiny_data, train=dataclasses.replace(
+        tiny_data.train, labels=np.full(len(tiny_data.train), np.nan, dtype=np.float32)))
+    plan = DimensionPlan.full(tiny_data.schema, 8)
+    cfg = TrainConfig(max_epochs=2, batch_size=256)
+    with pytest.raises(TrainingDiverged, match="loss became nan"):
+        train_plan(plan, CTRDataModule(bad, batch_size=256), config=cfg)
+
+
+def test_batches_are_slices_with_seeded_shuffling(tiny_data):
+    a = TensorBatches(tiny_data.train, 100, shuffle=True, seed=1)
+    b = TensorBatches(tiny_data.train, 100, shuffle=True, seed=1)
+    xa, ya = next(iter(a))
+    xb, yb = next(iter(b))
+    assert xa.dtype == torch.long and xa.shape == (100, 5)
+    assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    x2, _ = next(iter(a))  # the next epoch reshuffles
+    assert not torch.equal(xa, x2)
+    assert len(a) == math.ceil(len(tiny_data.train) / 100)
