@@ -90,7 +90,8 @@ def hashed_plan(schema: Schema, D: int, method: str, buckets: dict[str, int], *,
     for f in schema.fields:
         d = (dims or {}).get(f.name, D)
         m = buckets.get(f.name)
-        hashing = {"method": method, "buckets": int(m)} if m is not None and m < f.vocab_size else None
+        hashed = m is not None and m < f.vocab_size
+        hashing = {"method": method, "buckets": int(m)} if hashed else None
         fields.append(FieldPlan(name=f.name, vocab_size=f.vocab_size, dim=d, kind=f.kind,
                                 width=f.width, hashing=hashing if d > 0 else None))
     plan = DimensionPlan(fields=fields, D=D, schema_fingerprint=schema.fingerprint(), **meta)

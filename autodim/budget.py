@@ -137,7 +137,8 @@ def fit_dims_to_budget(schema: Schema, D: int, candidate_dims: Sequence[int],
                 continue
             extra = cost(n, k + 1) - cost(n, k)
             gain = s[n][k + 1] - s[n][k]
-            if total + extra <= budget_bytes and extra > 0 and gain > 0 and gain / extra > best_ratio:
+            fits = total + extra <= budget_bytes and extra > 0
+            if fits and gain > 0 and gain / extra > best_ratio:
                 best, best_ratio = n, gain / extra
         if best is None:
             break

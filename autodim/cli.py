@@ -148,7 +148,7 @@ def train(
 
 
 @app.command()
-def inspect(plan_path: Path = typer.Argument(..., help="A plan JSON.")):
+def inspect(plan_path: Path = typer.Argument(..., help="A plan JSON (or an export folder).")):
     """Print a plan's per-field table (dim, rows, bytes, hashing, share) and compression.
 
     Example:
@@ -157,6 +157,8 @@ def inspect(plan_path: Path = typer.Argument(..., help="A plan JSON.")):
     """
     from autodim.plan import DimensionPlan
 
+    if plan_path.is_dir() and (plan_path / "plan.json").is_file():
+        plan_path = plan_path / "plan.json"  # an export folder
     plan = DimensionPlan.load(plan_path)
     s = plan.searcher or {}
     echo(f"plan {plan_path}: searcher {s.get('name')}, D={plan.D}, seed {plan.seed}, budget "
@@ -165,6 +167,260 @@ def inspect(plan_path: Path = typer.Argument(..., help="A plan JSON.")):
     if plan.metrics:
         typer.echo("metrics: " + ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
                                            for k, v in plan.metrics.items()))
+
+
+# -- studies: search / pareto / export ---------------------------------------------------
+def _warn(msg: str) -> None:
+    typer.echo(f"warning: {msg}", err=True)
+
+
+def _parse_settings(items: list[str] | None) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE (e.g. --set epochs=2)")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+@app.command()
+def search(
+    study: Optional[Path] = typer.Argument(
+        None, help="A study file (studies/*.yaml). Leave it out for a single search run "
+                   "(--method, --data, --budget, --out)."),
+    n_trials: Optional[int] = typer.Option(None, "--n-trials", "-n",
+                                           help="Search trials the study should hold when "
+                                                "done (baselines come on top)."),
+    storage: Optional[str] = typer.Option(None, help="Optuna storage URL (default: a journal "
+                                                     "file in the study's folder); e.g. "
+                                                     "postgresql://user@host/db for many "
+                                                     "workers."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an existing study: finished "
+                                                        "trials are kept, trials left running "
+                                                        "by a crash are re-queued."),
+    method: Optional[list[str]] = typer.Option(None, "--method", "-m",
+                                               help="Study: restrict to these methods "
+                                                    "(repeatable). Single run: the searcher."),
+    out_dir: Optional[Path] = typer.Option(None, "--out-dir",
+                                           help="Study folder (default <output>/<name> next "
+                                                "to the study file)."),
+    data: str = typer.Option("synthetic", "--data", "-d", help="Single run: " + DATA_HELP),
+    budget: str = typer.Option("10x", "--budget", "-b",
+                               help="Single run: '10x', '2MB' or a byte count."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                       help="Single run: where to write the plan JSON."),
+    retrain: bool = typer.Option(False, "--retrain", help="Single run: retrain the compact "
+                                                          "model and store its metrics."),
+    setting: Optional[list[str]] = typer.Option(None, "--set",
+                                                help="Single run: a searcher setting "
+                                                     "KEY=VALUE (repeatable)."),
+    quick: bool = typer.Option(False, "--quick", help="Single run: the searcher's quick "
+                                                      "settings (seconds on small data)."),
+    backbone: str = typer.Option("fm", help="Single run: lr, fm, deepfm or dcnv2."),
+    dim: int = typer.Option(16, "--dim", "-D", help="Single run: common embedding dim D."),
+    dims: str = typer.Option("1,2,4,8,16", "--dims", help="Single run: candidate dims."),
+    epochs: int = typer.Option(2, help="Single run: the searcher's training epochs."),
+    retrain_epochs: int = typer.Option(10, help="Single run: retrain epochs (early stopping)."),
+    lr: float = typer.Option(3e-3, help="Single run: learning rate."),
+    batch_size: int = typer.Option(1024, help="Single run: batch size."),
+    seed: int = typer.Option(0, help="Single run: seed."),
+    rows: Optional[int] = typer.Option(None, help="Single run: rows (synthetic data)."),
+    spec: Optional[Path] = typer.Option(None, help="Single run: field spec for CSV/Parquet."),
+):
+    """Run a budget-constrained study (or one searcher) and print the Pareto front.
+
+    A study trains each trial's compact model (searched dims + MEmCom) and records
+    (validation AUC, bytes) with the baselines on the same front; results land in the
+    study's folder (journal storage, per-trial plans and weights, pareto.csv/json).
+
+    Examples:
+
+    \b
+      autodim search studies/quick.yaml
+      autodim search studies/synthetic.yaml --n-trials 40 --method darts --method sseds
+      autodim search studies/synthetic.yaml --resume
+      autodim search studies/ml100k.yaml --storage postgresql://me@db/autodim --resume
+      autodim search --method blackbox --data synthetic --budget 10x --out plan.json --retrain
+    """
+    if study is None:
+        _search_once(method, data, budget, out, retrain, setting, quick, backbone, dim, dims,
+                     epochs, retrain_epochs, lr, batch_size, seed, rows, spec)
+        return
+    from autodim.study.config import StudyConfig
+    from autodim.study.runner import run_study
+
+    if out is not None or retrain or setting:
+        raise ConfigError("--out/--retrain/--set belong to the single-run form (no STUDY); a "
+                          "study keeps every trial's plan in its folder")
+    config = StudyConfig.load(study)
+    result = run_study(config, n_trials=n_trials, storage=storage, resume=resume,
+                       methods=list(method) if method else None, out_dir=out_dir,
+                       echo=echo, warn=_warn)
+    echo()
+    echo(f"Pareto front of study {result.name!r} (feasible trials; bytes <= budget):")
+    typer.echo(result.front_table())
+    _print_front_extras(result)
+    echo(f"results in {result.folder} (pareto.csv, pareto.json); next: autodim pareto "
+         f"{study}  |  autodim export {study} --best-under {config.budgets[0]}")
+
+
+def _print_front_extras(result) -> None:
+    df = result.trials_dataframe()
+    if df.empty:
+        return
+    counts = df.groupby("state").size().to_dict()
+    echo("trials: " + ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items())))
+    full = df[(df["method"] == "baseline:full") & (df["state"] == "COMPLETE")]
+    if not full.empty and result.budgets:
+        fa = float(full.iloc[0]["test_auc"])
+        for label, nbytes in result.budgets.items():
+            ok = df[(df["state"] == "COMPLETE") & (df["bytes"] <= nbytes)]
+            if ok.empty:
+                continue
+            best = ok.sort_values(["val_auc", "bytes"], ascending=[False, True]).iloc[0]
+            echo(f"best under {label}: trial {int(best['trial'])} ({best['method']}), test AUC "
+                 f"{best['test_auc']:.4f} vs full model {fa:.4f} "
+                 f"({100 * (best['test_auc'] / fa - 1):+.2f}%)")
+
+
+def _search_once(method, data, budget, out, retrain, setting, quick, backbone, dim, dims,
+                 epochs, retrain_epochs, lr, batch_size, seed, rows, spec) -> None:
+    from dataclasses import replace
+
+    from autodim.budget import full_bytes, parse_budget
+    from autodim.data.datamodule import CTRDataModule
+    from autodim.searchers import SearchTask, create_searcher, get_searcher
+    from autodim.searchers import retrain as retrain_plan
+    from autodim.task import TrainConfig
+
+    if not method or len(method) != 1:
+        raise ConfigError("a single search run needs exactly one --method (or pass a study "
+                          "file: autodim search studies/quick.yaml)")
+    if out is None:
+        raise ConfigError("a single search run needs --out PLAN.json (where to write the plan)")
+    name = method[0]
+    cls = get_searcher(name)
+    settings = {**(dict(cls.quick_settings) if quick else {}), **_parse_settings(setting)}
+    try:
+        cand = tuple(int(x) for x in dims.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"--dims {dims!r}: expected integers like 1,2,4,8,16") from None
+    ds = load_source(data, rows, spec, seed if rows is not None else None)
+    dm = CTRDataModule(ds, batch_size=batch_size, seed=seed)
+    nbytes = parse_budget(budget, full_bytes(ds.schema, dim))
+    cfg = TrainConfig(max_epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, patience=1)
+    task = SearchTask(data=dm, D=dim, budget_bytes=nbytes, candidate_dims=cand,
+                      backbone=backbone, train=cfg, seed=seed)
+    echo(f"{name} on {data}: {ds.schema.num_fields} fields, budget {budget} = {nbytes:,} B")
+    result = create_searcher(name, **settings).search(task)
+    plan = result.plan
+    if retrain:
+        if getattr(cls, "retrain", True):
+            trained = retrain_plan(task, result, warm_start=result.warm_start is not None,
+                                   config=replace(cfg, max_epochs=retrain_epochs, patience=2))
+            m = trained.metrics
+        else:
+            m = dict(result.history.get("eval") or {})
+        plan = plan.replace(metrics={**plan.metrics, **{
+            k: float(m[k]) for k in ("val_auc", "val_logloss", "test_auc", "test_logloss")
+            if k in m}})
+    plan.save(out)
+    _print_plan(plan)
+    if plan.metrics:
+        typer.echo("metrics: " + ", ".join(f"{k} {v:.4f}" for k, v in plan.metrics.items()
+                                           if isinstance(v, float)))
+    echo(f"plan written to {out}")
+
+
+@app.command()
+def pareto(
+    study: Path = typer.Argument(..., help="The study file or its folder."),
+    storage: Optional[str] = typer.Option(None, help="Storage URL if not the folder's "
+                                                     "journal file."),
+    html: Optional[Path] = typer.Option(None, "--html", help="Where to write the figure "
+                                                             "(default <folder>/pareto.html)."),
+    all_trials: bool = typer.Option(False, "--all", help="List every complete trial, not "
+                                                         "only the front."),
+    no_html: bool = typer.Option(False, "--no-html", help="Do not write the figure."),
+):
+    """Print a study's Pareto front and write an interactive plot (AUC vs bytes).
+
+    Every trial is coloured by method, baselines are diamonds, budgets are dashed lines;
+    hovering a point shows its plan. Also rewrites pareto.csv and pareto.json.
+
+    Examples:
+
+    \b
+      autodim pareto studies/quick.yaml
+      autodim pareto studies/_results/quick --all --html front.html
+    """
+    from autodim.study.result import load_study
+
+    result = load_study(study, storage=storage)
+    typer.echo(result.front_table(all_trials=all_trials))
+    _print_front_extras(result)
+    paths = result.write_pareto()
+    if not no_html:
+        paths.append(result.write_html(html))
+    echo("written: " + ", ".join(str(p) for p in paths))
+
+
+@app.command()
+def export(
+    study: Path = typer.Argument(..., help="The study file or its folder."),
+    trial: Optional[int] = typer.Option(None, "--trial", "-t", help="Export this trial."),
+    best_under: Optional[str] = typer.Option(None, "--best-under",
+                                             help="Export the best trial (validation AUC) "
+                                                  "within this size: bytes, '2MB' or '10x'."),
+    pareto_front: bool = typer.Option(False, "--pareto", help="Export every trial on the "
+                                                              "Pareto front."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default "
+                                                                 "<study folder>/export/...)."),
+    storage: Optional[str] = typer.Option(None, help="Storage URL if not the folder's "
+                                                     "journal file."),
+):
+    """Export compact models: plan JSON, weights (safetensors), TorchRec and FuxiCTR configs.
+
+    Writes plan.json, weights.safetensors, model.json, torchrec.json (EmbeddingBagConfig
+    list) and fuxictr.yaml (feature_specs) per trial, plus pareto.csv/json.
+    Load a model back with autodim.export.load_model('plan.json', 'weights.safetensors').
+
+    Examples:
+
+    \b
+      autodim export studies/quick.yaml --best-under 10x
+      autodim export studies/quick.yaml --trial 7 --out shipped/
+      autodim export studies/_results/quick --pareto
+    """
+    from autodim.study.result import load_study
+
+    chosen = sum([trial is not None, best_under is not None, pareto_front])
+    if chosen != 1:
+        raise ConfigError("choose exactly one of --trial N, --best-under BYTES or --pareto")
+    result = load_study(study, storage=storage)
+    base = out if out is not None else result.folder / "export"
+    if pareto_front:
+        numbers = [int(n) for n in result.front["trial"]] if not result.front.empty else []
+        if not numbers:
+            raise ConfigError(f"study {result.name!r} has no complete feasible trial to export")
+        root = base if out is not None else base / "pareto"
+        targets = [(n, root / f"trial_{n}") for n in numbers]
+    else:
+        n = trial if trial is not None else result.best_under(best_under)
+        root = base if out is not None else base / f"trial_{n}"
+        targets = [(n, root)]
+    for n, folder in targets:
+        paths = result.export(n, folder)
+        plan = result.plan(n)
+        echo(f"trial {n} ({result.trial(n).user_attrs.get('method')}): "
+             f"{plan.num_bytes():,} B, {plan.compression():.1f}x -> {folder}")
+        for w in paths["warnings"]:
+            _warn(f"trial {n}: {w}")
+    result.write_pareto(root)
+    typer.echo(f"exported {len(targets)} trial(s) to {root}")
 
 
 @data_app.command("prepare")

@@ -35,11 +35,25 @@ import torch
 from autodim._io import atomic_write_text
 from autodim.data.schema import Field, Schema
 from autodim.embeddings.compact import FieldwiseEmbedding
-from autodim.embeddings.field import (Align, DroppedField, FieldEmbedding,
-                                      FrequencyGroupEmbedding, Project, Select)
-from autodim.embeddings.tables import (FLOAT_BYTES, DenseTable, HashTable, MEmComTable,
-                                       QRTable, RowPrunedTable, SparseTable, row_pruned_bytes,
-                                       sparse_table_bytes)
+from autodim.embeddings.field import (
+    Align,
+    DroppedField,
+    FieldEmbedding,
+    FrequencyGroupEmbedding,
+    Project,
+    Select,
+)
+from autodim.embeddings.tables import (
+    FLOAT_BYTES,
+    DenseTable,
+    HashTable,
+    MEmComTable,
+    QRTable,
+    RowPrunedTable,
+    SparseTable,
+    row_pruned_bytes,
+    sparse_table_bytes,
+)
 from autodim.errors import PlanError
 
 __all__ = ["FieldPlan", "DimensionPlan", "build_embedding", "encode_mask", "decode_mask",
@@ -359,7 +373,8 @@ class DimensionPlan:
                 raise PlanError(f"{source}: fields[{i}] lacks {sorted(missing)}")
             fields.append(FieldPlan(**fd))
         try:
-            plan = cls(fields=fields, D=d.get("D"), schema_fingerprint=d.get("schema_fingerprint", ""),
+            plan = cls(fields=fields, D=d.get("D"),
+                       schema_fingerprint=d.get("schema_fingerprint", ""),
                        searcher=d.get("searcher") or {"name": "manual", "settings": {}},
                        seed=d.get("seed"), budget_bytes=d.get("budget_bytes"),
                        metrics=d.get("metrics") or {}, versions=d.get("versions") or {},
@@ -395,6 +410,20 @@ class DimensionPlan:
 
     def build(self, *, sparse_threshold: int = 1_000_000) -> FieldwiseEmbedding:
         return build_embedding(self, sparse_threshold=sparse_threshold)
+
+    def build_model(self, backbone: str = "fm", *, backbone_kwargs: dict[str, Any] | None = None,
+                    weights: Any = None):
+        """The compact model (this plan's embedding + a backbone), optionally with trained
+        weights (a safetensors path or a state dict); see :func:`autodim.export.build_model`.
+
+        Example:
+            >>> plan = DimensionPlan.full(Schema([Field("user", vocab_size=100)]), D=8)
+            >>> plan.build_model("fm").num_bytes()
+            3200
+        """
+        from autodim.export import build_model
+
+        return build_model(self, backbone, backbone_kwargs=backbone_kwargs, weights=weights)
 
 
 def _versions() -> dict[str, str]:

@@ -223,7 +223,7 @@ def seed_everything(seed: int) -> None:
 def train_plan(plan, datamodule: CTRDataModule, *, backbone: str = "fm",
                backbone_kwargs: dict[str, Any] | None = None,
                config: TrainConfig | None = None, embedding: nn.Module | None = None,
-               test: bool = True) -> TrainResult:
+               test: bool = True, callbacks: Iterable[Callback] = ()) -> TrainResult:
     """Train the compact model a plan describes, with early stopping on validation AUC.
 
     Args:
@@ -233,6 +233,7 @@ def train_plan(plan, datamodule: CTRDataModule, *, backbone: str = "fm",
         config: Training settings; ``config.seed`` seeds initialisation and shuffling.
         embedding: A pre-built (e.g. warm-started) embedding to use instead of building one.
         test: Also evaluate on the test split.
+        callbacks: Extra Lightning callbacks (e.g. a study's rule that stops hopeless runs).
 
     Returns:
         :class:`TrainResult` with ``val_auc``, ``val_logloss``, ``test_auc``,
@@ -243,14 +244,18 @@ def train_plan(plan, datamodule: CTRDataModule, *, backbone: str = "fm",
     plan.check_schema(datamodule.schema)
     seed_everything(config.seed)
     datamodule.seed = config.seed
-    emb = embedding if embedding is not None else plan.build(sparse_threshold=config.sparse_threshold)
+    emb = embedding
+    if emb is None:
+        emb = plan.build(sparse_threshold=config.sparse_threshold)
     model = create_backbone(backbone, plan.schema().num_fields, plan.D, **(backbone_kwargs or {}))
     task = CTRTask(emb, model, lr=config.lr, weight_decay=config.weight_decay)
     best = RestoreBest()
-    callbacks: list[Callback] = [EarlyStopping("val_auc", mode="max", patience=config.patience)]
+    all_callbacks: list[Callback] = [EarlyStopping("val_auc", mode="max",
+                                                   patience=config.patience)]
     if config.restore_best:
-        callbacks.append(best)
-    trainer = make_trainer(config, callbacks)
+        all_callbacks.append(best)
+    all_callbacks.extend(callbacks)
+    trainer = make_trainer(config, all_callbacks)
     t0 = time.perf_counter()
     trainer.fit(task, datamodule=datamodule)
     seconds = time.perf_counter() - t0

@@ -10,8 +10,7 @@ import torch
 from autodim.data.datamodule import CTRDataModule, TensorBatches
 from autodim.models import create_backbone, list_backbones
 from autodim.plan import DimensionPlan
-from autodim.task import (CTRTask, TrainConfig, TrainingDiverged, make_optimizers,
-                          train_plan)
+from autodim.task import CTRTask, TrainConfig, TrainingDiverged, make_optimizers, train_plan
 
 CFG = TrainConfig(max_epochs=3, batch_size=256, lr=5e-3, patience=1)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Iterator
 
 import lightning.pytorch as pl
@@ -22,7 +23,10 @@ class TensorBatches:
 
     def __init__(self, split: Split, batch_size: int, *, shuffle: bool = False, seed: int = 0,
                  drop_last: bool = False) -> None:
-        self.ids = torch.from_numpy(np.ascontiguousarray(split.ids))
+        with warnings.catch_warnings():
+            # Memory-mapped caches are read-only; batches only ever read (gather) from them.
+            warnings.simplefilter("ignore", UserWarning)
+            self.ids = torch.from_numpy(np.ascontiguousarray(split.ids))
         self.labels = torch.from_numpy(np.ascontiguousarray(split.labels, dtype=np.float32))
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
