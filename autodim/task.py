@@ -134,8 +134,12 @@ class CTRTask(pl.LightningModule):
             raise TrainingDiverged(f"training loss became {loss.item()} at epoch "
                                    f"{self.current_epoch}, step {self.global_step}")
         self.manual_backward(loss)
-        for o in opts:
-            o.step()
+        # Lightning counts every LightningOptimizer.step() as a global step; step the extra
+        # (sparse) optimisers through their raw optimizer so that one batch = one step and
+        # max_steps means what it says.
+        opts[0].step()
+        for o in opts[1:]:
+            o.optimizer.step()
         return loss.detach()
 
     def _eval_step(self, stage: str, batch) -> None:
@@ -243,7 +247,7 @@ def train_plan(plan, datamodule: CTRDataModule, *, backbone: str = "fm",
     config = config or TrainConfig()
     plan.check_schema(datamodule.schema)
     seed_everything(config.seed)
-    datamodule.seed = config.seed
+    datamodule.reseed(config.seed)
     emb = embedding
     if emb is None:
         emb = plan.build(sparse_threshold=config.sparse_threshold)

@@ -88,3 +88,33 @@ def test_batches_are_slices_with_seeded_shuffling(tiny_data):
     x2, _ = next(iter(a))  # the next epoch reshuffles
     assert not torch.equal(xa, x2)
     assert len(a) == math.ceil(len(tiny_data.train) / 100)
+
+
+def test_reused_datamodule_is_reproducible(tiny_data):
+    dm = CTRDataModule(tiny_data, batch_size=256)
+    plan = DimensionPlan.from_dims(tiny_data.schema, 8, [2, 4, 8, 1, 1])
+    cfg = TrainConfig(max_epochs=1, batch_size=256, lr=5e-3)
+    a = train_plan(plan, dm, config=cfg).metrics["test_auc"]
+    b = train_plan(plan, dm, config=cfg).metrics["test_auc"]
+    assert a == b
+
+
+def test_max_steps_counts_batches_with_sparse_tables(tiny_data):
+    from lightning.pytorch.callbacks import Callback
+
+    from autodim.task import make_trainer
+
+    task = CTRTask(DimensionPlan.full(tiny_data.schema, 8).build(sparse_threshold=100),
+                   create_backbone("fm", 5, 8))
+    assert len(task.configure_optimizers()) == 2
+    seen = []
+
+    class Count(Callback):
+        def on_train_batch_end(self, *args, **kwargs):
+            seen.append(1)
+
+    trainer = make_trainer(TrainConfig(max_epochs=5, max_steps=7), [Count()],
+                           limit_val_batches=0)
+    dm = CTRDataModule(tiny_data, batch_size=256)
+    trainer.fit(task, train_dataloaders=dm.train_dataloader())
+    assert len(seen) == 7 and trainer.global_step == 7

@@ -74,6 +74,12 @@ class CTRDataModule(pl.LightningDataModule):
         self.seed = seed
         self._loaders: dict[str, TensorBatches] = {}
 
+    def reseed(self, seed: int) -> None:
+        """Restart the shuffling from ``seed`` (fresh loaders, epoch 0): two runs with the
+        same seed on one datamodule see the same batches."""
+        self.seed = seed
+        self._loaders.clear()
+
     @property
     def schema(self):
         return self.data.schema

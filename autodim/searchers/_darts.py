@@ -1,0 +1,221 @@
+"""Soft-selection searchers: ``darts`` (AutoEmb / DARTS) and ``autodim`` (AutoDim).
+
+Both train a supernet (:mod:`autodim.searchers._supernet`) in which every field holds all
+candidate dims at once, each lifted to ``D`` by its own linear map + BatchNorm, mixed by
+architecture weights α. Bilevel optimisation as in DARTS (Liu et al., ICLR 2019,
+Algorithm 1): the weights (tables, lifts, backbone) step on training batches, α steps on
+validation batches, one validation batch per training step, cycling the validation split.
+
+- ``darts``: α = softmax(logits) per field, or per frequency group of a field (AutoEmb,
+  Zhao et al. ICDM 2021, gives popular and long-tail ids their own dims); separate tables
+  per candidate by default; first-order by default, ``second_order=True`` uses DARTS eq. 7-8.
+  Plan: argmax α per field (per group, as ``FieldPlan.frequency_groups``).
+- ``autodim``: AutoDim (Zhao et al., WWW 2021): one D-wide table per field whose first
+  ``d_k`` columns are candidate ``k`` (weight sharing, §2.2.1; separate tables optional),
+  Gumbel-softmax over α (eq. 5) with temperature ``τ = max(0.01, 1 − 5e-5·t)``. Plan: argmax α
+  per field.
+
+Budget (this tool's addition; upstream cannot aim at a size): the α loss carries a Lagrangian
+term ``λ (E[bytes] − B) / B`` on the expected bytes of the plan (tables plus the ``d×D``
+projections the plan stores), λ adapted by dual ascent during the search, and the argmax is
+finally projected onto the budget with :func:`autodim.budget.fit_dims_to_budget`, which also
+grows into spare budget. See :mod:`autodim.searchers._supernet` for the details and why.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Mapping
+
+from autodim.data.datamodule import TensorBatches
+from autodim.searchers._supernet import (
+    BilevelSearch,
+    BilevelSettings,
+    SupernetEmbedding,
+    frequency_group_rows,
+    project_to_budget,
+    slot_bytes_of,
+    slot_plan_fields,
+)
+from autodim.searchers.base import Searcher, SearchResult, SearchTask, Stopwatch
+from autodim.searchers.registry import register_searcher
+from autodim.task import evaluate, make_trainer, seed_everything
+
+__all__ = ["DartsSearcher", "AutoDimSearcher"]
+
+
+class _SoftSelectionSearcher(Searcher):
+    """The search flow DARTS and AutoDim share; subclasses fix the supernet's flavour."""
+
+    history_keys: ClassVar[tuple[str, ...]] = (
+        "alpha", "steps", "expected_bytes", "multiplier", "candidate_dims", "search_seconds")
+    quick_settings: ClassVar[Mapping[str, Any]] = {"epochs": 1, "log_every": 5}
+
+    # Set by the subclasses' constructors.
+    epochs: int | None
+    arch_lr: float
+    arch_every: int
+    warmup_epochs: float
+    weight_sharing: bool
+    penalty: bool
+    multiplier_lr: float
+    log_every: int
+    warm_start: bool
+
+    def _bilevel_settings(self, task: SearchTask) -> BilevelSettings:
+        return BilevelSettings(
+            lr=task.train.lr, weight_decay=task.train.weight_decay, arch_lr=self.arch_lr,
+            arch_every=self.arch_every, budget_bytes=task.budget_bytes, penalty=self.penalty,
+            multiplier_lr=self.multiplier_lr, log_every=self.log_every,
+            max_steps=task.train.max_steps)
+
+    def _group_rows(self, task: SearchTask) -> list[list[int]]:
+        return [[f.vocab_size] for f in task.schema.fields]
+
+    def search(self, task: SearchTask) -> SearchResult:
+        """Train the supernet, read the plan off α and fit it to ``task.budget_bytes``."""
+        task.check_budget()
+        schema, cfg = task.schema, task.train
+        with Stopwatch() as sw:
+            seed_everything(task.seed)
+            group_rows = self._group_rows(task)
+            embedding = SupernetEmbedding(
+                schema, task.D, task.candidate_dims, weight_sharing=self.weight_sharing,
+                group_rows=group_rows, sparse_threshold=cfg.sparse_threshold)
+            # Own loaders, seeded from the task: the datamodule's cached loaders carry an
+            # epoch counter across runs, which would break "same seed, same plan".
+            train = TensorBatches(task.data.data.train, cfg.batch_size, shuffle=True,
+                                  seed=task.seed)
+            val = TensorBatches(task.data.data.val, cfg.batch_size, shuffle=True,
+                                seed=task.seed + 1)
+            settings = self._bilevel_settings(task)
+            epochs = self.epochs or cfg.max_epochs
+            # Warm-up is capped at half the search so that α always gets steps.
+            settings.warmup_steps = min(int(round(self.warmup_epochs * len(train))),
+                                        epochs * len(train) // 2)
+            module = BilevelSearch(embedding, task.make_backbone(), val, settings)
+            trainer = make_trainer(cfg, max_epochs=epochs, max_steps=-1,
+                                   limit_val_batches=0)
+            trainer.fit(module, train_dataloaders=train)
+
+            probs = embedding.probs().detach().double().cpu().numpy()
+            argmax = embedding.argmax_dims()
+            slot_dims = project_to_budget(schema, task.D, task.candidate_dims, group_rows,
+                                          probs, task.budget_bytes)
+            dims, groups = slot_plan_fields(schema, group_rows, slot_dims)
+            # The supernet's own validation metrics (softmax(α) mixture, running BN stats).
+            seen = evaluate(module, TensorBatches(task.data.data.val, task.data.eval_batch_size))
+            plan = self.make_plan(task, dims, metrics={"supernet_val_auc": seen["auc"],
+                                                       "supernet_val_logloss": seen["logloss"]})
+            for fp in plan.fields:
+                if fp.name in groups:
+                    fp.frequency_groups = groups[fp.name]
+            plan.validate()
+            warm = embedding.warm_start(slot_dims) if self.warm_start else None
+
+        history = module.history
+        if not module.settings.gumbel:
+            history.pop("tau")
+        history.update(
+            candidate_dims=list(task.candidate_dims), search_seconds=sw.seconds,
+            slots=embedding.slot_names,
+            argmax_dims=dict(zip(embedding.slot_names, argmax)),
+            argmax_bytes=slot_bytes_of(schema, task.D, group_rows, argmax),
+            final_alpha={n: [round(float(v), 5) for v in p]
+                         for n, p in zip(embedding.slot_names, probs)},
+            dims=plan.dims, plan_bytes=plan.num_bytes(), budget_bytes=task.budget_bytes,
+            total_steps=module.step_count,
+            supernet_val_auc=seen["auc"])
+        if embedding.grouped:
+            history["frequency_groups"] = {f.name: g for f, g in zip(schema.fields, group_rows)}
+        return SearchResult(plan=plan, history=history, warm_start=warm)
+
+
+@register_searcher("darts")
+class DartsSearcher(_SoftSelectionSearcher):
+    """AutoEmb / DARTS soft selection over candidate dims, budget-aware.
+
+    Args:
+        epochs: Search epochs over the training split (``None``: ``task.train.max_epochs``).
+        arch_lr: Adam learning rate of α (betas (0.5, 0.999) as in DARTS). DARTS uses 3e-4
+            over tens of thousands of α steps; a search here makes hundreds.
+        arch_every: One α step every this many weight steps.
+        warmup_epochs: Epochs of weight steps before the first α step (α judged on
+            untrained weights mostly reads initialisation noise); at most half the search.
+        weight_sharing: Candidates share one ``max(d)``-wide table per field (AutoDim style);
+            ``False`` (default, as in AutoEmb) gives each candidate its own table.
+        frequency_groups: Contiguous id ranges per field (ids are in descending frequency
+            order) with their own α and own dim in the plan; 1 = per field.
+        second_order: DARTS' second-order approximation (eq. 7-8): ~3x the cost of an α step.
+        xi: Virtual-step learning rate of the second-order term (``None``: the weights' lr).
+        penalty: Use the expected-bytes Lagrangian during the search (otherwise the budget
+            is only met by the final projection).
+        multiplier_lr: Dual-ascent step of the Lagrange multiplier λ (per α step, times the
+            budget violation relative to the budget; λ is in units of the validation
+            gradient's scale).
+        log_every: Record α, expected bytes and λ every this many steps.
+        warm_start: Return the supernet's weights of the chosen candidates as a warm start.
+
+    Example:
+        >>> from autodim.searchers import create_searcher
+        >>> searcher = create_searcher("darts", epochs=2, frequency_groups=2)
+    """
+
+    def __init__(self, *, epochs: int | None = None, arch_lr: float = 0.03,
+                 arch_every: int = 1, warmup_epochs: float = 1.0,
+                 weight_sharing: bool = False, frequency_groups: int = 1,
+                 second_order: bool = False, xi: float | None = None, penalty: bool = True,
+                 multiplier_lr: float = 0.05, log_every: int = 10, warm_start: bool = True):
+        self.epochs, self.arch_lr, self.arch_every = epochs, arch_lr, arch_every
+        self.warmup_epochs = warmup_epochs
+        self.weight_sharing, self.frequency_groups = weight_sharing, frequency_groups
+        self.second_order, self.xi = second_order, xi
+        self.penalty, self.multiplier_lr = penalty, multiplier_lr
+        self.log_every, self.warm_start = log_every, warm_start
+
+    def _bilevel_settings(self, task: SearchTask) -> BilevelSettings:
+        s = super()._bilevel_settings(task)
+        s.second_order, s.xi = self.second_order, self.xi
+        return s
+
+    def _group_rows(self, task: SearchTask) -> list[list[int]]:
+        return [frequency_group_rows(f, self.frequency_groups) for f in task.schema.fields]
+
+
+@register_searcher("autodim")
+class AutoDimSearcher(_SoftSelectionSearcher):
+    """AutoDim (Zhao et al., WWW 2021): Gumbel-softmax over candidate dims, budget-aware.
+
+    Args:
+        epochs, arch_lr, arch_every, warmup_epochs, penalty, multiplier_lr, log_every,
+            warm_start: As for
+            :class:`DartsSearcher`.
+        weight_sharing: Candidate ``k`` = the first ``d_k`` columns of one table per field
+            (default, AutoDim §2.2.1); ``False``: a table per candidate.
+        tau_decay, tau_min: Temperature schedule ``τ = max(tau_min, 1 − tau_decay · t)``, t the
+            training step (AutoDim §2.2.2 uses 5e-5 and 0.01).
+
+    Example:
+        >>> from autodim.searchers import create_searcher
+        >>> searcher = create_searcher("autodim", epochs=2, tau_decay=1e-3)
+    """
+
+    history_keys: ClassVar[tuple[str, ...]] = _SoftSelectionSearcher.history_keys + ("tau",)
+
+    def __init__(self, *, epochs: int | None = None, arch_lr: float = 0.03,
+                 arch_every: int = 1, warmup_epochs: float = 1.0,
+                 weight_sharing: bool = True, tau_decay: float = 5e-5,
+                 tau_min: float = 0.01, penalty: bool = True, multiplier_lr: float = 0.05,
+                 log_every: int = 10, warm_start: bool = True):
+        self.epochs, self.arch_lr, self.arch_every = epochs, arch_lr, arch_every
+        self.warmup_epochs = warmup_epochs
+        self.weight_sharing, self.tau_decay, self.tau_min = weight_sharing, tau_decay, tau_min
+        self.penalty, self.multiplier_lr = penalty, multiplier_lr
+        self.log_every, self.warm_start = log_every, warm_start
+
+    def _bilevel_settings(self, task: SearchTask) -> BilevelSettings:
+        s = super()._bilevel_settings(task)
+        s.gumbel, s.tau_decay, s.tau_min = True, self.tau_decay, self.tau_min
+        return s
+
+
+
