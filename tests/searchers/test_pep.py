@@ -1,0 +1,176 @@
+"""PEP: learnable soft thresholds, byte-target snapshots, plans and lottery-ticket warm start."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from autodim.budget import full_bytes
+from autodim.data.datamodule import CTRDataModule
+from autodim.models import create_backbone
+from autodim.plan import DimensionPlan, decode_mask
+from autodim.searchers import SearchResult, SearchTask, create_searcher, retrain
+from autodim.searchers._pep import GRANULARITIES, PEPEmbedding, _PEPTask, mask_bytes
+from autodim.task import TrainConfig
+
+D = 8
+
+
+def _task(data, ratio: float, seed: int = 0, epochs: int = 2) -> SearchTask:
+    dm = CTRDataModule(data, batch_size=256, seed=seed)
+    return SearchTask(data=dm, D=D, budget_bytes=int(full_bytes(data.schema, D) / ratio),
+                      candidate_dims=(1, 2, 4, 8),
+                      train=TrainConfig(max_epochs=epochs, batch_size=256, lr=3e-3, seed=seed),
+                      seed=seed)
+
+
+def _batch(data, n: int = 256):
+    return (torch.from_numpy(data.train.ids[:n]).long(),
+            torch.from_numpy(data.train.labels[:n]).float())
+
+
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+def test_soft_threshold_matches_the_formula(tiny_data, granularity):
+    torch.manual_seed(0)
+    emb = PEPEmbedding(tiny_data.schema, D, granularity=granularity, threshold_init=-4.0)
+    with torch.no_grad():
+        emb.threshold.uniform_(-5.0, -3.0)
+    ids, _ = _batch(tiny_data, 32)
+    out = emb(ids)
+    assert out.shape == (32, tiny_data.schema.num_fields, D)
+    tables = emb.pruned_tables()
+    for i, name in enumerate(tiny_data.schema.names):
+        # A row's output is its row of the thresholded table: sign(e)·ReLU(|e| − sigmoid(s)).
+        assert torch.allclose(out[:, i], tables[name][ids[:, i]], atol=1e-7)
+        assert torch.equal(emb.masks()[name], tables[name] != 0)
+    counts = emb.column_counts()
+    assert counts.sum() == sum(int(m.sum()) for m in emb.masks().values())
+
+
+def test_threshold_gradient_is_nonzero_and_moves_s(tiny_data):
+    torch.manual_seed(0)
+    emb = PEPEmbedding(tiny_data.schema, D, granularity="feature_dim", threshold_init=-15.0)
+    model = _PEPTask(emb, create_backbone("fm", tiny_data.schema.num_fields, D), lr=1e-2,
+                     weight_decay=0.0, threshold_lr=0.1, threshold_pressure=0.0)
+    ids, labels = _batch(tiny_data)
+    model.loss(model(ids), labels).backward()
+    grad = emb.threshold.grad
+    assert grad is not None
+    # Only the task loss acts here (no pressure): g'(−15) ≈ 3e-7 is tiny but not zero.
+    assert float(grad.abs().max()) > 0
+    rows = (ids + emb.col_offset).unique()
+    assert float(grad[rows].abs().sum()) > 0
+    before = emb.threshold.detach().clone()
+    (opt,) = model.configure_optimizers()
+    opt.step()
+    assert not torch.equal(before, emb.threshold.detach())
+
+
+def test_pressure_raises_undefended_thresholds(tiny_data):
+    emb = PEPEmbedding(tiny_data.schema, D, granularity="feature_dim")
+    model = _PEPTask(emb, create_backbone("fm", tiny_data.schema.num_fields, D), lr=1e-3,
+                     weight_decay=0.0, threshold_lr=0.5, threshold_pressure=1e-3)
+    (opt,) = model.configure_optimizers()
+    ids, labels = _batch(tiny_data)
+    for _ in range(3):
+        opt.zero_grad()
+        model.loss(model(ids), labels).backward()
+        opt.step()
+    # Row 0 (OOV) never occurs in training ids: only the pressure moves its threshold.
+    assert torch.allclose(emb.threshold[0], torch.full((D,), -15.0 + 1.5), atol=1e-4)
+
+
+def test_snapshot_mask_reproduces_its_sparsity(tiny_data):
+    task = _task(tiny_data, ratio=2.0)
+    result = create_searcher("pep", plan_form="sparse", epochs=2).search(task)
+    snap = result.history["snapshots"][str(task.budget_bytes)]
+    assert snap["reached"] and snap["step"] is not None
+    plan = result.plan
+    masks = {f.name: decode_mask(f.sparse["bits"], (f.vocab_size, f.dim))
+             for f in plan.fields if f.sparse}
+    assert sum(int(m.sum()) for m in masks.values()) == snap["nnz"]
+    assert plan.num_bytes() == snap["mask_bytes"] <= task.budget_bytes
+    # The per-field sparsity logged at the snapshot's step is the plan's.
+    k = result.history["steps"].index(snap["step"])
+    for f in plan.fields:
+        logged = result.history["sparsity"][f.name][k]
+        nnz = int(masks[f.name].sum()) if f.name in masks else 0
+        assert logged == pytest.approx(1 - nnz / (f.vocab_size * D), abs=1e-9)
+    # The mask survives building: the SparseTable of each field keeps exactly those entries.
+    built = plan.build()
+    for f, module in zip(plan.fields, built.fields):
+        if f.sparse:
+            assert np.array_equal(module.table.mask.numpy(), masks[f.name])
+
+
+@pytest.mark.parametrize("plan_form", ["auto", "sparse", "dims"])
+def test_plans_fit_every_target(tiny_data, plan_form):
+    task = _task(tiny_data, ratio=4.0)
+    result = create_searcher("pep", plan_form=plan_form, targets=["8x", "12x"],
+                             epochs=2).search(task)
+    snaps = result.history["snapshots"]
+    assert set(snaps) == {str(task.budget_bytes), str(int(full_bytes(tiny_data.schema, D) / 8)),
+                          str(int(full_bytes(tiny_data.schema, D) / 12))}
+    for target, snap in snaps.items():
+        plan = result.plan if "plan" not in snap else DimensionPlan.from_dict(snap["plan"])
+        assert plan.num_bytes() <= int(target)
+        assert plan.build().num_bytes() == plan.num_bytes() == snap["plan_bytes"]
+        if plan_form != "auto":
+            kinds = {"sparse" if f.sparse else "dims" for f in plan.fields if f.dim}
+            assert kinds <= {plan_form}
+
+
+def test_fallback_prunes_to_the_target_and_says_so(tiny_data):
+    task = _task(tiny_data, ratio=10.0, epochs=1)
+    # No pressure and no budget control: the thresholds barely move in one epoch.
+    result = create_searcher("pep", threshold_pressure=0.0, budget_control=False,
+                             threshold_lr=1e-3).search(task)
+    snap = result.history["snapshots"][str(task.budget_bytes)]
+    assert not snap["reached"] and "fallback" in snap
+    assert result.plan.num_bytes() <= task.budget_bytes
+
+
+def test_warm_start_rewinds_kept_weights_to_their_initial_values(tiny_data):
+    task = _task(tiny_data, ratio=3.0)
+    searcher = create_searcher("pep", epochs=2)
+    result = searcher.search(task)
+    built = result.plan.build()
+    built.load_state_dict(result.warm_start)
+    for f, module in zip(result.plan.fields, built.fields):
+        if f.dim == 0:
+            continue
+        w0 = searcher.initial_tables_[f.name]
+        weight = module.table.embedding.weight.detach()
+        if f.sparse:
+            mask = module.table.mask
+            assert torch.equal(weight, w0 * mask)
+        else:
+            assert torch.equal(weight, w0[:, f.columns])
+    metrics = retrain(task, result, warm_start=True).metrics
+    assert metrics["num_bytes"] == result.plan.num_bytes()
+
+
+def test_mask_bytes_counts_the_index_of_non_prefix_columns():
+    counts = torch.tensor([[3, 0, 2, 0]])  # one field of 10 rows, columns 0 and 2 survive
+    # dims: 10 rows x 2 columns x 4 B + 2 int64 indices; sparse: 5 values x 5 B + 11 x 4 B.
+    assert mask_bytes(counts, [10], 4, "dims") == 80 + 16
+    assert mask_bytes(counts, [10], 4, "sparse") == 25 + 44
+    assert mask_bytes(counts, [10], 4, "auto") == 69
+    assert mask_bytes(torch.zeros(1, 4, dtype=torch.long), [10], 4, "auto") == 0
+
+
+def test_bad_settings_raise(tiny_data):
+    from autodim.errors import ConfigError
+
+    task = _task(tiny_data, ratio=4.0)
+    for bad in ({"granularity": "row"}, {"plan_form": "csr"}, {"rewind": "late"},
+                {"threshold_lr": -1.0}):
+        with pytest.raises(ConfigError):
+            create_searcher("pep", **bad).search(task)
+
+
+def test_fresh_rewind_gives_no_warm_start(tiny_data):
+    task = _task(tiny_data, ratio=4.0, epochs=1)
+    result = create_searcher("pep", rewind="fresh").search(task)
+    assert isinstance(result, SearchResult) and result.warm_start is None

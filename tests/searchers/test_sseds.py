@@ -1,0 +1,132 @@
+"""SSEDS: column saliency, byte-aware column dropping, plans and warm start."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from autodim.budget import full_bytes
+from autodim.data.datamodule import CTRDataModule
+from autodim.errors import BudgetError
+from autodim.plan import DimensionPlan
+from autodim.searchers import SearchTask, create_searcher, retrain
+from autodim.searchers._sseds import (
+    column_saliency,
+    full_tables,
+    select_bytes,
+    select_columns,
+    train_full_model,
+)
+from autodim.task import TrainConfig
+
+D = 8
+
+
+def _task(data, ratio: float | None = 4.0, seed: int = 0) -> SearchTask:
+    dm = CTRDataModule(data, batch_size=256, seed=seed)
+    budget = None if ratio is None else int(full_bytes(data.schema, D) / ratio)
+    return SearchTask(data=dm, D=D, budget_bytes=budget, candidate_dims=(1, 2, 4, 8),
+                      train=TrainConfig(max_epochs=1, batch_size=256, lr=3e-3, seed=seed),
+                      seed=seed)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data):
+    """A full D=8 model trained for one epoch, with field f03 disconnected (zeroed)."""
+    result = train_full_model(_task(tiny_data))
+    with torch.no_grad():
+        result.task.embedding.fields[3].table.embedding.weight.zero_()
+    return result
+
+
+def test_saliency_of_an_ignored_field_is_zero(tiny_data, trained):
+    task = _task(tiny_data)
+    sal = column_saliency(trained.task, task.data.val_dataloader())
+    assert sal.shape == (tiny_data.schema.num_fields, D)
+    # ∂L/∂m_fj = Σ ∂L/∂ê_fj · e_fj vanishes when the field's embedding is zero.
+    assert np.all(sal[3] == 0)
+    assert np.all(sal[[0, 1, 2]].sum(1) > 0)
+
+
+def test_ignored_field_loses_its_columns_first(tiny_data, trained):
+    task = _task(tiny_data, ratio=3.0)
+    result = create_searcher("sseds").search(task, pretrained=trained)
+    kept = result.history["kept_columns"]
+    assert len(kept["f03"]) == 1  # every field keeps >= 1 column by default
+    assert all(len(kept[n]) >= 1 for n in tiny_data.schema.names)
+    sal = np.array(result.history["saliency"])
+    assert sal.sum() == pytest.approx(1.0)  # "global" normalisation: shares of the total
+    assert result.plan.num_bytes() <= task.budget_bytes
+    # With fields allowed to go, a tight budget removes the disconnected field entirely.
+    small = _task(tiny_data, ratio=12.0)
+    result = create_searcher("sseds", allow_drop_fields=True).search(small, pretrained=trained)
+    assert result.plan["f03"].dim == 0
+    assert result.plan.num_bytes() <= small.budget_bytes
+
+
+def test_a_column_costs_its_fields_rows():
+    # Dropping one column of a 1000-row field saves 4000 bytes (a prefix needs no index)...
+    assert select_bytes(1000, [0, 1, 2, 3], 4) - select_bytes(1000, [0, 1, 2], 4) == 4000
+    # ...and a non-prefix column set stores one int64 index per kept column.
+    assert select_bytes(1000, [1, 2, 3], 4) == 12000 + 3 * 8
+    rows = {"big": 1000, "small": 10}
+    scores = {"big": np.array([4.0, 3.0, 2.0, 1.0]), "small": np.full(4, 0.1)}
+    full = select_bytes(1000, range(4), 4) + select_bytes(10, range(4), 4)
+    kept = select_columns(rows, 4, scores, full - 4000)
+    # Per byte, big's weakest column (1 / 4000 B) is worth less than small's (0.1 / 40 B).
+    assert kept == {"big": [0, 1, 2], "small": [0, 1, 2, 3]}
+    # Ranked by raw saliency instead, small's columns go first, but dropping all of them
+    # cannot free 4000 bytes; big still loses one and small's are refilled.
+    kept = select_columns(rows, 4, scores, full - 4000, per_byte=False)
+    assert kept["big"] == [0, 1, 2] and len(kept["small"]) >= 3
+
+
+def test_plan_bytes_match_and_fit(tiny_data, trained):
+    for ratio in (2.0, 4.0, 6.0):
+        task = _task(tiny_data, ratio=ratio)
+        result = create_searcher("sseds").search(task, pretrained=trained)
+        plan = result.plan
+        assert plan.num_bytes() <= task.budget_bytes
+        assert plan.build().num_bytes() == plan.num_bytes()
+        expected = sum(select_bytes(f.vocab_size, result.history["kept_columns"][f.name], D)
+                       for f in tiny_data.schema.fields)
+        assert plan.num_bytes() == expected
+        assert all(f.align == "select" for f in plan.fields)
+        DimensionPlan.from_json(plan.to_json())  # survives a round trip
+
+
+def test_infeasible_budget_raises_unless_fields_may_go(tiny_data, trained):
+    task = _task(tiny_data, ratio=40.0)  # below one column per field
+    with pytest.raises(BudgetError, match="column"):
+        create_searcher("sseds").search(task, pretrained=trained)
+    result = create_searcher("sseds", allow_drop_fields=True).search(task, pretrained=trained)
+    assert result.plan.num_bytes() <= task.budget_bytes
+
+
+def test_field_normalisation_sums_to_one_per_field(tiny_data, trained):
+    task = _task(tiny_data)
+    result = create_searcher("sseds", normalize="field").search(task, pretrained=trained)
+    sal = np.array(result.history["saliency"])
+    live = [0, 1, 2, 4]
+    assert np.allclose(sal[live].sum(1), 1.0)
+    assert np.all(sal[3] == 0)
+
+
+def test_warm_start_holds_the_trained_kept_columns(tiny_data, trained):
+    task = _task(tiny_data)
+    result = create_searcher("sseds").search(task, pretrained=trained)
+    tables = full_tables(trained.task)
+    built = result.plan.build()
+    built.load_state_dict(result.warm_start)
+    for f, module in zip(result.plan.fields, built.fields):
+        assert torch.equal(module.table.embedding.weight, tables[f.name][:, f.columns])
+    metrics = retrain(task, result, warm_start=True).metrics
+    assert metrics["num_bytes"] == result.plan.num_bytes()
+
+
+def test_search_trains_its_own_model_when_none_is_given(tiny_data):
+    task = _task(tiny_data, ratio=4.0)
+    result = create_searcher("sseds", epochs=1, max_batches=2).search(task)
+    assert result.history["full_model"]["val_auc"] > 0.5
+    assert result.plan.metrics["val_auc"] == result.history["full_model"]["val_auc"]
