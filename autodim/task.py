@@ -254,8 +254,10 @@ def train_plan(plan, datamodule: CTRDataModule, *, backbone: str = "fm",
     model = create_backbone(backbone, plan.schema().num_fields, plan.D, **(backbone_kwargs or {}))
     task = CTRTask(emb, model, lr=config.lr, weight_decay=config.weight_decay)
     best = RestoreBest()
+    # strict=False: a run shorter than one epoch (max_steps) never validates; that is not an
+    # error, the final evaluation below still measures it.
     all_callbacks: list[Callback] = [EarlyStopping("val_auc", mode="max",
-                                                   patience=config.patience)]
+                                                   patience=config.patience, strict=False)]
     if config.restore_best:
         all_callbacks.append(best)
     all_callbacks.extend(callbacks)

@@ -118,3 +118,10 @@ def test_max_steps_counts_batches_with_sparse_tables(tiny_data):
     dm = CTRDataModule(tiny_data, batch_size=256)
     trainer.fit(task, train_dataloaders=dm.train_dataloader())
     assert len(seen) == 7 and trainer.global_step == 7
+
+
+def test_a_run_shorter_than_one_epoch_still_reports(tiny_data):
+    dm = CTRDataModule(tiny_data, batch_size=256)
+    cfg = TrainConfig(max_epochs=1, max_steps=3, batch_size=256)
+    m = train_plan(DimensionPlan.full(tiny_data.schema, 8), dm, config=cfg).metrics
+    assert 0.0 < m["val_auc"] <= 1.0 and 0.0 < m["test_auc"] <= 1.0
