@@ -207,6 +207,9 @@ def search(
     out_dir: Optional[Path] = typer.Option(None, "--out-dir",
                                            help="Study folder (default <output>/<name> next "
                                                 "to the study file)."),
+    threads: Optional[int] = typer.Option(None, "--threads",
+                                          help="torch CPU threads (default: the study's "
+                                               "'threads', 1)."),
     data: str = typer.Option("synthetic", "--data", "-d", help="Single run: " + DATA_HELP),
     budget: str = typer.Option("10x", "--budget", "-b",
                                help="Single run: '10x', '2MB' or a byte count."),
@@ -246,6 +249,10 @@ def search(
       autodim search --method blackbox --data synthetic --budget 10x --out plan.json --retrain
     """
     if study is None:
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
         _search_once(method, data, budget, out, retrain, setting, quick, backbone, dim, dims,
                      epochs, retrain_epochs, lr, batch_size, seed, rows, spec)
         return
@@ -258,7 +265,7 @@ def search(
     config = StudyConfig.load(study)
     result = run_study(config, n_trials=n_trials, storage=storage, resume=resume,
                        methods=list(method) if method else None, out_dir=out_dir,
-                       echo=echo, warn=_warn)
+                       echo=echo, warn=_warn, threads=threads)
     echo()
     echo(f"Pareto front of study {result.name!r} (feasible trials; bytes <= budget):")
     typer.echo(result.front_table())
@@ -421,6 +428,43 @@ def export(
             _warn(f"trial {n}: {w}")
     result.write_pareto(root)
     typer.echo(f"exported {len(targets)} trial(s) to {root}")
+
+
+@app.command()
+def report(
+    study: Path = typer.Argument(..., help="The study file or its folder."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                       help="Where to write the page (default "
+                                            "<study folder>/report.html)."),
+    budget: Optional[str] = typer.Option(None, "--budget", "-b",
+                                         help="Choose the plan under this budget: a budget "
+                                              "of the study, '10x', '2MB' or bytes (default: "
+                                              "the study's first budget)."),
+    storage: Optional[str] = typer.Option(None, help="Storage URL if not the folder's "
+                                                     "journal file."),
+):
+    """Write one self-contained HTML report of a study (opens offline).
+
+    The page holds the Pareto figure and table, the chosen plan (best validation AUC
+    within the budget), the plans compared per field (planted ranks on synthetic data),
+    where their bytes go, each method's search dynamics, Optuna's optimisation history
+    and hyperparameter importances, and the study's settings.
+
+    Examples:
+
+    \b
+      autodim report studies/quick.yaml
+      autodim report studies/_results/quick --out quick.html --budget 10x
+    """
+    from autodim.study.result import load_study
+    from autodim.viz.report import choose_trial, write_report
+
+    result = load_study(study, storage=storage)
+    path = write_report(result, out, budget=budget)
+    chosen = choose_trial(result, budget)
+    if chosen is not None:
+        echo(f"chosen plan: trial {chosen} ({result.trial(chosen).user_attrs.get('method')})")
+    typer.echo(f"report written to {path}")
 
 
 @data_app.command("prepare")

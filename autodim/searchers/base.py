@@ -47,7 +47,8 @@ class SearchTask:
 
     def __post_init__(self) -> None:
         self.candidate_dims = tuple(sorted(set(int(d) for d in self.candidate_dims)))
-        if not self.candidate_dims or self.candidate_dims[0] < 0 or self.candidate_dims[-1] > self.D:
+        dims = self.candidate_dims
+        if not dims or dims[0] < 0 or dims[-1] > self.D:
             raise BudgetError(f"candidate dims {self.candidate_dims} must lie in [0, D={self.D}]")
 
     @property
@@ -156,9 +157,10 @@ def _jsonable(obj: Any) -> Any:
 
 
 def retrain(task: SearchTask, result: SearchResult, *, warm_start: bool = False,
-            config: TrainConfig | None = None, test: bool = True):
+            config: TrainConfig | None = None, test: bool = True, callbacks=()):
     """Train a fresh compact model from ``result.plan`` (optionally starting from the
-    searcher's ``warm_start`` weights) and return its :class:`~autodim.task.TrainResult`."""
+    searcher's ``warm_start`` weights) and return its :class:`~autodim.task.TrainResult`.
+    ``callbacks`` are extra Lightning callbacks for the training run."""
     from autodim.task import seed_everything, train_plan
 
     config = config or task.train
@@ -169,4 +171,4 @@ def retrain(task: SearchTask, result: SearchResult, *, warm_start: bool = False,
         embedding.load_state_dict(result.warm_start, strict=False)
     return train_plan(result.plan, task.data, backbone=task.backbone,
                       backbone_kwargs=task.backbone_kwargs, config=config,
-                      embedding=embedding, test=test)
+                      embedding=embedding, test=test, callbacks=callbacks)

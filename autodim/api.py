@@ -1,0 +1,125 @@
+"""The Python API, mirroring the command line (``autodim search``, ``pareto``, ``export``).
+
+Example:
+    >>> import autodim
+    >>> res = autodim.search("studies/quick.yaml", n_trials=4)     # doctest: +SKIP
+    >>> res.front[["trial", "method", "val_auc", "bytes"]]          # doctest: +SKIP
+    >>> n = res.best_under("10x")                                   # doctest: +SKIP
+    >>> model = res.model(n)          # the compact model, weights loaded  # doctest: +SKIP
+    >>> res.export(n, "shipped/")     # plan, safetensors, TorchRec, FuxiCTR  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+__all__ = ["search", "load_study", "search_plan"]
+
+
+def _config(study: Any):
+    from autodim.study.config import StudyConfig
+
+    if isinstance(study, StudyConfig):
+        return study
+    if isinstance(study, Mapping):
+        return StudyConfig.from_dict(dict(study), source="<dict>", base_dir=Path.cwd())
+    return StudyConfig.load(study)
+
+
+def search(study: str | os.PathLike | Mapping[str, Any] | Any, *, n_trials: int | None = None,
+           storage: str | None = None, resume: bool = False,
+           methods: Sequence[str] | None = None, out_dir: str | os.PathLike | None = None,
+           data: Any = None, progress: bool | Callable[[str], None] = False,
+           threads: int | None = None):
+    """Run (or resume) a study; the API form of ``autodim search STUDY.yaml``.
+
+    Args:
+        study: A study YAML path, a mapping with the same keys (relative paths resolve
+            against the working folder) or a :class:`~autodim.study.config.StudyConfig`.
+        n_trials: Search trials the study should hold when done (default: the file's).
+        storage: Optuna storage URL (default: a journal file in the study's folder).
+        resume: Continue an existing study (finished trials are kept, crashed ones re-queued).
+        methods: Restrict the study to these methods.
+        out_dir: The study's folder (default ``<output>/<name>`` beside the study file).
+        data: An already loaded dataset to use instead of the file's ``dataset``.
+        progress: ``True`` prints one line per trial; a callable receives the lines.
+        threads: torch CPU threads while the study runs (default: the study's, 1).
+
+    Returns:
+        A :class:`~autodim.study.result.StudyResult`.
+
+    Example:
+        >>> res = search({"dataset": "synthetic:tiny", "methods": "blackbox", "D": 8,
+        ...               "budget": "6x", "n_trials": 2, "baselines": ["uniform"],
+        ...               "train": {"epochs": 1}, "output": "/tmp/autodim-doc"})  # doctest: +SKIP
+        >>> len(res.trials_dataframe())  # doctest: +SKIP
+        3
+    """
+    from autodim.study.runner import run_study
+
+    echo = progress if callable(progress) else (print if progress else None)
+    return run_study(_config(study), n_trials=n_trials, storage=storage, resume=resume,
+                     methods=list(methods) if methods else None, out_dir=out_dir, data=data,
+                     echo=echo, threads=threads)
+
+
+def load_study(path: str | os.PathLike, *, storage: str | None = None):
+    """Open a study from its YAML file or its folder (see
+    :func:`autodim.study.result.load_study`)."""
+    from autodim.study.result import load_study as _load
+
+    return _load(path, storage=storage)
+
+
+def search_plan(method: str, data: Any = "synthetic", *, budget: str | int = "10x", D: int = 16,
+                candidate_dims: Sequence[int] = (1, 2, 4, 8, 16), backbone: str = "fm",
+                settings: Mapping[str, Any] | None = None, epochs: int = 2,
+                batch_size: int = 1024, lr: float = 3e-3, seed: int = 0,
+                retrain: bool = False):
+    """Run one searcher once; the API form of ``autodim search --method NAME --data ...``.
+
+    Args:
+        method: A registered searcher (:func:`autodim.searchers.list_searchers`).
+        data: A source for :func:`autodim.data.load_data` or a loaded ``CTRData``.
+        budget: ``"10x"``, ``"2MB"`` or bytes.
+        settings: The searcher's settings.
+        retrain: Also retrain the compact model and put its metrics into the plan.
+
+    Returns:
+        ``(plan, search_result)``.
+
+    Example:
+        >>> plan, _ = search_plan("blackbox", "synthetic:tiny", D=8, budget="6x",
+        ...                       settings={"n_candidates": 3})  # doctest: +SKIP
+        >>> plan.num_bytes() <= plan.budget_bytes  # doctest: +SKIP
+        True
+    """
+    from dataclasses import replace
+
+    from autodim.budget import full_bytes, parse_budget
+    from autodim.data import load_data
+    from autodim.data.datamodule import CTRDataModule
+    from autodim.searchers import SearchTask, create_searcher, get_searcher
+    from autodim.searchers import retrain as _retrain
+    from autodim.task import TrainConfig
+
+    ds = load_data(data) if isinstance(data, (str, os.PathLike)) else data
+    cfg = TrainConfig(max_epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, patience=1)
+    task = SearchTask(data=CTRDataModule(ds, batch_size=batch_size, seed=seed), D=D,
+                      budget_bytes=parse_budget(budget, full_bytes(ds.schema, D)),
+                      candidate_dims=tuple(candidate_dims), backbone=backbone, train=cfg,
+                      seed=seed)
+    result = create_searcher(method, **dict(settings or {})).search(task)
+    plan = result.plan
+    if retrain:
+        if getattr(get_searcher(method), "retrain", True):
+            m = _retrain(task, result, warm_start=result.warm_start is not None,
+                         config=replace(cfg, max_epochs=10, patience=2)).metrics
+        else:
+            m = dict(result.history.get("eval") or {})
+        plan = plan.replace(metrics={**plan.metrics, **{
+            k: float(m[k]) for k in ("val_auc", "val_logloss", "test_auc", "test_logloss")
+            if k in m}})
+    return plan, result

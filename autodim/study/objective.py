@@ -1,0 +1,388 @@
+"""One trial of a study: sample -> search -> compact plan (+ MEmCom) -> retrain -> record.
+
+A search trial samples a method and its hyperparameters from the search space, runs the
+searcher under ``inflate x budget``, fits the result into the budget with MEmCom
+(:func:`autodim.study.compact.compact_plan`), retrains the compact model with early stopping
+on validation AUC and returns the study's objectives (by default ``(val AUC, bytes)``);
+``trial.set_constraint("bytes_over_budget", bytes - budget)`` carries feasibility, which
+Optuna 5's samplers read from the trial itself.
+
+A baseline trial (enqueued with ``user_attrs={"kind": "baseline"}``) builds a baseline plan
+from :mod:`autodim.baselines` (or runs ``magprune``, whose plan is measured without a
+retrain) and records it the same way, so baselines sit on the same Pareto front.
+
+Multi-objective studies cannot use Optuna's pruners (``trial.report`` is single-objective
+only), so :class:`PruneHopeless` stops a retrain that, even continuing at its current pace,
+would stay more than ``margin`` below a finished feasible trial using no more bytes: it
+would end up dominated. Such trials are recorded as PRUNED.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from lightning.pytorch.callbacks import Callback
+
+from autodim._io import atomic_write_json
+from autodim.budget import full_bytes
+from autodim.data.datamodule import CTRDataModule
+from autodim.data.dataset import CTRData
+from autodim.errors import AutodimError, BudgetError
+from autodim.plan import DimensionPlan
+from autodim.study.compact import compact_plan
+from autodim.study.config import BASELINE_NAMES, StudyConfig
+from autodim.study.storage import Heartbeat
+from autodim.task import TrainingDiverged
+
+__all__ = ["TrialObjective", "PruneHopeless", "Reference", "trial_folder", "PLAN_ATTR_LIMIT"]
+
+#: Plans whose JSON is longer than this (row/element masks of big tables) are kept only as
+#: files; smaller ones also go into the trial's user attrs, so any storage holds them.
+PLAN_ATTR_LIMIT = 100_000
+
+
+def trial_folder(folder: Path, number: int) -> Path:
+    return folder / "trials" / f"{number:05d}"
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A finished feasible trial the pruning rule compares against."""
+
+    num_bytes: int
+    val_auc: float
+    number: int
+
+
+class PruneHopeless(Callback):
+    """Stop a retrain that cannot reach the Pareto front (see the module docstring).
+
+    From epoch ``after_epochs`` on, the run's best validation AUC is extrapolated
+    optimistically: its last epoch's gain repeated for every epoch it has left. If even that
+    stays more than ``margin`` below the final validation AUC of a finished feasible trial
+    that uses no more bytes, the run would end up dominated, and it stops. Learning curves
+    are concave, so the bound rarely stops a run that would have made it; it keeps slow
+    starters (bigger plans often gain several AUC points after their second epoch) and cuts
+    runs that have flattened out below the front.
+
+    Args:
+        references: Finished feasible trials.
+        num_bytes: Bytes of the plan being trained.
+        max_epochs: Epochs the run may take in all.
+        after_epochs: Epochs before the rule may fire (at least 2: it needs a gain).
+        margin: How far below the reference is hopeless.
+    """
+
+    def __init__(self, references: Sequence[Reference], num_bytes: int, *, max_epochs: int,
+                 after_epochs: int, margin: float) -> None:
+        eligible = [r for r in references if r.num_bytes <= num_bytes]
+        self.reference = max(eligible, key=lambda r: r.val_auc) if eligible else None
+        self.max_epochs = max_epochs
+        self.after_epochs, self.margin = max(2, after_epochs), margin
+        self.curve: list[float] = []
+        self.pruned: dict[str, Any] | None = None
+
+    def bound(self) -> float:
+        """The best AUC the run could reach at its current pace."""
+        gain = max(0.0, self.curve[-1] - self.curve[-2])
+        return max(self.curve) + gain * (self.max_epochs - len(self.curve))
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        auc = trainer.callback_metrics.get("val_auc")
+        if auc is None or trainer.sanity_checking:
+            return
+        self.curve.append(float(auc))
+        epoch = len(self.curve)
+        if self.reference is None or epoch < self.after_epochs or self.pruned:
+            return
+        if self.bound() < self.reference.val_auc - self.margin:
+            self.pruned = {"epoch": epoch, "val_auc": max(self.curve),
+                           "bound": round(self.bound(), 6),
+                           "reference_trial": self.reference.number,
+                           "reference_val_auc": self.reference.val_auc}
+            trainer.should_stop = True
+
+
+class TrialObjective:
+    """The callable ``study.optimize`` runs (one instance per ``run_study``)."""
+
+    def __init__(self, config: StudyConfig, data: CTRData, budgets: dict[str, int],
+                 folder: Path, *, journal: bool,
+                 references: Callable[[], list[Reference]]) -> None:
+        self.config, self.data, self.budgets, self.folder = config, data, budgets, folder
+        self.journal = journal
+        self.references = references
+        self.labels = [str(b) for b in config.budgets]
+
+    # -- entry point ------------------------------------------------------------------------
+    def __call__(self, trial) -> list[float]:
+        import optuna
+
+        t0 = time.perf_counter()
+        kind = trial.user_attrs.get("kind", "search")
+        trial.set_user_attr("kind", kind)
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
+        folder = trial_folder(self.folder, trial.number)
+        # Journal storages have no heartbeat of their own (see autodim.study.storage).
+        beat = Heartbeat(folder / "heartbeat") if self.journal else contextlib.nullcontext()
+        try:
+            beat.__enter__()
+            label = (trial.suggest_categorical("budget", self.labels) if len(self.labels) > 1
+                     else self.labels[0])
+            trial.set_user_attr("budget", label)
+            budget = self.budgets[label]
+            trial.set_user_attr("budget_bytes", budget)
+            if kind == "baseline":
+                return self._baseline(trial, folder, budget, t0)
+            return self._search(trial, folder, budget, t0)
+        except optuna.TrialPruned:
+            raise
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", "interrupted")
+            trial.set_user_attr("interrupted", True)
+            raise
+        except Exception as exc:
+            # The trial fails with its reason on record and the study goes on.
+            reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+            trial.set_user_attr("fail_reason", reason)
+            trial.set_user_attr("wall_seconds", time.perf_counter() - t0)
+            raise
+        finally:
+            beat.__exit__(None, None, None)
+
+    # -- the two kinds of trial -----------------------------------------------------------
+    def _search(self, trial, folder: Path, budget: int, t0: float) -> list[float]:
+        import optuna
+
+        from autodim.searchers import SearchTask, Stopwatch, create_searcher, get_searcher
+
+        cfg, space = self.config, self.config.search_space
+        method = trial.suggest_categorical("method", cfg.methods)
+        trial.set_user_attr("method", method)
+        mspace = space.methods.get(method)
+        settings = {k: spec.suggest(trial, f"{method}.{k}")
+                    for k, spec in (mspace.params.items() if mspace else [])}
+        trial.set_user_attr("settings", _jsonable(settings))
+        dims = cfg.candidate_dims(method)
+        inflate, ratio = 1.0, None
+        if space.memcom.enabled:
+            inflate = float(space.memcom.inflate.suggest(trial, "memcom.inflate"))
+            if inflate > 1.0:
+                ratio = float(space.memcom.ratio.suggest(trial, "memcom.ratio"))
+        same = self._same_params(trial)
+        if same is not None:
+            return self._copy(trial, same, t0)
+        full = full_bytes(self.data.schema, cfg.D)
+        search_budget = min(full, int(budget * inflate))
+        cls = get_searcher(method)
+        task = SearchTask(data=self._datamodule(cfg.search_train.batch_size), D=cfg.D,
+                          budget_bytes=search_budget, candidate_dims=dims,
+                          backbone=cfg.backbone, backbone_kwargs=dict(cfg.backbone_kwargs),
+                          train=cfg.search_train.config(cfg.seed), seed=cfg.seed)
+        searcher = create_searcher(method, **settings)
+        with Stopwatch() as sw:
+            result = searcher.search(task)
+        trial.set_user_attr("search_seconds", sw.seconds)
+        plan, info = result.plan, {"memcom": {}, "lowered": {}}
+        if ratio is not None:
+            try:
+                plan, info = compact_plan(result.plan, self.data.schema, budget, ratio=ratio,
+                                          min_rows=space.memcom.min_rows, candidate_dims=dims)
+            except BudgetError as exc:
+                # Not a failure of the method: this inflate/ratio cannot work for its plan.
+                # Pruned with the violation on record, so the sampler learns to avoid it.
+                trial.set_user_attr("prune_reason", {"reason": str(exc)})
+                trial.set_user_attr("wall_seconds", time.perf_counter() - t0)
+                trial.set_constraint("bytes_over_budget",
+                                     float(result.plan.num_bytes() - budget))
+                raise optuna.TrialPruned(str(exc)) from None
+        trial.set_user_attr("memcom", {"inflate": inflate, "ratio": ratio,
+                                       "fields": info["memcom"], "lowered": info["lowered"]})
+        if not getattr(cls, "retrain", True) and plan is result.plan:
+            return self._record_unretrained(trial, folder, plan, result.history,
+                                            getattr(searcher, "model_", None), budget, t0)
+        warm = result.warm_start if plan is result.plan else None
+        return self._train_and_record(trial, folder, plan, result.history, budget, t0,
+                                      warm_start=warm)
+
+    def _baseline(self, trial, folder: Path, budget: int, t0: float) -> list[float]:
+        from autodim.baselines import baseline_plan
+        from autodim.searchers import SearchTask, Stopwatch, create_searcher
+
+        cfg = self.config
+        name = trial.suggest_categorical("baseline", list(BASELINE_NAMES))
+        trial.set_user_attr("method", f"baseline:{name}")
+        if name == "magprune":
+            task = SearchTask(data=self._datamodule(cfg.search_train.batch_size), D=cfg.D,
+                              budget_bytes=budget, candidate_dims=(cfg.D,),
+                              backbone=cfg.backbone, backbone_kwargs=dict(cfg.backbone_kwargs),
+                              train=cfg.train.config(cfg.seed), seed=cfg.seed)
+            searcher = create_searcher("magprune")
+            with Stopwatch() as sw:
+                result = searcher.search(task)
+            trial.set_user_attr("search_seconds", sw.seconds)
+            return self._record_unretrained(trial, folder, result.plan, result.history,
+                                            getattr(searcher, "model_", None), budget, t0)
+        plan = baseline_plan(name, self.data.schema, cfg.D, budget)
+        return self._train_and_record(trial, folder, plan, {}, budget, t0, prune=False)
+
+    # -- duplicates -------------------------------------------------------------------------
+    def _same_params(self, trial):
+        """A complete trial with exactly these parameters, if any. Searches and retrains are
+        seeded, so it would be repeated result for result: TPE does resample a point when a
+        method's space is small (a few categorical settings)."""
+        from optuna.trial import TrialState
+
+        params = trial.params
+        for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if (t.number != trial.number and t.params == params
+                    and t.user_attrs.get("kind") == "search"):
+                return t
+        return None
+
+    def _copy(self, trial, same, t0: float) -> list[float]:
+        skip = {"host", "pid", "wall_seconds", "kind", "budget", "budget_bytes", "method",
+                "settings", "retry_of", "retries"}
+        for key, value in same.user_attrs.items():
+            if key not in skip:
+                trial.set_user_attr(key, value)
+        trial.set_user_attr("duplicate_of", same.number)
+        trial.set_user_attr("wall_seconds", time.perf_counter() - t0)
+        trial.set_constraint("bytes_over_budget", same.constraints["bytes_over_budget"])
+        return list(same.values)
+
+    # -- training and recording -------------------------------------------------------------
+    def _datamodule(self, batch_size: int) -> CTRDataModule:
+        # A fresh data module per run: its loaders count epochs, and a shared one would make
+        # a trial's shuffling depend on the trials before it.
+        return CTRDataModule(self.data, batch_size=batch_size, seed=self.config.seed)
+
+    def _train_and_record(self, trial, folder: Path, plan: DimensionPlan,
+                          history: dict[str, Any], budget: int, t0: float, *,
+                          warm_start: dict | None = None, prune: bool = True) -> list[float]:
+        import optuna
+
+        from autodim.searchers import SearchResult, retrain
+        from autodim.searchers.base import SearchTask
+
+        cfg = self.config
+        nbytes = plan.num_bytes()
+        pruner = PruneHopeless(self.references() if (prune and cfg.pruning.enabled) else [],
+                               nbytes, max_epochs=cfg.train.epochs,
+                               after_epochs=cfg.pruning.after_epochs,
+                               margin=cfg.pruning.margin)
+        task = SearchTask(data=self._datamodule(cfg.train.batch_size), D=cfg.D,
+                          budget_bytes=budget, candidate_dims=(cfg.D,), backbone=cfg.backbone,
+                          backbone_kwargs=dict(cfg.backbone_kwargs),
+                          train=cfg.train.config(cfg.seed), seed=cfg.seed)
+        trained = retrain(task, SearchResult(plan=plan, history=history, warm_start=warm_start),
+                          warm_start=warm_start is not None, callbacks=[pruner])
+        metrics = dict(trained.metrics)
+        trial.set_user_attr("curve", pruner.curve)
+        if pruner.pruned is not None:
+            self._set_common(trial, folder, plan, history, budget, t0, metrics)
+            trial.set_user_attr("prune_reason", pruner.pruned)
+            raise optuna.TrialPruned(
+                f"val AUC {pruner.pruned['val_auc']:.4f} after {pruner.pruned['epoch']} "
+                f"epoch(s), at most {pruner.pruned['bound']:.4f} at its pace: more than "
+                f"{cfg.pruning.margin} below trial {pruner.pruned['reference_trial']} "
+                f"({pruner.pruned['reference_val_auc']:.4f}) with no more bytes")
+        return self._finish(trial, folder, plan, history, budget, t0, metrics, trained.task)
+
+    def _record_unretrained(self, trial, folder: Path, plan: DimensionPlan,
+                            history: dict[str, Any], model, budget: int, t0: float
+                            ) -> list[float]:
+        metrics = dict(history.get("eval") or {})
+        if "val_auc" not in metrics:
+            raise AutodimError(f"{plan.searcher.get('name')}: a searcher that does not "
+                               "retrain must report history['eval']['val_auc']")
+        metrics.setdefault("epochs", 0)
+        trial.set_user_attr("retrained", False)
+        return self._finish(trial, folder, plan, history, budget, t0, metrics, model)
+
+    def _set_common(self, trial, folder: Path, plan: DimensionPlan, history: dict[str, Any],
+                    budget: int, t0: float, metrics: dict[str, float]) -> None:
+        nbytes = plan.num_bytes()
+        keep = {k: float(v) for k, v in metrics.items()
+                if k in ("val_auc", "val_logloss", "test_auc", "test_logloss")
+                and v is not None and math.isfinite(float(v))}
+        plan = plan.replace(metrics={**plan.metrics, **keep}, budget_bytes=budget)
+        plan.save(folder / "plan.json")
+        if history:
+            atomic_write_json(folder / "history.json", _jsonable(history))
+            trial.set_user_attr("history_file", str((folder / "history.json").relative_to(
+                self.folder)))
+        text = plan.to_json()
+        trial.set_user_attr("plan", json.loads(text) if len(text) <= PLAN_ATTR_LIMIT else None)
+        trial.set_user_attr("plan_file", str((folder / "plan.json").relative_to(self.folder)))
+        trial.set_user_attr("dims", plan.dims)
+        for key in ("val_auc", "val_logloss", "test_auc", "test_logloss"):
+            if key in keep:
+                trial.set_user_attr(key, keep[key])
+        trial.set_user_attr("bytes", nbytes)
+        trial.set_user_attr("compression", plan.compression())
+        trial.set_user_attr("feasible", nbytes <= budget)
+        trial.set_user_attr("epochs", int(metrics.get("epochs", 0)))
+        trial.set_user_attr("train_seconds", float(metrics.get("train_seconds", 0.0)))
+        trial.set_user_attr("wall_seconds", time.perf_counter() - t0)
+        trial.set_constraint("bytes_over_budget", float(nbytes - budget))
+
+    def _finish(self, trial, folder: Path, plan: DimensionPlan, history: dict[str, Any],
+                budget: int, t0: float, metrics: dict[str, float], model) -> list[float]:
+        for key in ("val_auc",):
+            v = metrics.get(key)
+            if v is None or not math.isfinite(float(v)):
+                raise TrainingDiverged(f"validation AUC is {v} (training diverged)")
+        if model is not None:
+            from autodim.export import save_weights
+
+            save_weights(model, folder / "weights.safetensors", plan=plan,
+                         backbone=self.config.backbone,
+                         backbone_kwargs=self.config.backbone_kwargs)
+            trial.set_user_attr("weights_file", str((folder / "weights.safetensors").relative_to(
+                self.folder)))
+        self._set_common(trial, folder, plan, history, budget, t0, metrics)
+        values = {"val_auc": float(metrics["val_auc"]),
+                  "val_logloss": float(metrics.get("val_logloss", math.nan)),
+                  "bytes": float(plan.num_bytes())}
+        out = [values[o] for o in self.config.objectives]
+        if not all(math.isfinite(v) for v in out):
+            raise TrainingDiverged(f"objective values {out} are not finite")
+        return out
+
+
+def _jsonable(obj: Any) -> Any:
+    """JSON-safe copy of a searcher's history/settings (tensors and arrays become lists)."""
+    import numpy as np
+    import torch
+
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu().tolist()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    if isinstance(obj, DimensionPlan):
+        return obj.to_dict()
+    return repr(obj)
+

@@ -1,0 +1,380 @@
+"""Run a study: open (or resume) its storage, record the baselines, run the search trials.
+
+The study's folder (``<output>/<name>/``) holds everything: ``study.journal`` (the default
+storage), ``study.json`` (what the study is, so a folder can be loaded on its own),
+``trials/<n>/`` (plan, searcher history and retrained weights of each trial, written
+atomically) and ``pareto.csv`` / ``pareto.json``, rewritten after every trial.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import warnings
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+from autodim._io import atomic_write_json
+from autodim.budget import format_bytes, full_bytes, min_feasible_bytes, parse_budget
+from autodim.errors import AutodimError, BudgetError, ConfigError, DataError
+from autodim.study.config import StudyConfig
+
+__all__ = ["run_study", "resolve_budgets", "load_study_data", "make_sampler", "StudyWarning",
+           "MANIFEST_NAME"]
+
+MANIFEST_NAME = "study.json"
+
+
+class StudyWarning(UserWarning):
+    """Something about a study is suspicious but not wrong (e.g. a budget above the full
+    model)."""
+
+
+def load_study_data(config: StudyConfig):
+    """Load the study's dataset (errors name the study file and the ``dataset`` key)."""
+    from autodim.data import load_data
+
+    options = {k: v for k, v in config.dataset.items() if k != "source"}
+    where = f"{config.path or '<study>'}: dataset"
+    try:
+        return load_data(config.dataset["source"], **options)
+    except (DataError, ConfigError) as exc:
+        raise DataError(f"{where}: {exc}") from None
+    except TypeError as exc:
+        raise DataError(f"{where}: bad loader option ({exc})") from None
+
+
+def _show(n: int) -> str:
+    return f"{n:,} B" if n < 1000 else f"{n:,} B ({format_bytes(n)})"
+
+
+def resolve_budgets(config: StudyConfig, schema, warn: Callable[[str], None]) -> dict[str, int]:
+    """Budget label -> bytes; below the smallest feasible model is an error, above the full
+    model a warning."""
+    full = full_bytes(schema, config.D)
+    dims = [config.candidate_dims(m) for m in config.methods] or [(1,)]
+    minimum = min(min_feasible_bytes(schema, config.D, d) for d in dims)
+    out = {}
+    for b in config.budgets:
+        nbytes = parse_budget(b, full)
+        if nbytes < minimum:
+            raise BudgetError(
+                f"{config.path or '<study>'}: budgets: {b!r} = {_show(nbytes)} is below the "
+                f"smallest feasible model, {_show(minimum)} (every field at its smallest "
+                "candidate dim)")
+        if nbytes >= full:
+            warn(f"budget {b!r} = {nbytes:,} B is not below the full D={config.D} model "
+                 f"({full:,} B): nothing needs compressing")
+        out[str(b)] = nbytes
+    return out
+
+
+def make_sampler(config: StudyConfig, seed_offset: int = 0):
+    """The study's sampler. ``seed_offset`` (the number of trials already in the study)
+    keeps a resumed run, or a second worker, from replaying the first one's draws."""
+    import optuna
+
+    s = dict(config.sampler)
+    name, seed = s.pop("name"), int(s.pop("seed", config.seed)) + seed_offset
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, **s)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    kwargs: dict[str, Any] = {"multivariate": True, "constant_liar": True, **s}
+    multivariate = bool(kwargs.pop("multivariate"))
+    with warnings.catch_warnings():
+        # multivariate/group/constant_liar are "experimental" in Optuna; the warning is noise.
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # group=True: methods have different parameters (and baselines none), so the joint
+        # TPE model is fitted per group of trials that share a search space.
+        return optuna.samplers.TPESampler(seed=seed, multivariate=multivariate,
+                                          group=multivariate, **kwargs)
+
+
+def _snapshot(config: StudyConfig, data, budgets: dict[str, int]) -> dict[str, Any]:
+    """What must not change when a study is resumed (it defines the search space)."""
+    return {"methods": list(config.methods), "budgets": budgets,
+            "objectives": list(config.objectives), "D": config.D, "backbone": config.backbone,
+            "schema_fingerprint": data.schema.fingerprint()}
+
+
+def _check_resumable(study, snap: dict[str, Any], name: str) -> None:
+    old = study.user_attrs.get("autodim_space")
+    if not old:
+        return
+    for key, label in (("schema_fingerprint", "dataset (schema fingerprint)"),
+                       ("methods", "methods"), ("budgets", "budgets"),
+                       ("objectives", "objectives"), ("D", "D"), ("backbone", "backbone")):
+        if old.get(key) != snap.get(key):
+            raise ConfigError(f"cannot resume study {name!r}: its {label} changed from "
+                              f"{old.get(key)!r} to {snap.get(key)!r}; a study's search space "
+                              "must stay the same (use --out-dir for a new study)")
+
+
+def _counts(study) -> tuple[int, int, int]:
+    """(search trials done, search trials running, trials waiting)."""
+    from optuna.trial import TrialState
+
+    from autodim.study.storage import requeued_numbers
+
+    trials = study.get_trials(deepcopy=False)
+    again = requeued_numbers(trials)
+    done = running = waiting = 0
+    for t in trials:
+        if t.state == TrialState.WAITING:
+            waiting += 1
+            continue
+        if t.user_attrs.get("kind", "search") != "search":
+            continue
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            done += 1
+        elif t.state == TrialState.FAIL and t.number not in again:
+            done += 1
+        elif t.state == TrialState.RUNNING:
+            running += 1
+    return done, running, waiting
+
+
+def _enqueue_baselines(study, config: StudyConfig, budgets: dict[str, int], schema,
+                       warn: Callable[[str], None], say: Callable[[str], None]) -> int:
+    from autodim.baselines import baseline_plan
+    from autodim.searchers import list_searchers
+
+    labels = list(budgets)
+
+    have = {(t.user_attrs.get("baseline"), t.user_attrs.get("budget"))
+            for t in study.get_trials(deepcopy=False) if t.user_attrs.get("kind") == "baseline"}
+    added = 0
+    for name in config.baselines:
+        if name == "magprune" and "magprune" not in list_searchers():
+            warn("baseline 'magprune' is not registered in this installation: skipped")
+            continue
+        # The full model is the same plan whatever the budget: record it once.
+        for label in labels[:1] if name == "full" else labels:
+            if (name, label) in have:
+                continue
+            if name not in ("full", "magprune"):
+                try:  # building a baseline plan takes milliseconds: check it can exist
+                    baseline_plan(name, schema, config.D, budgets[label])
+                except BudgetError as exc:
+                    say(f"baseline {name} at {label}: not recorded ({exc})")
+                    continue
+            params: dict[str, Any] = {"baseline": name}
+            if len(labels) > 1:
+                params["budget"] = label
+            study.enqueue_trial(params, user_attrs={"kind": "baseline", "baseline": name,
+                                                    "budget": label})
+            added += 1
+    return added
+
+
+def _enqueue_next_budget(study, labels: list[str]) -> None:
+    """Give search trials the budgets in turn (the other parameters are still sampled).
+
+    Left to the sampler, the budget would drift to wherever the front is easiest to
+    extend, and a two-budget study could end with no trial at one of them.
+    """
+    started = sum(1 for t in study.get_trials(deepcopy=False)
+                  if t.user_attrs.get("kind", "search") == "search")
+    label = labels[started % len(labels)]
+    study.enqueue_trial({"budget": label}, user_attrs={"kind": "search"})
+
+
+def _references(study):
+    """A callable listing the finished feasible trials (the pruning rule's references)."""
+    from autodim.study.objective import Reference
+
+    def refs() -> list[Reference]:
+        from optuna.trial import TrialState
+
+        out = []
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            a = t.user_attrs
+            if a.get("feasible") and a.get("val_auc") is not None and a.get("bytes") is not None:
+                out.append(Reference(int(a["bytes"]), float(a["val_auc"]), t.number))
+        return out
+
+    return refs
+
+
+def trial_line(t, done: int | None = None, total: int | None = None) -> str:
+    """One progress line for a finished trial."""
+    from optuna.trial import TrialState
+
+    a = t.user_attrs
+    head = f"trial {t.number:>3}"
+    if done is not None and total is not None and a.get("kind", "search") == "search":
+        head += f" [{done}/{total}]"
+    what = a.get("method") or a.get("kind", "?")
+    if len(what) > 18:
+        what = what[:17] + "…"
+    head = f"{head} {what:<18} {a.get('budget', '')}"
+    secs = a.get("wall_seconds")
+    tail = f" ({secs:.1f} s)" if isinstance(secs, (int, float)) else ""
+    if t.state == TrialState.COMPLETE:
+        feas = "" if a.get("feasible", True) else "  OVER BUDGET"
+        if "duplicate_of" in a:
+            feas += f"  (same parameters as trial {a['duplicate_of']}: result reused)"
+        test = a.get("test_auc")
+        test_s = f" test AUC {test:.4f}" if isinstance(test, float) else ""
+        return (f"{head}: val AUC {a.get('val_auc', math.nan):.4f}{test_s}  "
+                f"{int(a.get('bytes', 0)):,} B ({a.get('compression', 0):.1f}x){feas}{tail}")
+    if t.state == TrialState.PRUNED:
+        p = a.get("prune_reason") or {}
+        if "reason" in p:
+            return f"{head}: pruned: {p['reason']}{tail}"
+        return (f"{head}: pruned at epoch {p.get('epoch', '?')} (val AUC "
+                f"{p.get('val_auc', math.nan):.4f}, at most {p.get('bound', math.nan):.4f} at "
+                f"its pace, vs {p.get('reference_val_auc', math.nan):.4f} of trial "
+                f"{p.get('reference_trial', '?')}){tail}")
+    return f"{head}: failed: {a.get('fail_reason', t.state.name)}{tail}"
+
+
+def run_study(config: StudyConfig, *, n_trials: int | None = None, storage: str | None = None,
+              resume: bool = False, methods: list[str] | None = None,
+              out_dir: str | Path | None = None, data=None,
+              echo: Callable[[str], None] | None = None,
+              warn: Callable[[str], None] | None = None, threads: int | None = None):
+    """Run (or resume) a study and return its :class:`~autodim.study.result.StudyResult`.
+
+    Args:
+        config: The validated study file.
+        n_trials: Search trials the study should hold when done (default: the file's);
+            baselines come on top. On resume, finished trials count, so ``--resume`` after a
+            crash only runs the rest.
+        storage: Optuna storage URL overriding the file's (default: a journal file).
+        resume: Continue an existing study (an existing study without it is an error).
+        methods: Restrict the study to these methods.
+        out_dir: The study's folder (default ``<output>/<name>``).
+        data: An already loaded dataset (default: load the file's ``dataset``).
+        echo: Called with one progress line per trial (``None``: silent).
+        warn: Called with warnings (default: :func:`warnings.warn` with
+            :class:`StudyWarning`).
+        threads: torch CPU threads while the study runs (default: the file's ``threads``);
+            the previous setting is restored afterwards.
+
+    Raises:
+        ConfigError, DataError, BudgetError: bad study, data or budget (nothing is run).
+        AutodimError: every search trial failed.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(int(threads or config.threads))
+    try:
+        return _run_study(config, n_trials=n_trials, storage=storage, resume=resume,
+                          methods=methods, out_dir=out_dir, data=data, echo=echo, warn=warn)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_study(config: StudyConfig, *, n_trials, storage, resume, methods, out_dir, data,
+               echo, warn):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.trial import TrialState
+
+    from autodim.study.objective import TrialObjective
+    from autodim.study.result import StudyResult
+    from autodim.study.storage import display_url, open_storage, recover_trials
+
+    say = echo or (lambda _m: None)
+    warn = warn or (lambda m: warnings.warn(m, StudyWarning, stacklevel=3))
+    if methods:
+        config = config.with_methods(methods)
+    if n_trials is not None:
+        if n_trials < 0:
+            raise ConfigError(f"--n-trials must be >= 0, got {n_trials}")
+        config = replace(config, n_trials=int(n_trials))
+    folder = Path(out_dir) if out_dir is not None else config.output_dir
+    url = storage if storage is not None else config.storage
+    data = data if data is not None else load_study_data(config)
+    budgets = resolve_budgets(config, data.schema, warn)
+    labels = list(budgets)
+
+    folder.mkdir(parents=True, exist_ok=True)
+    store = open_storage(url, folder)
+    journal = isinstance(store, JournalStorage)
+    where = display_url(url) or str(folder / "study.journal")
+    old_level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        exists = config.name in optuna.get_all_study_names(store)
+        if exists and not resume:
+            n = len(optuna.load_study(study_name=config.name, storage=store).trials)
+            if n:
+                raise ConfigError(f"study {config.name!r} already exists in {where} with {n} "
+                                  "trial(s): pass --resume to continue it, or --out-dir for a "
+                                  "new one")
+        study = optuna.create_study(study_name=config.name, storage=store,
+                                    directions=config.directions, load_if_exists=True)
+        if list(study.directions) != [optuna.study.StudyDirection[d.upper()]
+                                      for d in config.directions]:
+            raise ConfigError(f"cannot resume study {config.name!r}: its objectives' directions "
+                              f"differ from {config.objectives}")
+        snap = _snapshot(config, data, budgets)
+        _check_resumable(study, snap, config.name)
+        if not study.user_attrs.get("autodim_space"):
+            study.set_user_attr("autodim_space", snap)
+            study.set_user_attr("autodim_config", config.to_dict())
+            study.set_user_attr("bayes_auc", data.meta.get("bayes_auc"))
+            study.set_user_attr("full_bytes", full_bytes(data.schema, config.D))
+        _write_manifest(folder, config, url, budgets, data)
+        if resume:
+            recover_trials(study, folder, journal=journal, echo=say)
+        _enqueue_baselines(study, config, budgets, data.schema, warn, say)
+        study.sampler = make_sampler(config, seed_offset=len(study.trials))
+
+        objective = TrialObjective(config, data, budgets, folder, journal=journal,
+                                   references=_references(study))
+        result = StudyResult(study, folder)
+        done, running, waiting = _counts(study)
+        say(f"study {config.name!r}: {len(config.methods)} method(s) "
+            f"({', '.join(config.methods)}), budget(s) "
+            + ", ".join(f"{k} = {format_bytes(v)}" for k, v in budgets.items())
+            + f"; {config.n_trials} search trial(s) ({done} done) + {waiting} queued; "
+              f"storage {where}")
+        ran: list[Any] = []
+        while waiting > 0 or done + running < config.n_trials:
+            if waiting == 0 and len(labels) > 1:
+                _enqueue_next_budget(study, labels)
+            study.optimize(objective, n_trials=1, catch=(Exception,),
+                           callbacks=[lambda _study, trial: ran.append(trial)])
+            done, running, waiting = _counts(study)
+            result.write_pareto()
+            if ran:
+                say(trial_line(ran.pop(), done, config.n_trials))
+    finally:
+        optuna.logging.set_verbosity(old_level)
+    result.write_pareto()
+    search = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("kind") == "search"]
+    if config.n_trials and search and not any(t.state == TrialState.COMPLETE for t in search):
+        failed = [t for t in search if t.state == TrialState.FAIL]
+        if failed and len(failed) == len(search):
+            raise AutodimError(f"all {len(failed)} search trial(s) of study {config.name!r} "
+                               f"failed; first reason: {failed[0].user_attrs.get('fail_reason')}")
+    return result
+
+
+def _write_manifest(folder: Path, config: StudyConfig, url: str | None,
+                    budgets: dict[str, int], data) -> None:
+    from autodim.study.storage import JOURNAL_NAME, display_url
+
+    path = folder / MANIFEST_NAME
+    created = None
+    if path.exists():
+        import json
+
+        try:
+            created = json.loads(path.read_text()).get("created")
+        except (OSError, ValueError):
+            created = None
+    atomic_write_json(path, {
+        "format": "autodim.study", "version": 1, "name": config.name,
+        "storage": display_url(url), "journal": JOURNAL_NAME if url is None else None,
+        "budgets": budgets, "full_bytes": full_bytes(data.schema, config.D),
+        "bayes_auc": data.meta.get("bayes_auc"),
+        "schema_fingerprint": data.schema.fingerprint(), "config": config.to_dict(),
+        "created": created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    })

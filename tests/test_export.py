@@ -1,0 +1,155 @@
+"""Export: weights round trip, TorchRec and FuxiCTR configs, exporting study trials."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+import yaml
+from optuna.trial import TrialState
+
+from autodim.data.datamodule import CTRDataModule
+from autodim.errors import ConfigError
+from autodim.export import (
+    build_model,
+    export_plan,
+    fuxictr_feature_specs,
+    load_model,
+    load_weights,
+    save_weights,
+    torchrec_tables,
+)
+from autodim.plan import DimensionPlan, FieldPlan
+from autodim.study.config import StudyConfig
+from autodim.study.runner import run_study
+from autodim.task import TrainConfig, train_plan
+
+torch.set_num_threads(1)
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
+def _batch(data, n: int = 512) -> torch.Tensor:
+    return torch.from_numpy(data.test.ids[:n]).long()
+
+
+def _mixed_plan(schema) -> DimensionPlan:
+    plan = DimensionPlan.from_dims(schema, 8, [2, 4, 8, 3, 0])
+    fields = list(plan.fields)
+    fields[3] = FieldPlan(name="f03", vocab_size=fields[3].vocab_size, dim=3,
+                          hashing={"method": "memcom", "buckets": 50})
+    return plan.replace(fields=fields)
+
+
+def test_weights_round_trip_gives_identical_predictions(tmp_path, tiny_data):
+    plan = _mixed_plan(tiny_data.schema)
+    plan.validate()
+    trained = train_plan(plan, CTRDataModule(tiny_data, batch_size=256),
+                         config=TrainConfig(max_epochs=1, batch_size=256), test=False)
+    trained.task.eval()
+    path = save_weights(trained.task, tmp_path / "w.safetensors", plan=plan, backbone="fm")
+    tensors, meta = load_weights(path)
+    assert meta["backbone"] == "fm" and meta["num_bytes"] == str(plan.num_bytes())
+    assert all(isinstance(t, torch.Tensor) for t in tensors.values())
+    paths = export_plan(plan, tmp_path / "exp", weights=path, backbone="fm")
+    rebuilt = load_model(paths["plan"], paths["weights"])
+    also = plan.build_model("fm", weights=paths["weights"])
+    x = _batch(tiny_data)
+    with torch.no_grad():
+        want = trained.task(x)
+        assert torch.equal(rebuilt(x), want)
+        assert torch.equal(also(x), want)
+    assert rebuilt.num_bytes() == plan.num_bytes()
+
+
+def test_weights_that_do_not_fit_the_plan_are_refused(tmp_path, tiny_data):
+    from autodim.errors import PlanError
+
+    plan = DimensionPlan.full(tiny_data.schema, 8)
+    path = save_weights(build_model(plan), tmp_path / "w.safetensors")
+    other = DimensionPlan.from_dims(tiny_data.schema, 8, [2, 2, 2, 2, 2])
+    with pytest.raises(PlanError, match="do not fit"):
+        build_model(other, weights=path)
+
+
+def test_torchrec_tables(tiny_data):
+    plan = _mixed_plan(tiny_data.schema)
+    out = torchrec_tables(plan)
+    tables = {t["name"]: t for t in out["tables"]}
+    assert set(tables) == {"t_f00", "t_f01", "t_f02", "t_f03_memcom_shared",
+                           "t_f03_memcom_scale"}  # f04 is dropped (dim 0)
+    assert tables["t_f00"]["embedding_dim"] == 2
+    assert tables["t_f00"]["num_embeddings"] == tiny_data.schema["f00"].vocab_size
+    assert tables["t_f03_memcom_shared"]["num_embeddings"] == 50
+    assert tables["t_f03_memcom_shared"]["embedding_dim"] == 3
+    assert tables["t_f03_memcom_scale"]["embedding_dim"] == 1
+    assert all(t["feature_names"] and t["pooling"] == "SUM" for t in tables.values())
+    assert {p["field"] for p in out["projections"]} == {"f00", "f01", "f03"}
+    warning = " ".join(out["warnings"])
+    assert "t_f00 (2)" in warning and "t_f03_memcom_shared (3)" in warning
+    assert "t_f01" not in warning and "t_f03_memcom_scale" not in warning
+    json.dumps(out)  # JSON-able
+
+
+def test_fuxictr_feature_specs(tiny_data):
+    plan = _mixed_plan(tiny_data.schema)
+    out = fuxictr_feature_specs(plan)
+    assert out["embedding_dim"] == 8
+    assert out["use_features"] == ["f00", "f01", "f02", "f03"]
+    specs = {s["name"]: s for s in out["feature_specs"]}
+    assert specs["f01"] == {"name": "f01", "embedding_dim": 4,
+                            "feature_encoder": "nn.Linear(4, 8, bias=False)"}
+    assert "feature_encoder" not in specs["f02"]  # already at D
+    assert any("f03" in n and "memcom" in n for n in out["notes"])
+
+
+# -- exporting study trials ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("export_study")
+    space = {"candidate_dims": [1, 2, 4, 8],
+             "methods": {"blackbox": {"params": {"n_candidates": 2, "max_batches": 4}}},
+             "memcom": {"enabled": False}}
+    (folder / "space.yaml").write_text(yaml.safe_dump(space))
+    (folder / "s.yaml").write_text(yaml.safe_dump({
+        "name": "s", "dataset": {"source": "synthetic:tiny", "rows": 3000}, "D": 8,
+        "methods": "blackbox", "search_space": "space.yaml", "budget": "6x", "n_trials": 1,
+        "baselines": ["uniform", "memcom"], "train": {"epochs": 1, "batch_size": 256},
+        "search_train": {"epochs": 1, "batch_size": 256}, "output": "out"}))
+    return run_study(StudyConfig.load(folder / "s.yaml"))
+
+
+def test_export_study_trial_round_trip(study, tmp_path):
+    n = study.best_under("6x")
+    paths = study.export(n, tmp_path / "exp")
+    for key in ("plan", "weights", "model", "torchrec", "fuxictr"):
+        assert Path(paths[key]).is_file(), key
+    fx = yaml.safe_load(Path(paths["fuxictr"]).read_text())
+    assert fx["embedding_dim"] == 8 and fx["feature_specs"]
+    model = json.loads(Path(paths["model"]).read_text())
+    assert model["backbone"] == "fm" and model["weights"] == "weights.safetensors"
+    exported = load_model(paths["plan"], paths["weights"])
+    original = study.model(n)
+    x = torch.from_numpy(study_data_ids(study)).long()
+    with torch.no_grad():
+        assert torch.equal(exported(x), original(x))
+    plan = DimensionPlan.load(paths["plan"])
+    assert plan.metrics["val_auc"] == study.trial(n).user_attrs["val_auc"]
+
+
+def study_data_ids(study):
+    from autodim.data.synthetic import make_planted
+
+    return make_planted("tiny", rows=3000).test.ids[:300]
+
+
+def test_exporting_a_failed_trial_is_a_clear_error(study, tmp_path):
+    trial = study.study.ask()
+    trial.set_user_attr("fail_reason", "RuntimeError: boom")
+    study.study.tell(trial, state=TrialState.FAIL)
+    with pytest.raises(ConfigError, match=f"trial {trial.number} .* is FAIL .*boom"):
+        study.export(trial.number, tmp_path / "x")
+    with pytest.raises(ConfigError, match="no trial 12345"):
+        study.export(12345, tmp_path / "x")
