@@ -54,7 +54,8 @@ def save_weights(model, path: str | os.PathLike, *, plan=None, backbone: str | N
     from safetensors.torch import save_file
 
     # Copies: safetensors refuses tensors that share storage, and views of bigger tensors.
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    tensors = {k: v.detach().cpu().contiguous().clone()
+               for k, v in compact_state_dict(model).items()}
     meta = {"format": WEIGHTS_FORMAT, "version": "1"}
     if backbone is not None:
         meta["backbone"] = backbone
@@ -66,6 +67,74 @@ def save_weights(model, path: str | os.PathLike, *, plan=None, backbone: str | N
     with atomic_path(path, suffix=".safetensors") as tmp:
         save_file(tensors, str(tmp), metadata=meta)
     return path
+
+
+def compact_state_dict(model) -> dict[str, Any]:
+    """The model's tensors in the form a server stores: masked tables as what their
+    ``num_bytes()`` counts, not as the dense tensors used for training.
+
+    - :class:`~autodim.embeddings.tables.SparseTable`: CSR ``values`` (float32),
+      ``col_index`` (uint8, or int16 above 256 columns), ``row_ptr`` (int32).
+    - :class:`~autodim.embeddings.tables.RowPrunedTable`: the kept ``rows`` and a
+      ``keep_bits`` bitmap (one bit per id).
+
+    Every other tensor is saved as is, so the file's tensor bytes equal
+    ``plan.num_bytes()`` plus the backbone. :func:`expand_state_dict` inverts it.
+    """
+    import numpy as np
+    import torch
+
+    from autodim.embeddings.tables import RowPrunedTable, SparseTable
+
+    state = dict(model.state_dict())
+    for name, mod in model.named_modules():
+        prefix = f"{name}." if name else ""
+        if isinstance(mod, SparseTable):
+            weight = state.pop(prefix + "embedding.weight")
+            mask = state.pop(prefix + "mask")
+            rows, cols = mask.nonzero(as_tuple=True)  # row-major, as CSR wants
+            index_dtype = torch.uint8 if mod.dim <= 256 else torch.int16
+            state[prefix + "values"] = weight[rows, cols]
+            state[prefix + "col_index"] = cols.to(index_dtype)
+            state[prefix + "row_ptr"] = torch.cat(
+                [torch.zeros(1, dtype=torch.long), mask.sum(1).cumsum(0)]).to(torch.int32)
+        elif isinstance(mod, RowPrunedTable):
+            weight = state.pop(prefix + "embedding.weight")
+            keep = state.pop(prefix + "keep")
+            state[prefix + "rows"] = weight[keep]
+            state[prefix + "keep_bits"] = torch.from_numpy(np.packbits(keep.cpu().numpy()))
+    return state
+
+
+def expand_state_dict(model, tensors: Mapping[str, Any]) -> dict[str, Any]:
+    """Turn :func:`compact_state_dict` tensors back into ``model``'s training layout."""
+    import numpy as np
+    import torch
+
+    from autodim.embeddings.tables import RowPrunedTable, SparseTable
+
+    state = dict(tensors)
+    for name, mod in model.named_modules():
+        prefix = f"{name}." if name else ""
+        if isinstance(mod, SparseTable) and prefix + "values" in state:
+            values = state.pop(prefix + "values")
+            cols = state.pop(prefix + "col_index").long()
+            counts = state.pop(prefix + "row_ptr").long().diff()
+            rows = torch.repeat_interleave(torch.arange(mod.rows), counts)
+            weight = torch.zeros(mod.rows, mod.dim, dtype=values.dtype)
+            mask = torch.zeros(mod.rows, mod.dim, dtype=torch.bool)
+            weight[rows, cols] = values
+            mask[rows, cols] = True
+            state[prefix + "embedding.weight"], state[prefix + "mask"] = weight, mask
+        elif isinstance(mod, RowPrunedTable) and prefix + "rows" in state:
+            kept = state.pop(prefix + "rows")
+            bits = state.pop(prefix + "keep_bits").numpy()
+            keep = torch.from_numpy(np.unpackbits(bits)[: mod.rows].astype(bool))
+            # Pruned rows are never read (they map to row 0); zeros stand in for them.
+            weight = torch.zeros(mod.rows, mod.dim, dtype=kept.dtype)
+            weight[keep] = kept
+            state[prefix + "embedding.weight"], state[prefix + "keep"] = weight, keep
+    return state
 
 
 def load_weights(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, str]]:
@@ -127,7 +196,7 @@ def build_model(plan, backbone: str = "fm", *, backbone_kwargs: Mapping[str, Any
     if weights is not None:
         state = load_weights(weights)[0] if isinstance(weights, (str, os.PathLike)) else weights
         try:
-            model.load_state_dict(dict(state), strict=True)
+            model.load_state_dict(expand_state_dict(model, state), strict=True)
         except RuntimeError as exc:
             raise PlanError(f"the weights do not fit this plan/backbone "
                             f"({str(exc).splitlines()[0]})") from None

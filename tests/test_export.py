@@ -153,3 +153,38 @@ def test_exporting_a_failed_trial_is_a_clear_error(study, tmp_path):
         study.export(trial.number, tmp_path / "x")
     with pytest.raises(ConfigError, match="no trial 12345"):
         study.export(12345, tmp_path / "x")
+
+
+def test_masked_tables_are_saved_in_compact_form(tmp_path):
+    """Sparse and row-pruned tables ship as CSR / kept rows + bitmap: the file's embedding
+    tensors take exactly plan.num_bytes(), and loading restores identical predictions."""
+    import numpy as np
+    import torch
+    from safetensors import safe_open
+
+    from autodim.data.schema import Field, Schema
+    from autodim.export import build_model, save_weights
+    from autodim.plan import DimensionPlan, FieldPlan, encode_mask
+
+    schema = Schema([Field("a", vocab_size=300), Field("b", vocab_size=200),
+                     Field("c", vocab_size=50)])
+    rng = np.random.default_rng(0)
+    mask = rng.random((300, 8)) < 0.2
+    keep = rng.random(200) < 0.3
+    keep[0] = True
+    plan = DimensionPlan(fields=[
+        FieldPlan("a", 300, 8, sparse={"nnz": int(mask.sum()), "bits": encode_mask(mask)}),
+        FieldPlan("b", 200, 4, align="pad",
+                  row_mask={"kept": int(keep.sum()), "bits": encode_mask(keep)}),
+        FieldPlan("c", 50, 3, align="select", columns=[0, 1, 2]),
+    ], D=8, schema_fingerprint=schema.fingerprint())
+    model = build_model(plan, "fm")
+    path = save_weights(model, tmp_path / "w.safetensors", plan=plan, backbone="fm")
+    with safe_open(str(path), framework="pt") as fh:
+        emb = sum(fh.get_tensor(k).numel() * fh.get_tensor(k).element_size()
+                  for k in fh.keys() if k.startswith("embedding."))
+    assert emb == plan.num_bytes()
+    again = build_model(plan, "fm", weights=path)
+    ids = torch.randint(0, 50, (32, 3))
+    model.eval()
+    assert torch.allclose(model(ids), again(ids))

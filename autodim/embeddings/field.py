@@ -57,7 +57,8 @@ class Select(Align):
         self.out_dim = out_dim
         cols = torch.as_tensor(list(columns), dtype=torch.long)
         self.is_prefix = bool(torch.equal(cols, torch.arange(len(cols))))
-        self.register_buffer("columns", cols)
+        # A prefix needs no index (a slice does it), so it is neither stored nor counted.
+        self.register_buffer("columns", cols, persistent=not self.is_prefix)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.is_prefix:
