@@ -146,7 +146,15 @@ def load_weights(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, str
     if path.suffix in (".pt", ".pth", ".bin"):
         import torch
 
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - pickled code or a corrupt file: refuse it
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise ConfigError(f"{path}: refused: not a plain tensor state dict "
+                              f"({type(exc).__name__}: {first[:200]}); weights are loaded "
+                              "with weights_only=True, so pickled code never runs") from None
+        if not isinstance(state, dict):
+            raise ConfigError(f"{path}: not a state dict (got {type(state).__name__})")
         return dict(state), {}
     from safetensors import safe_open
 

@@ -14,12 +14,16 @@ sys.path.insert(0, str(ROOT.parent))
 
 
 def load_datasets(names: Sequence[str], *, quick: bool, ml100k: str | None = None):
-    """Yield ``(name, CTRData)``: ``planted`` (built-in) and ``ml100k`` when available."""
+    """Yield ``(name, CTRData)``: ``planted`` (built-in), ``tiny`` (built-in, a few thousand
+    rows, for smoke runs) and ``ml100k`` when available (``--ml100k DIR`` or
+    ``$AUTODIM_ML100K``; :func:`default_ml100k` finds where ``fetch-ml100k`` puts it)."""
     from autodim.data.synthetic import make_planted
 
     for name in names:
         if name == "planted":
             yield name, make_planted("planted", rows=20_000 if quick else 200_000, seed=0)
+        elif name == "tiny":
+            yield name, make_planted("tiny", rows=3_000 if quick else 6_000, seed=0)
         elif name == "ml100k":
             folder = ml100k or os.environ.get("AUTODIM_ML100K")
             if not folder:
@@ -30,6 +34,18 @@ def load_datasets(names: Sequence[str], *, quick: bool, ml100k: str | None = Non
             yield name, load_data(folder)
         else:
             raise SystemExit(f"unknown dataset {name!r}")
+
+
+def default_ml100k() -> str | None:
+    """The MovieLens-100K folder ``fetch-ml100k`` filled (``~/.cache/autodim/ml-100k``), or
+    ``None``. The data stays there: its licence forbids copying it into the repo."""
+    from autodim.data.sources import find_ml100k
+    from autodim.errors import DataError
+
+    try:
+        return str(find_ml100k())
+    except DataError:
+        return None
 
 
 def write_table(rows: list[dict[str, Any]], stem: str, *, title: str = "") -> str:

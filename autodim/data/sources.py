@@ -123,7 +123,8 @@ def load_data(source: str | os.PathLike, *, cache_dir: str | os.PathLike | None 
         inputs = list(recbole_files(path).values())
         loader, name, build = "recbole", path.name, build_recbole
     elif _suffix(path) in TABLE_SUFFIXES:
-        options.setdefault("spec", _find_spec(path))
+        if options.get("spec") is None:  # not setdefault: it would look for a spec file
+            options["spec"] = _find_spec(path)  # beside the data even when one is given
         opts = _bind(build_table, path, options)
         spec = opts["spec"]
         norm, _ = read_spec(spec)

@@ -75,8 +75,13 @@ def read_spec(spec: str | Path | Mapping[str, Any]) -> tuple[dict[str, Any], str
             raise DataError(f"{where}: spec file not found")
         try:
             raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise DataError(f"{where}: not valid YAML ({exc})") from None
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{where}: not valid UTF-8 at byte offset {exc.start}") from None
+        except yaml.YAMLError as exc:  # one line: the problem and where, not the excerpt
+            mark = getattr(exc, "problem_mark", None)
+            at = f" at line {mark.line + 1}" if mark is not None else ""
+            raise DataError(f"{where}: not valid YAML{at} ({getattr(exc, 'problem', None) or exc})"
+                            ) from None
         if raw is None:
             raise DataError(f"{where}: empty spec file")
     _check_keys(raw, SPEC_KEYS, where)
@@ -168,15 +173,23 @@ def _first_bad_utf8(path: Path) -> tuple[int, int] | None:
     return None
 
 
+def _short(text: str, limit: int = 60) -> str:
+    """A header cell as shown in an error (a garbled header can be megabytes long)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
 def _columns_error(path: Path, what: str, name: str, columns: list[str],
                    delimiter: str) -> DataError:
     if len(columns) == 1:
         return DataError(f"{path}: {what} {name!r} not found: the file has a single column "
-                         f"{columns[0]!r}; is the delimiter right? (delimiter: {delimiter!r})")
-    close = difflib.get_close_matches(name, columns, n=1)
+                         f"{_short(columns[0])!r}; is the delimiter right? (delimiter: "
+                         f"{delimiter!r})")
+    close = difflib.get_close_matches(name, [c for c in columns if len(c) <= 1000], n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
+    shown = [_short(c) for c in columns[:30]]
+    more = f" (and {len(columns) - 30} more)" if len(columns) > 30 else ""
     return DataError(f"{path}: {what} {name!r} not found{hint}; columns found: "
-                     f"{', '.join(columns)}")
+                     f"{', '.join(shown)}{more}")
 
 
 def _read(path: Path, spec: Mapping[str, Any]) -> pd.DataFrame:

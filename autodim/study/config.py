@@ -3,7 +3,7 @@
 Both are parsed into plain dataclasses and validated before any data is loaded or any
 model is trained, so a typo costs a second, not a study. Every error names the file and the
 key at fault (``studies/quick.yaml: sampler.name: unknown sampler 'tpee' (did you mean
-'tpe'?)``). The formats are documented in ``docs_study_formats.md``.
+'tpe'?)``). The formats are documented in the README (section "Studies").
 
 Example:
     >>> from autodim.study.config import StudyConfig
@@ -409,7 +409,7 @@ class PruningSettings:
 
 @dataclass
 class StudyConfig:
-    """A validated study file. See ``docs_study_formats.md`` for every key.
+    """A validated study file. See the README (section "Studies") for every key.
 
     Attributes:
         name: Study name (default: the file's stem); names the output folder.
@@ -710,6 +710,9 @@ def _read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path}: no such file")
     try:
         return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not valid UTF-8 at byte offset {exc.start}; re-save the "
+                          "file as UTF-8") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

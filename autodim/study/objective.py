@@ -136,6 +136,8 @@ class TrialObjective:
         beat = Heartbeat(folder / "heartbeat") if self.journal else contextlib.nullcontext()
         try:
             beat.__enter__()
+            if kind == "baseline":
+                self._skip_if_enqueued_twice(trial)
             label = (trial.suggest_categorical("budget", self.labels) if len(self.labels) > 1
                      else self.labels[0])
             trial.set_user_attr("budget", label)
@@ -236,6 +238,25 @@ class TrialObjective:
         return self._train_and_record(trial, folder, plan, {}, budget, t0, prune=False)
 
     # -- duplicates -------------------------------------------------------------------------
+    def _skip_if_enqueued_twice(self, trial) -> None:
+        """Workers started together each enqueue the baselines they do not see yet; the
+        second copy of a baseline (same name and budget, a later number, the first not
+        failed) is pruned, not trained again."""
+        import optuna
+        from optuna.trial import TrialState
+
+        key = (trial.user_attrs.get("baseline"), trial.user_attrs.get("budget"))
+        for t in trial.study.get_trials(deepcopy=False, states=(
+                TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)):
+            if (t.number < trial.number and t.user_attrs.get("kind") == "baseline"
+                    and (t.user_attrs.get("baseline"), t.user_attrs.get("budget")) == key):
+                reason = (f"baseline {key[0]} at {key[1]} is already trial {t.number} "
+                          "(enqueued by another worker)")
+                trial.set_user_attr("duplicate_of", t.number)
+                trial.set_user_attr("prune_reason", {"reason": reason})
+                trial.set_constraint("bytes_over_budget", 0.0)
+                raise optuna.TrialPruned(reason)
+
     def _same_params(self, trial):
         """A complete trial with exactly these parameters, if any. Searches and retrains are
         seeded, so it would be repeated result for result: TPE does resample a point when a

@@ -76,7 +76,7 @@ def make_sampler(config: StudyConfig, seed_offset: int = 0):
     import optuna
 
     s = dict(config.sampler)
-    name, seed = s.pop("name"), int(s.pop("seed", config.seed)) + seed_offset
+    name, seed = s.pop("name"), (int(s.pop("seed", config.seed)) + seed_offset) % 2**32
     if name == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, **s)
     if name == "random":
@@ -90,6 +90,22 @@ def make_sampler(config: StudyConfig, seed_offset: int = 0):
         # TPE model is fitted per group of trials that share a search space.
         return optuna.samplers.TPESampler(seed=seed, multivariate=multivariate,
                                           group=multivariate, **kwargs)
+
+
+def _seed_offset(study, resume: bool) -> int:
+    """The sampler's seed offset: the trials already there and, for ``--resume`` (how every
+    worker of a shared study is started), this process, so that workers started together,
+    who see the same trials, do not draw the same parameters and run the same trial twice.
+    A fresh single-worker run stays reproducible."""
+    import os
+    import socket
+    import zlib
+
+    offset = len(study.trials)
+    if resume:
+        offset += 1000 * (zlib.crc32(f"{socket.gethostname()}:{os.getpid()}".encode())
+                          % 1_000_003)
+    return offset % (2**31 - 1)
 
 
 def _snapshot(config: StudyConfig, data, budgets: dict[str, int]) -> dict[str, Any]:
@@ -134,6 +150,33 @@ def _counts(study) -> tuple[int, int, int]:
         elif t.state == TrialState.RUNNING:
             running += 1
     return done, running, waiting
+
+
+def _wait_for_others(study) -> bool:
+    """RDB storages (many workers): before leaving, wait while other workers' trials run.
+
+    A worker that died mid-trial stops beating; once its trial is older than the grace
+    period it is failed and re-queued (Optuna's heartbeat + retry callback), and this
+    worker runs it, instead of leaving the study one trial short. Returns whether anything
+    was waited for (the caller then looks for new work).
+    """
+    import time
+
+    import optuna
+    from optuna.trial import TrialState
+
+    from autodim.study import storage as _storage
+
+    waited = False
+    while study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        waited = True
+        time.sleep(min(float(_storage.HEARTBEAT_S), 2.0))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            break
+    return waited
 
 
 def _enqueue_baselines(study, config: StudyConfig, budgets: dict[str, int], schema,
@@ -307,8 +350,12 @@ def _run_study(config: StudyConfig, *, n_trials, storage, resume, methods, out_d
                 raise ConfigError(f"study {config.name!r} already exists in {where} with {n} "
                                   "trial(s): pass --resume to continue it, or --out-dir for a "
                                   "new one")
-        study = optuna.create_study(study_name=config.name, storage=store,
-                                    directions=config.directions, load_if_exists=True)
+        # load_study when it exists: create_study(load_if_exists=True) appends a (failing)
+        # "create" record to a journal even when it only loads, so a refused resume would
+        # still have written to the study's storage.
+        study = (optuna.load_study(study_name=config.name, storage=store) if exists else
+                 optuna.create_study(study_name=config.name, storage=store,
+                                     directions=config.directions, load_if_exists=True))
         if list(study.directions) != [optuna.study.StudyDirection[d.upper()]
                                       for d in config.directions]:
             raise ConfigError(f"cannot resume study {config.name!r}: its objectives' directions "
@@ -324,7 +371,7 @@ def _run_study(config: StudyConfig, *, n_trials, storage, resume, methods, out_d
         if resume:
             recover_trials(study, folder, journal=journal, echo=say)
         _enqueue_baselines(study, config, budgets, data.schema, warn, say)
-        study.sampler = make_sampler(config, seed_offset=len(study.trials))
+        study.sampler = make_sampler(config, seed_offset=_seed_offset(study, resume))
 
         objective = TrialObjective(config, data, budgets, folder, journal=journal,
                                    references=_references(study))
@@ -336,15 +383,19 @@ def _run_study(config: StudyConfig, *, n_trials, storage, resume, methods, out_d
             + f"; {config.n_trials} search trial(s) ({done} done) + {waiting} queued; "
               f"storage {where}")
         ran: list[Any] = []
-        while waiting > 0 or done + running < config.n_trials:
-            if waiting == 0 and len(labels) > 1:
-                _enqueue_next_budget(study, labels)
-            study.optimize(objective, n_trials=1, catch=(Exception,),
-                           callbacks=[lambda _study, trial: ran.append(trial)])
+        while True:
+            while waiting > 0 or done + running < config.n_trials:
+                if waiting == 0 and len(labels) > 1:
+                    _enqueue_next_budget(study, labels)
+                study.optimize(objective, n_trials=1, catch=(Exception,),
+                               callbacks=[lambda _study, trial: ran.append(trial)])
+                done, running, waiting = _counts(study)
+                result.write_pareto()
+                if ran:
+                    say(trial_line(ran.pop(), done, config.n_trials))
+            if journal or not _wait_for_others(study):
+                break
             done, running, waiting = _counts(study)
-            result.write_pareto()
-            if ran:
-                say(trial_line(ran.pop(), done, config.n_trials))
     finally:
         optuna.logging.set_verbosity(old_level)
     result.write_pareto()

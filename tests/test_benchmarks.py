@@ -1,0 +1,162 @@
+"""Every benchmark script runs in its ``--quick`` mode and writes sane results.
+
+Each script runs as a subprocess (as a user runs it), with one torch thread: on a shared
+2-core machine two threads per process oversubscribe the cores and run many times slower.
+Quick results land in ``benchmarks/results/*_quick*`` (git-ignored) or, for scripts whose
+quick mode would overwrite committed results, in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+RESULTS = BENCH / "results"
+
+
+def run_script(name: str, *args: str, timeout: int = 300) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           "PYTHONWARNINGS": "ignore"}
+    env.pop("AUTODIM_ML100K", None)  # quick runs use built-in data only
+    proc = subprocess.run([sys.executable, str(BENCH / name), "--quick", *args], cwd=BENCH,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, (f"{name} --quick failed ({proc.returncode}):\n"
+                                  f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc.stdout
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    assert path.is_file(), f"{path} was not written"
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows, f"{path} has no rows"
+    return rows
+
+
+def fresh(*paths: Path) -> None:
+    for p in paths:
+        p.unlink(missing_ok=True)
+
+
+def is_auc(value: str) -> bool:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return False
+    return 0.4 < v < 1.0
+
+
+def test_throughput():
+    fresh(RESULTS / "throughput_quick.csv")
+    run_script("throughput.py")
+    rows = read_csv(RESULTS / "throughput_quick.csv")
+    assert {r["backbone"] for r in rows} == {"fm", "deepfm"}
+    for r in rows:
+        assert float(r["hand samples/s"]) > 0 and float(r["CTRTask samples/s"]) > 0
+        assert float(r["ratio"]) > 0
+
+
+def test_baselines():
+    fresh(RESULTS / "baselines_quick.csv")
+    run_script("baselines.py")
+    rows = read_csv(RESULTS / "baselines_quick.csv")
+    plans = {r["plan"] for r in rows}
+    assert {"full", "uniform", "mde", "hash", "qr", "memcom"} <= plans
+    for r in rows:
+        assert is_auc(r["test AUC"]) or r["note"] == "infeasible", r
+
+
+def test_scale():
+    fresh(RESULTS / "scale_quick.csv")
+    run_script("scale.py")
+    rows = {r["measure"]: r for r in read_csv(RESULTS / "scale_quick.csv")}
+    for key in ("full D=16: test AUC", "memcom 10x: test AUC", "sseds 10x: test AUC"):
+        assert is_auc(rows[key]["value"]), rows[key]
+    speeds = [float(r["value"]) for k, r in rows.items() if r["unit"] == "samples/s"]
+    assert len(speeds) >= 4 and all(s > 0 for s in speeds)
+    assert 0 < float(rows["peak RSS (end)"]["value"]) < 24
+
+
+def test_inference():
+    fresh(RESULTS / "inference_quick.csv")
+    run_script("inference.py")
+    rows = {r["model"]: r for r in read_csv(RESULTS / "inference_quick.csv")}
+    assert set(rows) == {"full", "uniform", "mde", "hash", "qr", "memcom", "sparse",
+                         "row-pruned", "select"}
+    for r in rows.values():
+        assert float(r["ms @1"]) > 0 and float(r["ms @4096"]) > 0
+        assert int(r["file bytes"]) > int(r["embedding in file"]) > 0
+        # The exported embedding stores exactly what the plan counts, masked forms too.
+        assert r["bytes match"] == "True", r
+
+
+def test_compare():
+    from autodim.searchers import list_searchers
+
+    stem = RESULTS / "compare_quick"
+    fresh(*(stem.with_suffix(s) for s in (".csv", ".md", ".html")))
+    run_script("compare.py")
+    rows = read_csv(stem.with_suffix(".csv"))
+    methods = {"full", "uniform", "mde", "hash", "qr", "memcom", *list_searchers()}
+    assert {r["method"] for r in rows} == methods
+    assert {r["ratio"] for r in rows} == {"1", "4", "10"}
+    for r in rows:
+        assert r["status"] in ("ok", "infeasible", "error"), r
+        if r["status"] == "ok":
+            assert is_auc(r["test_auc"]), r
+            if r["budget_bytes"]:
+                assert int(r["bytes"]) <= int(r["budget_bytes"]), r
+        else:
+            assert r["note"], r  # an infeasible or failing method says why
+    # searchers report their search cost relative to one full training
+    ratios = [float(r["search/full"]) for r in rows
+              if r["kind"] == "searcher" and r["status"] == "ok"]
+    assert ratios and all(x > 0 and math.isfinite(x) for x in ratios)
+    md = stem.with_suffix(".md").read_text()
+    assert "test AUC (mean ± std)" in md and "tiny" in md
+    assert "plotly" in stem.with_suffix(".html").read_text()
+    # resumable: a second run finds every combo done and only rebuilds the report
+    out = run_script("compare.py")
+    assert "seed 0: ok" not in out
+    assert len(read_csv(stem.with_suffix(".csv"))) == len(rows)
+
+
+def test_search_darts(tmp_path):
+    out = tmp_path / "search_darts_quick.csv"  # its default --out is the committed file
+    run_script("search_darts.py", "--out", str(out))
+    rows = read_csv(out)
+    assert {"darts", "autodim"} <= {r["method"] for r in rows}
+    assert all(is_auc(r["test_auc"]) for r in rows)
+
+
+def test_search_pruning():
+    fresh(RESULTS / "search_pruning_quick.csv")
+    run_script("search_pruning.py")
+    rows = read_csv(RESULTS / "search_pruning_quick.csv")
+    assert {"pep", "sseds", "magprune"} <= {r["method"] for r in rows}
+    for r in rows:
+        assert is_auc(r["test_auc"]) or r["note"].startswith("infeasible"), r
+
+
+def test_search_optembed():
+    fresh(RESULTS / "search_optembed_quick.csv")
+    run_script("search_optembed.py")
+    rows = read_csv(RESULTS / "search_optembed_quick.csv")
+    assert any(r["method"].startswith("optembed") for r in rows)
+    assert all(is_auc(r["test AUC"]) for r in rows)
+
+
+@pytest.mark.skipif(not (BENCH / "study_front.py").exists(), reason="no study_front.py")
+def test_study_front(tmp_path):
+    run_script("study_front.py", "--results", str(tmp_path))  # default: the committed file
+    rows = read_csv(tmp_path / "study_front.csv")
+    assert {r["budget"] for r in rows} >= {"10x", "40x"}
+    assert all(is_auc(r["test_auc"]) for r in rows if r["test_auc"])
