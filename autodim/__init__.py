@@ -13,9 +13,7 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from autodim._lazy import lazy_attributes
 from autodim.errors import AutodimError, BudgetError, ConfigError, DataError, PlanError
 
 __version__ = "0.1.0"
@@ -54,13 +52,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value  # later lookups skip __getattr__
-        return value
-    raise AttributeError(f"module 'autodim' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, __all__, globals())

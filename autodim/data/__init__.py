@@ -9,9 +9,7 @@ generator) are imported on first use so that ``import autodim.data`` stays fast.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from autodim._lazy import lazy_attributes
 from autodim.data.criteo import load_criteo
 from autodim.data.dataset import CTRData, Split, random_split_indices
 from autodim.data.encode import (
@@ -57,13 +55,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value  # later lookups skip __getattr__
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, __all__, globals())

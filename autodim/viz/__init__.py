@@ -22,8 +22,7 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from autodim._lazy import lazy_attributes
 
 _LAZY: dict[str, str] = {
     # the study's front
@@ -58,13 +57,4 @@ _LAZY: dict[str, str] = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value  # later lookups skip __getattr__
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, __all__, globals())
