@@ -12,7 +12,7 @@ from autodim.embeddings.tables import FLOAT_BYTES
 from autodim.errors import BudgetError, ConfigError
 
 __all__ = ["parse_budget", "full_bytes", "dims_bytes", "field_dim_bytes",
-           "min_feasible_bytes", "fit_dims_to_budget", "format_bytes"]
+           "min_feasible_bytes", "fit_dims_to_budget", "knapsack_dims", "format_bytes"]
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20,
           "gib": 2**30}
@@ -145,3 +145,29 @@ def fit_dims_to_budget(schema: Schema, D: int, candidate_dims: Sequence[int],
         total += cost(best, level[best] + 1) - cost(best, level[best])
         level[best] += 1
     return {n: cands[level[n]] for n in schema.names}
+
+
+def knapsack_dims(schema: Schema, D: int, candidate_dims: Sequence[int],
+                  values: Mapping[str, Sequence[float]], budget_bytes: int, *,
+                  align: str = "project", resolution: int = 20000) -> dict[str, int]:
+    """Per-field dims maximising ``sum(values[field][k])`` with exact bytes <= the budget.
+
+    ``values[field][k]`` is the learned preference for ``candidate_dims[k]`` (e.g. log α, or a
+    measured validation-loss gain); unlike :func:`fit_dims_to_budget` nothing is spent per
+    byte greedily: the multiple-choice knapsack (:func:`autodim.knapsack.solve_mckp`) decides.
+    """
+    from autodim.knapsack import solve_mckp
+
+    cands = [int(c) for c in candidate_dims]
+    rows = {f.name: f.vocab_size for f in schema.fields}
+    costs = [[field_dim_bytes(rows[n], c, D, align) for c in cands] for n in schema.names]
+    vals = [[float(values[n][k]) for k in range(len(cands))] for n in schema.names]
+    try:
+        chosen = solve_mckp(vals, costs, budget_bytes, resolution=resolution)
+    except BudgetError:
+        minimum = min_feasible_bytes(schema, D, cands, align)
+        hint = "" if 0 in cands else "; adding 0 (drop a field) to the candidate dims lowers it"
+        raise BudgetError(f"budget {budget_bytes} B ({format_bytes(budget_bytes)}) is below the "
+                          f"smallest feasible model: {minimum} B ({format_bytes(minimum)}), "
+                          f"every field at dim {min(cands)}{hint}") from None
+    return {n: cands[k] for n, k in zip(schema.names, chosen)}
