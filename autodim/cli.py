@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 import typer
 
+from autodim.defaults import DEFAULT_LR
 from autodim.errors import AutodimError, ConfigError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -102,7 +103,7 @@ def train(
     dim: int = typer.Option(16, "--dim", "-D", help="Common embedding dim D."),
     epochs: int = typer.Option(10, help="Maximum epochs (early stopping on val AUC)."),
     batch_size: int = typer.Option(1024, help="Training batch size."),
-    lr: float = typer.Option(3e-3, help="Learning rate."),
+    lr: float = typer.Option(DEFAULT_LR, help="Learning rate."),
     patience: int = typer.Option(2, help="Early-stopping patience in epochs."),
     seed: int = typer.Option(0, help="Seed of initialisation and shuffling."),
     rows: Optional[int] = typer.Option(None, help="Rows to generate (synthetic data)."),
@@ -227,7 +228,7 @@ def search(
     dims: str = typer.Option("1,2,4,8,16", "--dims", help="Single run: candidate dims."),
     epochs: int = typer.Option(2, help="Single run: the searcher's training epochs."),
     retrain_epochs: int = typer.Option(10, help="Single run: retrain epochs (early stopping)."),
-    lr: float = typer.Option(3e-3, help="Single run: learning rate."),
+    lr: float = typer.Option(DEFAULT_LR, help="Single run: learning rate."),
     batch_size: int = typer.Option(1024, help="Single run: batch size."),
     seed: int = typer.Option(0, help="Single run: seed."),
     rows: Optional[int] = typer.Option(None, help="Single run: rows (synthetic data)."),

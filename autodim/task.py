@@ -18,6 +18,7 @@ from torch import nn
 from torchmetrics.functional.classification import binary_auroc
 
 from autodim.data.datamodule import CTRDataModule
+from autodim.defaults import DEFAULT_LR
 from autodim.errors import AutodimError
 from autodim.models import create_backbone
 
@@ -35,7 +36,7 @@ class TrainConfig:
 
     max_epochs: int = 10
     batch_size: int = 1024
-    lr: float = 1e-3
+    lr: float = DEFAULT_LR
     weight_decay: float = 0.0
     patience: int = 2
     seed: int = 0
@@ -106,7 +107,7 @@ class CTRTask(pl.LightningModule):
         lr, weight_decay: Optimiser settings.
     """
 
-    def __init__(self, embedding: nn.Module, backbone: nn.Module, *, lr: float = 1e-3,
+    def __init__(self, embedding: nn.Module, backbone: nn.Module, *, lr: float = DEFAULT_LR,
                  weight_decay: float = 0.0):
         super().__init__()
         self.embedding, self.backbone = embedding, backbone

@@ -1,6 +1,6 @@
 """Optuna studies around the searchers: study files, trials, storage, resume, results.
 
-Data flow of one study (see DESIGN.md, "Optuna around the searchers")::
+Data flow of one study (see ARCHITECTURE.md)::
 
     studies/*.yaml + search_spaces/*.yaml --config--> StudyConfig
         --runner--> optuna.Study (journal file or any storage URL; resumable)
@@ -16,9 +16,7 @@ Importing this package does not import torch; the runner and objective do.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from autodim._lazy import lazy_attributes
 from autodim.study.config import SearchSpace, StudyConfig, load_search_space, load_study_config
 
 __all__ = ["StudyConfig", "SearchSpace", "load_study_config", "load_search_space",
@@ -32,9 +30,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, __all__, globals())

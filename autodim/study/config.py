@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from autodim.defaults import DEFAULT_LR
 from autodim.errors import ConfigError
 
 __all__ = ["ParamSpec", "MethodSpace", "MemcomSpace", "SearchSpace", "TrainSettings",
@@ -355,7 +356,7 @@ class TrainSettings:
 
     epochs: int = 10
     batch_size: int = 1024
-    lr: float = 3e-3
+    lr: float = DEFAULT_LR
     patience: int = 2
     weight_decay: float = 0.0
     limit_train_batches: int | float = 1.0

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from autodim._io import atomic_write_json, atomic_write_text
+from autodim._pareto import nondominated_ranks
 from autodim.errors import ConfigError
 
 __all__ = ["StudyResult", "load_study", "nondominated_ranks", "FRONT_COLUMNS"]
@@ -24,28 +25,6 @@ __all__ = ["StudyResult", "load_study", "nondominated_ranks", "FRONT_COLUMNS"]
 #: Columns of the printed front and of ``pareto.csv``.
 FRONT_COLUMNS = ["trial", "kind", "method", "budget", "val_auc", "test_auc", "test_logloss",
                  "bytes", "compression", "feasible", "rank"]
-
-
-def nondominated_ranks(values: list[list[float]], directions: list[str]) -> list[int]:
-    """Non-domination rank of each point (0 = on the Pareto front); O(n^2), n is small."""
-    signs = [-1.0 if d == "maximize" else 1.0 for d in directions]
-    pts = [[s * v for s, v in zip(signs, row)] for row in values]
-    n = len(pts)
-
-    def dominates(a: list[float], b: list[float]) -> bool:
-        return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
-
-    ranks = [-1] * n
-    remaining = set(range(n))
-    level = 0
-    while remaining:
-        front = {i for i in remaining
-                 if not any(dominates(pts[j], pts[i]) for j in remaining if j != i)}
-        for i in front:
-            ranks[i] = level
-        remaining -= front
-        level += 1
-    return ranks
 
 
 class StudyResult:

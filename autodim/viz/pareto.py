@@ -134,7 +134,7 @@ def pareto_figure_from_frame(df, *, budgets: dict[str, int] | None = None,
 
     import plotly.graph_objects as go
 
-    from autodim.study.result import nondominated_ranks
+    from autodim._pareto import nondominated_ranks
 
     df = df.copy()
     if "state" in df:
