@@ -114,7 +114,7 @@ def search_plan(method: str, data: Any = "synthetic", *, budget: str | int = "10
     result = create_searcher(method, **dict(settings or {})).search(task)
     plan = result.plan
     if retrain:
-        if getattr(get_searcher(method), "retrain", True):
+        if get_searcher(method).retrain:
             m = _retrain(task, result, warm_start=result.warm_start is not None,
                          config=replace(cfg, max_epochs=10, patience=2)).metrics
         else:

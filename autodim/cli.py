@@ -325,7 +325,7 @@ def _search_once(method, data, budget, out, retrain, setting, quick, backbone, d
     result = create_searcher(name, **settings).search(task)
     plan = result.plan
     if retrain:
-        if getattr(cls, "retrain", True):
+        if cls.retrain:
             trained = retrain_plan(task, result, warm_start=result.warm_start is not None,
                                    config=replace(cfg, max_epochs=retrain_epochs, patience=2))
             m = trained.metrics

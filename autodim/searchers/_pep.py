@@ -61,8 +61,12 @@ from autodim.embeddings.field import mean_pool
 from autodim.embeddings.tables import sparse_table_bytes
 from autodim.errors import ConfigError
 from autodim.plan import DimensionPlan, encode_mask
-from autodim.searchers._magprune import magnitude_masks
-from autodim.searchers._sseds import embedding_state, select_bytes, select_columns
+from autodim.searchers._tables import (
+    embedding_state,
+    magnitude_masks,
+    select_bytes,
+    select_columns,
+)
 from autodim.searchers.base import Searcher, SearchResult, SearchTask, Stopwatch
 from autodim.searchers.registry import register_searcher
 from autodim.task import CTRTask, make_trainer, seed_everything, split_parameters

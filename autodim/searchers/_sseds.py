@@ -16,176 +16,31 @@ The plan keeps, per field, the surviving columns (``align="select"``). Retrain i
 the trained full model's kept columns (``SearchResult.warm_start``), the default starts
 from scratch as the paper does.
 
-This module also holds two pieces the other pruning searchers (``pep``, ``magprune``)
-share: :func:`train_full_model` and :func:`select_columns`, the projection of per-column
-scores onto a byte budget.
+The full-table helpers it shares with ``pep`` and ``magprune`` (training the full model,
+:func:`~autodim.searchers._tables.select_columns`, the projection of per-column scores onto
+a byte budget) live in :mod:`autodim.searchers._tables`.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar, Mapping
 
 import numpy as np
 import torch
 
-from autodim.budget import format_bytes
-from autodim.errors import BudgetError, ConfigError
-from autodim.plan import DimensionPlan, FieldPlan
+from autodim.errors import ConfigError
+from autodim.searchers._tables import (
+    column_plan,
+    embedding_state,
+    full_model,
+    full_tables,
+    select_columns,
+)
 from autodim.searchers.base import Searcher, SearchResult, SearchTask, Stopwatch
 from autodim.searchers.registry import register_searcher
-from autodim.task import CTRTask, TrainConfig, TrainResult, seed_everything, train_plan
+from autodim.task import CTRTask, TrainResult, seed_everything
 
-__all__ = ["SSEDSSearcher", "train_full_model", "full_tables", "select_columns", "select_bytes",
-           "column_plan", "embedding_state", "column_saliency"]
-
-
-# -- shared by the pruning searchers -------------------------------------------------------
-
-def train_full_model(task: SearchTask, config: TrainConfig | None = None) -> TrainResult:
-    """Train the full ``D``-wide model of ``task`` (early stopping on validation AUC).
-
-    The search's seed (``task.seed``) seeds initialisation and shuffling, so a search is
-    reproducible from its task alone.
-    """
-    config = replace(config or task.train, seed=task.seed)
-    plan = DimensionPlan.full(task.schema, task.D)
-    return train_plan(plan, task.data, backbone=task.backbone,
-                      backbone_kwargs=task.backbone_kwargs, config=config, test=False)
-
-
-def full_tables(model: CTRTask) -> dict[str, torch.Tensor]:
-    """Per-field ``[rows, D]`` weights of a model whose embedding was built from a full plan."""
-    out = {}
-    for f, module in zip(model.embedding.schema.fields, model.embedding.fields):
-        table = getattr(module, "table", None)
-        weight = getattr(getattr(table, "embedding", None), "weight", None)
-        if weight is None or weight.shape[0] != f.vocab_size:
-            raise ConfigError(f"field {f.name!r}: the model's embedding is not a full table "
-                              "(pass a model trained from DimensionPlan.full)")
-        out[f.name] = weight.detach()
-    return out
-
-
-def select_bytes(rows: int, columns: Sequence[int], D: int) -> int:
-    """Bytes of a field of ``rows`` rows keeping ``columns`` (``align="select"``)."""
-    cols = sorted(int(c) for c in columns)
-    return FieldPlan("_", rows, len(cols), align="select", columns=cols).num_bytes(D)
-
-
-def select_columns(rows: Mapping[str, int], D: int, scores: Mapping[str, np.ndarray],
-                   budget_bytes: int | None, *, keep: Mapping[str, np.ndarray] | None = None,
-                   min_columns: int = 1, allow_drop_fields: bool = False,
-                   per_byte: bool = True) -> dict[str, list[int]]:
-    """Project per-column scores onto a byte budget: which columns each field keeps.
-
-    Starting from ``keep`` (default: every column), the column with the lowest key is
-    dropped until the ``select`` plan fits; the key is the column's score divided by its
-    cost (``rows × 4`` bytes) when ``per_byte``, else the score alone. A field never goes
-    below ``min_columns`` unless that floor alone cannot fit and ``allow_drop_fields`` is
-    set; then every column competes and a field is dropped when its last column is the
-    least valuable one left. Finally the
-    dropped columns with the highest keys (and a positive score) are added back while they
-    fit, so the plan uses the budget instead of undershooting it by the last (large) drop.
-
-    Args:
-        rows: Rows (vocabulary size) of each field, in plan order.
-        D: The common dim.
-        scores: Per field, ``D`` non-negative scores (higher = keep).
-        budget_bytes: The byte budget (``None``: keep everything in ``keep``).
-        keep: Per field, a bool array of the columns that are candidates at all.
-        min_columns: Columns every field keeps unless fields may be dropped.
-        allow_drop_fields: Let the budget remove whole fields.
-        per_byte: Rank by score per byte (a knapsack greedy) instead of raw score.
-
-    Returns:
-        Sorted kept column indices per field (an empty list: the field is dropped).
-
-    Raises:
-        BudgetError: ``min_columns`` per field does not fit and fields may not be dropped.
-    """
-    names = list(rows)
-    kept = {n: set(np.flatnonzero(keep[n]).tolist()) if keep is not None else set(range(D))
-            for n in names}
-    cand = {n: set(kept[n]) for n in names}
-    fbytes = {n: select_bytes(rows[n], kept[n], D) for n in names}
-
-    def key(n: str, j: int) -> float:
-        s = float(scores[n][j])
-        return s / (rows[n] * 4) if per_byte else s
-
-    def total() -> int:
-        return sum(fbytes.values())
-
-    if budget_bytes is None:
-        return {n: sorted(kept[n]) for n in names}
-    # Stable order: ties broken by field order then column, so a seed gives one plan.
-    order = sorted(((key(n, j), i, j, n) for i, n in enumerate(names) for j in kept[n]))
-    # The floor: every field at its `min_columns` best columns (the ones the drop keeps).
-    best = {n: sorted(kept[n], key=lambda j, n=n: (-key(n, j), j))[:min_columns] for n in names}
-    floor = sum(select_bytes(rows[n], best[n], D) for n in names)
-    if floor > budget_bytes:
-        if not allow_drop_fields:
-            raise BudgetError(
-                f"budget {budget_bytes} B ({format_bytes(budget_bytes)}) is below what keeping "
-                f"the best {min_columns} column(s) of every field costs: {floor} B "
-                f"({format_bytes(floor)}); raise the budget or allow dropping fields")
-        # The budget forces fields out: every column now competes, so a field goes when its
-        # last column is the least valuable per byte (rather than the largest fields going
-        # first while every other field is held at its floor).
-        min_columns = 0
-    for _, _, j, n in order:
-        if total() <= budget_bytes:
-            break
-        if len(kept[n]) <= min_columns:
-            continue
-        kept[n].discard(j)
-        fbytes[n] = select_bytes(rows[n], kept[n], D)
-    # Grow back: the greedy drop may overshoot by a large column; refill with the best
-    # dropped columns that still fit.
-    for _, _, j, n in reversed(order):
-        if j in kept[n] or j not in cand[n] or float(scores[n][j]) <= 0:
-            continue  # a column nothing depends on is not worth bytes, even spare ones
-        new = select_bytes(rows[n], kept[n] | {j}, D)
-        if total() - fbytes[n] + new <= budget_bytes:
-            kept[n].add(j)
-            fbytes[n] = new
-    return {n: sorted(kept[n]) for n in names}
-
-
-def column_plan(searcher: Searcher, task: SearchTask, columns: Mapping[str, Sequence[int]],
-                **meta: Any) -> DimensionPlan:
-    """A ``select`` plan keeping ``columns[field]`` of each field, stamped by ``searcher``."""
-    plan = searcher.make_plan(task, {n: len(c) for n, c in columns.items()}, align="select",
-                              **meta)
-    for fp in plan.fields:
-        fp.columns = sorted(int(c) for c in columns[fp.name])
-    plan.validate()
-    return plan
-
-
-def embedding_state(plan: DimensionPlan, tables: Mapping[str, torch.Tensor]
-                    ) -> dict[str, torch.Tensor]:
-    """State dict of ``plan.build()`` whose field tables hold ``tables[field]``.
-
-    ``tables[field]`` is the ``[rows, dim]`` weight of the field's table as the plan stores
-    it (kept columns for ``select`` fields, the masked full table for ``sparse`` fields);
-    masks and column indices come from the plan. Fields absent from ``tables`` or dropped
-    keep the built module's fresh values.
-    """
-    emb = plan.build()
-    with torch.no_grad():
-        for fp, module in zip(plan.fields, emb.fields):
-            if fp.name not in tables or fp.dim == 0 or fp.frequency_groups is not None:
-                continue
-            weight = module.table.embedding.weight
-            value = tables[fp.name].to(weight.dtype)
-            if tuple(value.shape) != tuple(weight.shape):
-                raise ValueError(f"field {fp.name!r}: table of shape {tuple(value.shape)}, the "
-                                 f"plan stores {tuple(weight.shape)}")
-            mask = getattr(module.table, "mask", None)
-            weight.copy_(value * mask if mask is not None else value)
-    return {k: v.detach().clone() for k, v in emb.state_dict().items()}
+__all__ = ["SSEDSSearcher", "column_saliency"]
 
 
 def column_saliency(model: CTRTask, batches, *, max_batches: int | None = None) -> np.ndarray:
@@ -245,6 +100,7 @@ class SSEDSSearcher(Searcher):
     history_keys: ClassVar[tuple[str, ...]] = ("saliency", "fields", "kept_columns",
                                                "search_seconds")
     quick_settings: ClassVar[Mapping[str, Any]] = {"epochs": 1, "max_batches": 4}
+    accepts_pretrained: ClassVar[bool] = True
 
     def __init__(self, *, normalize: str = "global", per_byte: bool = True,
                  allow_drop_fields: bool = False, max_batches: int | None = None,
@@ -270,15 +126,7 @@ class SSEDSSearcher(Searcher):
                               f"{self.normalize!r}")
         schema = task.schema
         with Stopwatch() as sw:
-            if pretrained is None:
-                config = task.train if self.epochs is None else replace(
-                    task.train, max_epochs=self.epochs)
-                trained = train_full_model(task, config)
-                model, metrics = trained.task, dict(trained.metrics)
-            elif isinstance(pretrained, TrainResult):
-                model, metrics = pretrained.task, dict(pretrained.metrics)
-            else:
-                model, metrics = pretrained, {}
+            model, metrics = full_model(task, pretrained, self.epochs)
             seed_everything(task.seed)
             raw = column_saliency(model, task.data.val_dataloader(),
                                   max_batches=self.max_batches)

@@ -106,11 +106,27 @@ class Searcher(abc.ABC):
         history_keys: Keys ``search`` guarantees in ``SearchResult.history``.
         quick_settings: Settings that make the search finish in seconds on tiny data (used
             by the conformance suite and ``--quick`` benchmarks).
+        retrain: ``True`` (default): the plan is meant to be retrained and its quality is
+            that of the retrained model. ``False``: the search itself measures the plan's
+            model (``history["eval"]``, the model in :attr:`model_`); orchestration code
+            uses those metrics instead of retraining, and ``method: all`` leaves it out.
+        accepts_pretrained: ``search(task, pretrained=...)`` takes a trained full-``D``
+            model (or its :class:`~autodim.task.TrainResult`) instead of training one.
+        baseline: The searcher is a rule, not a search: its plan may follow bytes alone
+            (the "plans come from what was learned" checks do not apply to it).
+
+    Attributes (after :meth:`search`):
+        model_: The trained model whose quality the plan carries, when the search produces
+            one (searchers with ``retrain = False``); ``None`` otherwise.
     """
 
     name: ClassVar[str] = ""
     history_keys: ClassVar[tuple[str, ...]] = ()
     quick_settings: ClassVar[Mapping[str, Any]] = {}
+    retrain: ClassVar[bool] = True
+    accepts_pretrained: ClassVar[bool] = False
+    baseline: ClassVar[bool] = False
+    model_: Any = None  # the hand-off: set by searchers whose search trains the final model
 
     def get_settings(self) -> dict[str, Any]:
         """The constructor arguments, read back from attributes of the same name."""
@@ -120,7 +136,16 @@ class Searcher(abc.ABC):
 
     @abc.abstractmethod
     def search(self, task: SearchTask) -> SearchResult:
-        """Search a plan for ``task``; must respect ``task.budget_bytes`` and ``task.seed``."""
+        """Search a plan for ``task``; must respect ``task.budget_bytes`` and ``task.seed``.
+
+        Searchers with ``accepts_pretrained = True`` also take ``pretrained=`` (keyword).
+        """
+
+    def run(self, task: SearchTask, pretrained: Any = None) -> SearchResult:
+        """``search(task)``, handing ``pretrained`` over where the searcher accepts one."""
+        if pretrained is not None and self.accepts_pretrained:
+            return self.search(task, pretrained=pretrained)  # type: ignore[call-arg]
+        return self.search(task)
 
     def make_plan(self, task: SearchTask, dims: Mapping[str, int], **kwargs: Any
                   ) -> DimensionPlan:

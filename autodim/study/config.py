@@ -663,7 +663,7 @@ def parse_methods(where: str, value: Any) -> list[str]:
 
     if value == "all" or value == ["all"]:
         # Searchers that do not retrain their plan (magprune) are baselines, not methods.
-        return [m for m in list_searchers() if getattr(get_searcher(m), "retrain", True)]
+        return [m for m in list_searchers() if get_searcher(m).retrain]
     names = [value] if isinstance(value, str) else value
     if not isinstance(names, list) or not names:
         raise ConfigError(f"{where}: expected a method name, a list of names or 'all', got "

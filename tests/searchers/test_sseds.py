@@ -11,13 +11,8 @@ from autodim.data.datamodule import CTRDataModule
 from autodim.errors import BudgetError
 from autodim.plan import DimensionPlan
 from autodim.searchers import SearchTask, create_searcher, retrain
-from autodim.searchers._sseds import (
-    column_saliency,
-    full_tables,
-    select_bytes,
-    select_columns,
-    train_full_model,
-)
+from autodim.searchers._sseds import column_saliency
+from autodim.searchers._tables import full_tables, select_bytes, select_columns, train_full_model
 from autodim.task import TrainConfig
 
 D = 8
