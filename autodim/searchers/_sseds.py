@@ -7,14 +7,21 @@ magnitude of the loss gradient with respect to its mask entry,
     s_fj = mean over validation batches of | ∂L/∂m_fj |,
 
 a first-order (SNIP-style) estimate of how much the loss changes when column ``j`` of
-field ``f`` is removed. No further training happens: the least salient columns are
-dropped until the plan fits the byte budget, where a column of field ``f`` costs the
-field's rows × 4 bytes (plus the int64 column index a non-prefix ``select`` stores).
+field ``f`` is removed. No further training happens: per field, giving it ``d`` dims is
+worth the saliency of its ``d`` most salient columns, and the dims (one of
+``task.candidate_dims`` per field, 0 = the field is dropped) that keep the most saliency
+within the byte budget are chosen exactly, as a multiple-choice knapsack
+(:func:`autodim.knapsack.solve_mckp`). (The paper drops the least salient columns globally
+until a parameter count is met; the knapsack is that decision made under bytes, where a
+column of a large field costs more than one of a small field.)
 
-The plan keeps, per field, the surviving columns (``align="select"``). Retrain it with
-:func:`autodim.searchers.retrain`; ``retrain(task, result, warm_start=True)`` starts from
-the trained full model's kept columns (``SearchResult.warm_start``), the default starts
-from scratch as the paper does.
+The plan stores, per field, ``d`` columns and a learned ``d × D`` projection
+(``align="project"``, the default) or the kept columns themselves at their positions
+(``align="select"``, the paper's form). In FM two fields that keep disjoint columns cannot
+interact under ``select`` (their dot product runs over shared columns only); a projection
+lets every pair interact. Retrain the plan with :func:`autodim.searchers.retrain`; as in
+the paper it retrains from scratch (``SearchResult.warm_start`` is ``None``), and with
+``warm_retrain=True`` the warm start holds the trained model's kept columns.
 
 The full-table helpers it shares with ``pep`` and ``magprune`` (training the full model,
 :func:`~autodim.searchers._tables.select_columns`, the projection of per-column scores onto
@@ -28,15 +35,25 @@ from typing import Any, ClassVar, Mapping
 import numpy as np
 import torch
 
-from autodim.errors import ConfigError
+from autodim.budget import field_dim_bytes
+from autodim.errors import BudgetError, ConfigError
+from autodim.knapsack import solve_mckp
+from autodim.plan import DimensionPlan
 from autodim.searchers._tables import (
     column_plan,
     embedding_state,
     full_model,
     full_tables,
-    select_columns,
+    select_bytes,
 )
-from autodim.searchers.base import Searcher, SearchResult, SearchTask, Stopwatch
+from autodim.searchers.base import (
+    Searcher,
+    SearchResult,
+    SearchTask,
+    Stopwatch,
+    budget_hint,
+    check_plan,
+)
 from autodim.searchers.registry import register_searcher
 from autodim.task import CTRTask, TrainResult, seed_everything
 
@@ -78,15 +95,18 @@ def column_saliency(model: CTRTask, batches, *, max_batches: int | None = None) 
 
 @register_searcher("sseds")
 class SSEDSSearcher(Searcher):
-    """SSEDS: drop the least salient (field, column) pairs of a trained full model.
+    """SSEDS: keep the most salient (field, column) pairs of a trained full model.
 
     Args:
         normalize: ``"global"`` (default) divides every saliency by the sum over all
             fields and columns; ``"field"`` divides by the field's own sum over its columns
             (the paper's per-field normalisation); ``"none"`` keeps raw values.
-        per_byte: Drop by saliency per byte (default) rather than raw saliency.
-        allow_drop_fields: Let the budget remove whole fields (otherwise every field keeps
-            at least one column and an infeasible budget raises :class:`BudgetError`).
+        align: ``"project"`` (default: ``d`` columns and a learned ``d × D`` projection) or
+            ``"select"`` (the kept columns at their positions, the paper's form).
+        allow_drop_fields: Let the budget remove whole fields even when 0 is not among
+            ``task.candidate_dims`` (with 0 among them, fields may always be dropped).
+        warm_retrain: Return the trained kept columns as ``SearchResult.warm_start`` (the
+            default ``False`` retrains from scratch, as the paper).
         max_batches: Validation batches averaged for the saliency (``None``: all).
         epochs: Epochs of the full model's training (``None``: ``task.train.max_epochs``).
 
@@ -102,18 +122,19 @@ class SSEDSSearcher(Searcher):
     quick_settings: ClassVar[Mapping[str, Any]] = {"epochs": 1, "max_batches": 4}
     accepts_pretrained: ClassVar[bool] = True
 
-    def __init__(self, *, normalize: str = "global", per_byte: bool = True,
-                 allow_drop_fields: bool = False, max_batches: int | None = None,
-                 epochs: int | None = None) -> None:
+    def __init__(self, *, normalize: str = "global", align: str = "project",
+                 allow_drop_fields: bool = False, warm_retrain: bool = False,
+                 max_batches: int | None = None, epochs: int | None = None) -> None:
         self.normalize = normalize
-        self.per_byte = per_byte
+        self.align = align
         self.allow_drop_fields = allow_drop_fields
+        self.warm_retrain = warm_retrain
         self.max_batches = max_batches
         self.epochs = epochs
 
     def search(self, task: SearchTask, *, pretrained: CTRTask | TrainResult | None = None
                ) -> SearchResult:
-        """Search a ``select`` plan for ``task``.
+        """Search a plan for ``task``.
 
         Args:
             task: The search task.
@@ -124,33 +145,77 @@ class SSEDSSearcher(Searcher):
         if self.normalize not in ("global", "field", "none"):
             raise ConfigError(f"sseds: normalize must be 'global', 'field' or 'none', got "
                               f"{self.normalize!r}")
+        if self.align not in ("project", "select"):
+            raise ConfigError(f"sseds: align must be 'project' or 'select', got "
+                              f"{self.align!r}")
         schema = task.schema
+        cands = sorted(set(task.candidate_dims) | ({0} if self.allow_drop_fields else set()))
+        if task.budget_bytes is not None:
+            floor = sum(min(_field_bytes(f.vocab_size, list(range(d)), task.D, self.align)
+                            for d in cands) for f in schema.fields)
+            if task.budget_bytes < floor:
+                raise BudgetError(budget_hint(task.budget_bytes, floor, cands)
+                                  + "; or set allow_drop_fields")
         with Stopwatch() as sw:
             model, metrics = full_model(task, pretrained, self.epochs)
             seed_everything(task.seed)
             raw = column_saliency(model, task.data.val_dataloader(),
                                   max_batches=self.max_batches)
             saliency = self._normalize(raw)
-            rows = {f.name: f.vocab_size for f in schema.fields}
-            scores = {n: saliency[i] for i, n in enumerate(schema.names)}
-            columns = select_columns(rows, task.D, scores, task.budget_bytes, min_columns=1,
-                                     allow_drop_fields=self.allow_drop_fields,
-                                     per_byte=self.per_byte)
+            columns = self._choose(task, saliency, cands)
             val = {k: float(metrics[k]) for k in ("val_auc", "val_logloss") if k in metrics}
-            plan = column_plan(self, task, columns, metrics=val)
-            tables = full_tables(model)
-            warm = embedding_state(plan, {n: tables[n][:, columns[n]] for n in schema.names})
+            if self.align == "select":
+                plan = column_plan(self, task, columns, metrics=val)
+            else:
+                plan = self.make_plan(task, {n: len(c) for n, c in columns.items()},
+                                      align="project", metrics=val)
+            warm = self._warm(plan, full_tables(model), columns) if self.warm_retrain else None
         history = {
             "fields": list(schema.names),
             "saliency": saliency.tolist(),
             "saliency_raw": raw.tolist(),
             "kept_columns": {n: columns[n] for n in schema.names},
+            "candidate_dims": cands,
             "dims": plan.dims,
             "num_bytes": plan.num_bytes(),
             "full_model": {k: float(v) for k, v in metrics.items()},
             "search_seconds": sw.seconds,
         }
+        check_plan(self, task, plan, history)
         return SearchResult(plan=plan, history=history, warm_start=warm)
+
+    def _choose(self, task: SearchTask, saliency: np.ndarray, cands: list[int]
+                ) -> dict[str, list[int]]:
+        """Per field, the kept columns: its ``d`` most salient, ``d`` chosen by the knapsack
+        (value: the saliency kept; cost: the exact bytes of the field in ``self.align``)."""
+        values, costs, tops = [], [], []
+        for i, f in enumerate(task.schema.fields):
+            order = sorted(range(task.D), key=lambda j, i=i: (-saliency[i, j], j))
+            cum = np.concatenate([[0.0], np.cumsum(saliency[i, order])])
+            tops.append(order)
+            values.append([float(cum[d]) for d in cands])
+            costs.append([_field_bytes(f.vocab_size, order[:d], task.D, self.align)
+                          for d in cands])
+        if task.budget_bytes is None:
+            chosen = [len(cands) - 1] * len(values)
+        else:
+            chosen = solve_mckp(values, costs, task.budget_bytes, names=task.schema.names)
+        return {f.name: sorted(tops[i][:cands[k]])
+                for i, (f, k) in enumerate(zip(task.schema.fields, chosen))}
+
+    def _warm(self, plan: DimensionPlan, tables: Mapping[str, torch.Tensor],
+              columns: Mapping[str, list[int]]) -> dict[str, torch.Tensor]:
+        """The trained kept columns; under ``project`` the projection starts as the 0/1
+        matrix that puts each kept column back at its place (the full model's output)."""
+        state = embedding_state(plan, {n: tables[n][:, columns[n]] for n in columns})
+        if self.align == "project":
+            for k, fp in enumerate(plan.fields):
+                key = f"fields.{k}.align.linear.weight"
+                if key in state:
+                    eye = torch.zeros_like(state[key])
+                    eye[columns[fp.name], torch.arange(len(columns[fp.name]))] = 1.0
+                    state[key] = eye
+        return state
 
     def _normalize(self, raw: np.ndarray) -> np.ndarray:
         # Why "global" by default: the paper normalises each field's saliencies over its own
@@ -160,13 +225,15 @@ class SSEDSSearcher(Searcher):
         # estimates of the loss change from removing a column (same units for every field),
         # so they are comparable across fields as they are; dividing by the grand total
         # (SNIP's normalisation) keeps that comparability and reads as shares summing to 1.
-        # What matters more is ranking per byte (`per_byte`): on planted data (D=16, 4x /
-        # 10x / 20x) retrained test AUC was 0.805 / 0.816 / 0.833 per byte against 0.727 /
-        # 0.736 / 0.664 by raw saliency; "field" vs "global" changed it by <= 0.002 there,
-        # because a noise field's columns cost so many bytes that per byte they lose anyway.
         eps = 1e-30
         if self.normalize == "global":
             return raw / max(float(raw.sum()), eps)
         if self.normalize == "field":
             return raw / np.maximum(raw.sum(axis=1, keepdims=True), eps)
         return raw.copy()
+
+
+def _field_bytes(rows: int, columns: list[int], D: int, align: str) -> int:
+    if align == "select":
+        return select_bytes(rows, columns, D) if columns else 0
+    return field_dim_bytes(rows, len(columns), D, "project")

@@ -43,7 +43,7 @@ SAMPLERS: dict[str, tuple[str, ...]] = {
 #: ``baseline`` parameter, which Optuna requires to stay the same across a study).
 BASELINE_NAMES: tuple[str, ...] = ("full", "uniform", "mde", "hash", "qr", "memcom", "magprune")
 DEFAULT_BASELINES: tuple[str, ...] = ("uniform", "mde", "hash", "qr", "memcom", "magprune")
-DEFAULT_CANDIDATE_DIMS: tuple[int, ...] = (1, 2, 4, 8, 16)
+DEFAULT_CANDIDATE_DIMS: tuple[int, ...] = (0, 1, 2, 4, 8, 16)  # 0: the field is dropped
 
 STUDY_KEYS = ("name", "dataset", "backbone", "D", "methods", "method", "search_space",
               "budget", "budgets", "objectives", "n_trials", "sampler", "seed", "storage",
