@@ -83,7 +83,7 @@ def test_pressure_raises_undefended_thresholds(tiny_data):
 
 def test_snapshot_mask_reproduces_its_sparsity(tiny_data):
     task = _task(tiny_data, ratio=2.0)
-    result = create_searcher("pep", plan_form="sparse", epochs=2).search(task)
+    result = create_searcher("pep", plan_form="sparse", epochs=2, refill=False).search(task)
     snap = result.history["snapshots"][str(task.budget_bytes)]
     assert snap["reached"] and snap["step"] is not None
     plan = result.plan
@@ -174,3 +174,22 @@ def test_fresh_rewind_gives_no_warm_start(tiny_data):
     task = _task(tiny_data, ratio=4.0, epochs=1)
     result = create_searcher("pep", rewind="fresh").search(task)
     assert isinstance(result, SearchResult) and result.warm_start is None
+
+
+@pytest.mark.parametrize("form", ["sparse", "dims"])
+def test_refill_uses_the_budget_and_keeps_the_snapshot_survivors(tiny_data, form):
+    # One step can prune far below the target (the snapshot is the first step at or below
+    # it); the refill re-selects by learned margin, so the plan uses >= 95 % of the budget.
+    task = _task(tiny_data, ratio=2.0)
+    result = create_searcher("pep", plan_form=form, epochs=2).search(task)
+    plan, snap = result.plan, result.history["snapshots"][str(task.budget_bytes)]
+    assert plan.num_bytes() <= task.budget_bytes
+    assert plan.num_bytes() >= 0.95 * task.budget_bytes
+    assert result.history["budget_used"] >= 0.95
+    if "refill" in snap:
+        assert snap["plan_bytes"] > snap["refill"]["snapshot_bytes"]
+        base = create_searcher("pep", plan_form=form, epochs=2, refill=False).search(task)
+        assert base.plan.num_bytes() < 0.95 * task.budget_bytes  # what the refill fixed
+        for fp, bp in zip(plan.fields, base.plan.fields):
+            if form == "dims":  # the snapshot's columns are kept (largest margins)
+                assert set(bp.columns or range(bp.dim)) <= set(fp.columns or range(fp.dim))
