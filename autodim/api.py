@@ -74,7 +74,7 @@ def load_study(path: str | os.PathLike, *, storage: str | None = None):
 
 
 def search_plan(method: str, data: Any = "synthetic", *, budget: str | int = "10x", D: int = 16,
-                candidate_dims: Sequence[int] = (1, 2, 4, 8, 16), backbone: str = "fm",
+                candidate_dims: Sequence[int] = (0, 1, 2, 4, 8, 16), backbone: str = "fm",
                 settings: Mapping[str, Any] | None = None, epochs: int = 2,
                 batch_size: int = 1024, lr: float = 3e-3, seed: int = 0,
                 retrain: bool = False):
@@ -114,7 +114,7 @@ def search_plan(method: str, data: Any = "synthetic", *, budget: str | int = "10
     result = create_searcher(method, **dict(settings or {})).search(task)
     plan = result.plan
     if retrain:
-        if getattr(get_searcher(method), "retrain", True):
+        if get_searcher(method).retrain:
             m = _retrain(task, result, warm_start=result.warm_start is not None,
                          config=replace(cfg, max_epochs=10, patience=2)).metrics
         else:

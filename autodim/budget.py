@@ -94,9 +94,11 @@ def fit_dims_to_budget(schema: Schema, D: int, candidate_dims: Sequence[int],
     cands = sorted(set(int(c) for c in candidate_dims))
     minimum = min_feasible_bytes(schema, D, cands, align)
     if budget_bytes < minimum:
+        hint = "" if 0 in cands else "; adding 0 (drop a field) to the candidate dims lowers it"
         raise BudgetError(f"budget {budget_bytes} B ({format_bytes(budget_bytes)}) is below the "
                           f"smallest feasible model: {minimum} B ({format_bytes(minimum)}), "
-                          f"every field at dim {cands[0]}")
+                          f"every field at dim {cands[0]}{hint}; hashing large fields lowers "
+                          "it too")
     order = {c: k for k, c in enumerate(sorted(set(int(c) for c in candidate_dims)))}
     # Scores are given in the caller's candidate order; re-index them by sorted candidate.
     raw_order = [int(c) for c in candidate_dims]
@@ -169,5 +171,6 @@ def knapsack_dims(schema: Schema, D: int, candidate_dims: Sequence[int],
         hint = "" if 0 in cands else "; adding 0 (drop a field) to the candidate dims lowers it"
         raise BudgetError(f"budget {budget_bytes} B ({format_bytes(budget_bytes)}) is below the "
                           f"smallest feasible model: {minimum} B ({format_bytes(minimum)}), "
-                          f"every field at dim {min(cands)}{hint}") from None
+                          f"every field at dim {min(cands)}{hint}; hashing large fields lowers "
+                          "it too") from None
     return {n: cands[k] for n, k in zip(schema.names, chosen)}

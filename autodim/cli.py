@@ -225,7 +225,8 @@ def search(
                                                       "settings (seconds on small data)."),
     backbone: str = typer.Option("fm", help="Single run: lr, fm, deepfm or dcnv2."),
     dim: int = typer.Option(16, "--dim", "-D", help="Single run: common embedding dim D."),
-    dims: str = typer.Option("1,2,4,8,16", "--dims", help="Single run: candidate dims."),
+    dims: str = typer.Option("0,1,2,4,8,16", "--dims", help="Single run: candidate dims "
+                                                             "(0: drop the field)."),
     epochs: int = typer.Option(2, help="Single run: the searcher's training epochs."),
     retrain_epochs: int = typer.Option(10, help="Single run: retrain epochs (early stopping)."),
     lr: float = typer.Option(DEFAULT_LR, help="Single run: learning rate."),
@@ -326,7 +327,7 @@ def _search_once(method, data, budget, out, retrain, setting, quick, backbone, d
     result = create_searcher(name, **settings).search(task)
     plan = result.plan
     if retrain:
-        if getattr(cls, "retrain", True):
+        if cls.retrain:
             trained = retrain_plan(task, result, warm_start=result.warm_start is not None,
                                    config=replace(cfg, max_epochs=retrain_epochs, patience=2))
             m = trained.metrics

@@ -248,7 +248,7 @@ class Group:
     def _searcher_kind(method: str) -> str:
         from autodim.searchers import get_searcher
 
-        return "searcher" if getattr(get_searcher(method), "retrain", True) else "baseline"
+        return "searcher" if get_searcher(method).retrain else "baseline"
 
     def _plan_run(self, method: str, budget: int) -> dict[str, Any]:
         from autodim.baselines import baseline_plan
@@ -268,8 +268,6 @@ class Group:
                 "settings": plan.searcher.get("settings", {})}
 
     def _search_run(self, method: str, budget: int) -> dict[str, Any]:
-        import inspect
-
         from autodim.searchers import SearchTask, create_searcher, get_searcher, retrain
 
         settings = self.settings(method)
@@ -277,10 +275,10 @@ class Group:
         task = SearchTask(data=self.dm(), D=D, budget_bytes=budget, candidate_dims=cands,
                           backbone=self.backbone, train=self.cfg, seed=self.seed)
         searcher = create_searcher(method, **settings)
-        pretrained = "pretrained" in inspect.signature(searcher.search).parameters
+        pretrained = searcher.accepts_pretrained
         ref = self.reference() if pretrained else None
         t0, c0 = time.perf_counter(), time.process_time()
-        result = searcher.search(task, pretrained=ref) if pretrained else searcher.search(task)
+        result = searcher.run(task, ref)
         search_s, search_cpu = time.perf_counter() - t0, time.process_time() - c0
         if pretrained:
             search_s, search_cpu = search_s + self.t_full, search_cpu + self.cpu_full
@@ -290,7 +288,7 @@ class Group:
                "settings": settings, "candidates": " ".join(map(str, cands)),
                "note": "search = the full reference training + its own pass" if pretrained
                else ""}
-        if getattr(get_searcher(method), "retrain", True):
+        if get_searcher(method).retrain:
             warm = self.warm_start == "searcher" and result.warm_start is not None
             t0 = time.perf_counter()
             task = replace(task, data=self.dm())

@@ -53,8 +53,7 @@ def masked_plans(schema, budget: int, seed: int = 0) -> dict:
 
     from autodim.embeddings.tables import row_pruned_bytes
     from autodim.plan import DimensionPlan, FieldPlan, encode_mask
-    from autodim.searchers._magprune import magnitude_masks
-    from autodim.searchers._sseds import select_columns
+    from autodim.searchers._tables import magnitude_masks, select_columns
 
     fp = schema.fingerprint()
     rng = np.random.default_rng(seed)

@@ -43,7 +43,7 @@ def study_config(name: str, source: str, data_options: dict, *, quick: bool,
     out.mkdir(parents=True, exist_ok=True)
     space_file = out / f"{name}-space.yaml"
     space_file.write_text(yaml.safe_dump(_space(quick)))
-    methods = [m for m in list_searchers() if getattr(get_searcher(m), "retrain", True)]
+    methods = [m for m in list_searchers() if get_searcher(m).retrain]
     raw = {
         "name": name, "dataset": {"source": source, **data_options}, "backbone": "fm", "D": 16,
         "methods": methods, "budgets": ["10x", "40x"], "objectives": ["val_auc", "bytes"],

@@ -51,7 +51,7 @@ from autodim.embeddings.tables import FLOAT_BYTES, row_pruned_bytes
 from autodim.errors import BudgetError, ConfigError
 from autodim.plan import DimensionPlan, encode_mask
 from autodim.searchers._supernet import FusedFieldTable
-from autodim.searchers.base import Searcher, SearchResult, SearchTask, Stopwatch
+from autodim.searchers.base import Searcher, SearchResult, SearchTask, Stopwatch, check_plan
 from autodim.searchers.registry import register_searcher
 from autodim.task import CTRTask, RestoreBest, make_optimizers, make_trainer, seed_everything
 
@@ -442,6 +442,42 @@ def evolve(fitness: Callable[[Candidate], float], costs: np.ndarray, budget: flo
     return result
 
 
+def fill_budget(fitness: Callable[[Candidate], float], costs: np.ndarray, budget: float,
+                best: Candidate, best_fitness: float, *, share: float = 0.95
+                ) -> tuple[Candidate, float, list[dict[str, Any]], str | None]:
+    """Grow ``best`` towards the budget by the upgrades the fitness prefers (our addition).
+
+    The evolution keeps the fittest feasible candidate it met, which may leave much of the
+    budget unused. While the candidate uses less than ``share`` of the budget, every
+    single-field move to a larger level that still fits is scored and the fittest is taken
+    if it does not lower the fitness. Stops with a reason (the measured fitness of the best
+    upgrade against the current one) when every upgrade that fits lowers it.
+
+    Returns:
+        ``(candidate, fitness, steps, note)``; ``note`` is ``None`` when the share was met or
+        no upgrade fits.
+    """
+    F, L = costs.shape
+    cand, fit = tuple(best), float(best_fitness)
+    steps: list[dict[str, Any]] = []
+    while candidate_bytes(cand, costs) < share * budget:
+        nb = candidate_bytes(cand, costs)
+        moves = [cand[:f] + (k,) + cand[f + 1:] for f in range(F) for k in range(cand[f] + 1, L)
+                 if nb - costs[f, cand[f]] + costs[f, k] <= budget]
+        if not moves:
+            return cand, fit, steps, None
+        scored = [(float(fitness(m)), -candidate_bytes(m, costs), m) for m in moves]
+        top, _, move = max(scored)
+        if top < fit:
+            return cand, fit, steps, (
+                f"budget fill stopped at {nb / budget:.1%} of the budget: every upgrade that "
+                f"fits lowers the search's validation AUC (best {top:.4f} < {fit:.4f})")
+        steps.append({"from": list(cand), "to": list(move), "auc": top,
+                      "bytes": int(candidate_bytes(move, costs))})
+        cand, fit = move, top
+    return cand, fit, steps, None
+
+
 class _SubnetScorer:
     """Validation AUC of sub-nets of a trained supernet, on a fixed set of rows.
 
@@ -641,11 +677,17 @@ class OptEmbedSearcher(Searcher):
         if evo.best is None:  # cannot happen: the initial population is shrunk to fit
             raise BudgetError("optembed: no candidate fits the budget")
 
+        # Budget fill: grow the winner by the upgrades the supernet's fitness prefers.
+        best, best_fit, fill_steps, fill_note = evo.best, evo.best_fitness, [], None
+        if task.budget_bytes is not None:
+            best, best_fit, fill_steps, fill_note = fill_budget(
+                scorer, costs, task.budget_bytes, evo.best, evo.best_fitness)
+            evo.best_bytes = candidate_bytes(best, costs)
+
         # Stage 3 is the caller's retrain(); here the plan and the warm start.
-        best = evo.best
         dims = {f.name: levels[k] for f, k in zip(schema.fields, best)}
         plan = self.make_plan(task, dims, align="pad", metrics={
-            "search_val_auc": evo.best_fitness,
+            "search_val_auc": best_fit,
             "supernet_val_auc": max((e["val_auc"] or 0.0) for e in trace.epochs)
             if trace.epochs else math.nan})
         for f, (fp, k) in enumerate(zip(plan.fields, best)):
@@ -664,7 +706,8 @@ class OptEmbedSearcher(Searcher):
             "kept_rows": dict(zip(schema.names, kept)),
             "thresholds": emb.field_thresholds(),
             "supernet": {"epochs": trace.epochs, "seconds": sw_super.seconds},
-            "best": {"dims": dims, "auc": evo.best_fitness, "bytes": evo.best_bytes,
+            "fill": fill_steps,
+            "best": {"dims": dims, "auc": best_fit, "bytes": evo.best_bytes,
                      "row_masked": {f.name: bool(fp.row_mask) for f, fp in
                                     zip(schema.fields, plan.fields)}},
             "evaluations": evo.evaluations,
@@ -674,6 +717,7 @@ class OptEmbedSearcher(Searcher):
             "levels": list(levels),
             "search_seconds": time.perf_counter() - t_start,
         }
+        check_plan(self, task, plan, history, why_less=fill_note)
         return SearchResult(plan=plan, history=history, warm_start=warm)
 
     def _train_supernet(self, task: SearchTask, levels: Sequence[int]

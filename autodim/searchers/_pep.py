@@ -60,10 +60,22 @@ from autodim.data.schema import Schema
 from autodim.embeddings.field import mean_pool
 from autodim.embeddings.tables import sparse_table_bytes
 from autodim.errors import ConfigError
+from autodim.knapsack import solve_mckp
 from autodim.plan import DimensionPlan, encode_mask
-from autodim.searchers._magprune import magnitude_masks
-from autodim.searchers._sseds import embedding_state, select_bytes, select_columns
-from autodim.searchers.base import Searcher, SearchResult, SearchTask, Stopwatch
+from autodim.searchers._tables import (
+    embedding_state,
+    magnitude_masks,
+    select_bytes,
+    select_columns,
+)
+from autodim.searchers.base import (
+    BUDGET_USE,
+    Searcher,
+    SearchResult,
+    SearchTask,
+    Stopwatch,
+    check_plan,
+)
 from autodim.searchers.registry import register_searcher
 from autodim.task import CTRTask, make_trainer, seed_everything, split_parameters
 
@@ -165,6 +177,13 @@ class PEPEmbedding(nn.Module):
     def masks(self) -> dict[str, torch.Tensor]:
         """Per field, the bool ``[rows, D]`` mask of surviving entries (``|e| > g(s)``)."""
         return {f.name: self.weight.weight[lo:hi].abs() > self._field_g(i)
+                for i, (f, (lo, hi)) in enumerate(zip(self.schema.fields, self.bounds))}
+
+    @torch.no_grad()
+    def margins(self) -> dict[str, torch.Tensor]:
+        """Per field, ``|e| − g(s)`` (``[rows, D]``): positive where an entry survives, and
+        how far it is from its learned threshold either way."""
+        return {f.name: self.weight.weight[lo:hi].abs() - self._field_g(i)
                 for i, (f, (lo, hi)) in enumerate(zip(self.schema.fields, self.bounds))}
 
     @torch.no_grad()
@@ -318,7 +337,7 @@ class _TargetMonitor(Callback):
             while self.pending and nbytes <= self.pending[0]:
                 self.snapshots[self.pending.pop(0)] = {
                     "step": self.step, "bytes": nbytes, "nnz": int(counts.sum()),
-                    "masks": masks}
+                    "masks": masks, "margins": self.embedding.margins()}
         if not self.pending and self.snapshots:
             trainer.should_stop = True
         elif self.schedule is not None and self.step >= self.schedule[4]:
@@ -377,6 +396,9 @@ class PEPSearcher(Searcher):
         check_every: Steps between measurements of the mask while its bytes are more than
             1.25x the next target (``None``: 10, or 100 for tables over 4M entries); closer
             to a target it is measured after every step.
+        refill: When a snapshot's plan leaves more than 5 % of its target unused (one step
+            can prune many entries at once), re-select under the target from the learned
+            margins ``|e| − g(s)`` (our addition; ``False``: the snapshot as PEP takes it).
 
     Attributes (after :meth:`search`):
         initial_tables_: Per field, the weights at initialisation (the rewind point).
@@ -391,7 +413,7 @@ class PEPSearcher(Searcher):
                  ramp: float = 0.8, budget_control: bool = True,
                  targets: Sequence[str | int] = (), plan_form: str = "auto",
                  rewind: str = "init", epochs: int | None = None, init_std: float = 0.01,
-                 check_every: int | None = None) -> None:
+                 check_every: int | None = None, refill: bool = True) -> None:
         self.granularity = granularity
         self.threshold_init = threshold_init
         self.threshold_lr = threshold_lr
@@ -404,6 +426,7 @@ class PEPSearcher(Searcher):
         self.epochs = epochs
         self.init_std = init_std
         self.check_every = check_every
+        self.refill = refill
 
     # -- search -----------------------------------------------------------------------------
     def search(self, task: SearchTask) -> SearchResult:
@@ -456,14 +479,16 @@ class PEPSearcher(Searcher):
                 monitor.record(final_counts, final_bytes)
             final_masks = embedding.masks()
             final_tables = embedding.pruned_tables()
+            final_margins = embedding.margins()
 
             plans: dict[int | None, DimensionPlan] = {}
             snapshots: dict[str, dict[str, Any]] = {}
             for target in targets or [None]:
                 snap = monitor.snapshots.get(target) if target is not None else None
                 masks = snap["masks"] if snap else final_masks
+                margins = snap["margins"] if snap else final_margins
                 plan, info = self._derive_plan(task, masks, final_tables, target,
-                                               reached=snap is not None)
+                                               reached=snap is not None, margins=margins)
                 plans[target] = plan
                 entry = {"step": snap["step"] if snap else None,
                          "nnz": snap["nnz"] if snap else int(final_counts.sum()),
@@ -486,6 +511,7 @@ class PEPSearcher(Searcher):
             "planned_steps": planned,
             "search_seconds": sw.seconds,
         }
+        check_plan(self, task, plan, history)
         return SearchResult(plan=plan, history=history, warm_start=warm)
 
     def warm_start_for(self, plan: DimensionPlan) -> dict[str, torch.Tensor]:
@@ -533,10 +559,13 @@ class PEPSearcher(Searcher):
         return steps
 
     def _derive_plan(self, task: SearchTask, masks: Mapping[str, torch.Tensor],
-                     tables: Mapping[str, torch.Tensor], target: int | None, *, reached: bool
+                     tables: Mapping[str, torch.Tensor], target: int | None, *, reached: bool,
+                     margins: Mapping[str, torch.Tensor] | None = None
                      ) -> tuple[DimensionPlan, dict[str, Any]]:
         """The plan of one target from its snapshot mask (or, if the target was never
-        reached, from the final table pruned further to fit)."""
+        reached, from the final table pruned further to fit; or, if the snapshot's plan
+        leaves more than 5 % of the target unused, re-selected under the target from the
+        learned margins ``|e| − g(s)``)."""
         D = task.D
         rows = {f.name: f.vocab_size for f in task.schema.fields}
         np_masks = {n: m.cpu().numpy() for n, m in masks.items()}
@@ -545,10 +574,25 @@ class PEPSearcher(Searcher):
         for n, m in np_masks.items():
             forms[n] = _pick(_form_bytes(rows[n], D, int(m.sum()), cols[n]), self.plan_form)
         info: dict[str, Any] = {"reached": reached}
-        if target is None or sum(b for _, b in forms.values()) <= target:
+        used = sum(b for _, b in forms.values())
+        if target is None or BUDGET_USE * target <= used <= target or (
+                used <= target and (margins is None or not self.refill)):
             kinds = {n: k for n, (k, _) in forms.items()}
             plan = self._build(task, kinds, np_masks, cols)
             info["form"] = _summarise(kinds, np_masks)
+            return plan, info
+        if used < target:
+            # The snapshot lands on the first step at or below the target, and one step can
+            # prune many entries at once (at a 40x target it landed at 53x). What the search
+            # learned is each entry's margin to its threshold: keep the entries (sparse form)
+            # or columns (dims form, a knapsack over per-field column counts) with the
+            # largest margins that fit the target. The snapshot's survivors have the largest
+            # margins, so the re-selection is a superset of the snapshot's mask.
+            plan, kind, kept_share = self._refill(task, margins, np_masks, target)
+            info.update(form=kind, refill={"reason": "the snapshot's plan used "
+                                           f"{used / target:.1%} of the target",
+                                           "snapshot_bytes": int(used),
+                                           "plan_bytes": plan.num_bytes()})
             return plan, info
         # Fallback: training ended above the target. Prune the smallest surviving |ê|
         # further (sparse form) or drop the columns with the least surviving |ê| mass per
@@ -577,6 +621,39 @@ class PEPSearcher(Searcher):
             "mask_bytes_at_end": int(sum(b for _, b in forms.values())),
             "kept_mass_share": candidates[kind][0] / total if total else 0.0})
         return plan, info
+
+    def _refill(self, task: SearchTask, margins: Mapping[str, torch.Tensor],
+                np_masks: Mapping[str, np.ndarray], target: int
+                ) -> tuple[DimensionPlan, str, float]:
+        """The plan under ``target`` keeping the entries/columns with the largest learned
+        margins (see :meth:`_derive_plan`); ``(plan, form, kept score share)``."""
+        D = task.D
+        rows = {f.name: f.vocab_size for f in task.schema.fields}
+        m = {n: margins[n].cpu().numpy().astype(np.float64) for n in rows}
+        low = min(float(v.min()) for v in m.values())
+        # Shifted so every score is positive: ranking by score is ranking by margin.
+        score = {n: v - low + 1e-12 for n, v in m.items()}
+        candidates = {}
+        if self.plan_form in ("auto", "sparse"):
+            sp = magnitude_masks(score, D, target)
+            plan = self._build(task, {n: "sparse" for n in rows}, sp, {n: [] for n in rows})
+            if plan.num_bytes() <= target:
+                candidates["sparse"] = (sum(float(score[n][sp[n]].sum()) for n in rows), plan)
+        if self.plan_form in ("auto", "dims"):
+            names = list(rows)
+            col = {n: score[n].sum(0) for n in names}
+            order = {n: sorted(range(D), key=lambda j, n=n: (-col[n][j], j)) for n in names}
+            values = [np.concatenate([[0.0], np.cumsum(col[n][order[n]])]).tolist()
+                      for n in names]
+            costs = [[select_bytes(rows[n], order[n][:d], D) if d else 0 for d in range(D + 1)]
+                     for n in names]
+            chosen = solve_mckp(values, costs, target, names=names)
+            kept = {n: sorted(order[n][:d]) for n, d in zip(names, chosen)}
+            plan = self._build(task, {n: "dims" for n in names}, np_masks, kept)
+            candidates["dims"] = (sum(values[i][d] for i, d in enumerate(chosen)), plan)
+        kind = max(candidates, key=lambda k: (candidates[k][0], k == "dims"))
+        total = sum(float(v.sum()) for v in score.values())
+        return candidates[kind][1], kind, candidates[kind][0] / total
 
     def _build(self, task: SearchTask, kinds: Mapping[str, str],
                masks: Mapping[str, np.ndarray], cols: Mapping[str, Sequence[int]]

@@ -6,11 +6,11 @@ import abc
 import inspect
 import time
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Mapping, Sequence
 
 from torch import nn
 
-from autodim.budget import full_bytes, min_feasible_bytes
+from autodim.budget import fit_dims_to_budget, format_bytes, full_bytes, min_feasible_bytes
 from autodim.data.datamodule import CTRDataModule
 from autodim.data.schema import Schema
 from autodim.errors import BudgetError
@@ -18,7 +18,12 @@ from autodim.models import create_backbone
 from autodim.plan import DimensionPlan
 from autodim.task import TrainConfig
 
-__all__ = ["SearchTask", "SearchResult", "Searcher", "retrain", "Stopwatch"]
+__all__ = ["SearchTask", "SearchResult", "Searcher", "retrain", "Stopwatch", "bytes_only_dims",
+           "check_plan", "BUDGET_USE"]
+
+#: Share of the budget a searcher's plan is expected to use (unless its history says why
+#: less is better).
+BUDGET_USE = 0.95
 
 
 @dataclass
@@ -29,7 +34,8 @@ class SearchTask:
         data: The datamodule (train batches fit weights, validation batches guide the search).
         D: Common output dim of the embedding layer (the full model's dim).
         budget_bytes: Byte budget of the plan's embedding (``None``: no budget).
-        candidate_dims: Dims a field may get (sorted ascending).
+        candidate_dims: Dims a field may get (sorted ascending; 0 drops the field, so any
+            budget is feasible and a field the model does not need costs nothing).
         backbone, backbone_kwargs: The model on top of the embeddings (see
             :func:`autodim.models.create_backbone`).
         train: Trainer settings for the search's own training (epochs, lr, batch size...).
@@ -39,7 +45,7 @@ class SearchTask:
     data: CTRDataModule
     D: int = 16
     budget_bytes: int | None = None
-    candidate_dims: tuple[int, ...] = (1, 2, 4, 8, 16)
+    candidate_dims: tuple[int, ...] = (0, 1, 2, 4, 8, 16)
     backbone: str = "fm"
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -68,10 +74,7 @@ class SearchTask:
             return
         minimum = min_feasible_bytes(self.schema, self.D, self.candidate_dims, align)
         if self.budget_bytes < minimum:
-            raise BudgetError(
-                f"budget {self.budget_bytes} B is below the minimum feasible budget {minimum} B "
-                f"(every field at dim {self.candidate_dims[0]} of candidates "
-                f"{list(self.candidate_dims)})")
+            raise BudgetError(budget_hint(self.budget_bytes, minimum, self.candidate_dims))
 
 
 @dataclass
@@ -106,11 +109,27 @@ class Searcher(abc.ABC):
         history_keys: Keys ``search`` guarantees in ``SearchResult.history``.
         quick_settings: Settings that make the search finish in seconds on tiny data (used
             by the conformance suite and ``--quick`` benchmarks).
+        retrain: ``True`` (default): the plan is meant to be retrained and its quality is
+            that of the retrained model. ``False``: the search itself measures the plan's
+            model (``history["eval"]``, the model in :attr:`model_`); orchestration code
+            uses those metrics instead of retraining, and ``method: all`` leaves it out.
+        accepts_pretrained: ``search(task, pretrained=...)`` takes a trained full-``D``
+            model (or its :class:`~autodim.task.TrainResult`) instead of training one.
+        baseline: The searcher is a rule, not a search: its plan may follow bytes alone
+            (the "plans come from what was learned" checks do not apply to it).
+
+    Attributes (after :meth:`search`):
+        model_: The trained model whose quality the plan carries, when the search produces
+            one (searchers with ``retrain = False``); ``None`` otherwise.
     """
 
     name: ClassVar[str] = ""
     history_keys: ClassVar[tuple[str, ...]] = ()
     quick_settings: ClassVar[Mapping[str, Any]] = {}
+    retrain: ClassVar[bool] = True
+    accepts_pretrained: ClassVar[bool] = False
+    baseline: ClassVar[bool] = False
+    model_: Any = None  # the hand-off: set by searchers whose search trains the final model
 
     def get_settings(self) -> dict[str, Any]:
         """The constructor arguments, read back from attributes of the same name."""
@@ -120,7 +139,16 @@ class Searcher(abc.ABC):
 
     @abc.abstractmethod
     def search(self, task: SearchTask) -> SearchResult:
-        """Search a plan for ``task``; must respect ``task.budget_bytes`` and ``task.seed``."""
+        """Search a plan for ``task``; must respect ``task.budget_bytes`` and ``task.seed``.
+
+        Searchers with ``accepts_pretrained = True`` also take ``pretrained=`` (keyword).
+        """
+
+    def run(self, task: SearchTask, pretrained: Any = None) -> SearchResult:
+        """``search(task)``, handing ``pretrained`` over where the searcher accepts one."""
+        if pretrained is not None and self.accepts_pretrained:
+            return self.search(task, pretrained=pretrained)  # type: ignore[call-arg]
+        return self.search(task)
 
     def make_plan(self, task: SearchTask, dims: Mapping[str, int], **kwargs: Any
                   ) -> DimensionPlan:
@@ -133,6 +161,57 @@ class Searcher(abc.ABC):
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_settings().items())
         return f"{type(self).__name__}({args})"
+
+
+def bytes_only_dims(task: SearchTask) -> dict[str, int] | None:
+    """The plan bytes alone would give: every candidate equally valued in every field
+    (:func:`~autodim.budget.fit_dims_to_budget` with equal scores), so fields shrink where
+    that saves the most bytes. ``None`` without a budget or when it is infeasible."""
+    if task.budget_bytes is None:
+        return None
+    cands = list(task.candidate_dims)
+    scores = {n: [float(k) for k in range(len(cands))] for n in task.schema.names}
+    try:
+        return fit_dims_to_budget(task.schema, task.D, cands, scores, task.budget_bytes)
+    except BudgetError:
+        return None
+
+
+def check_plan(searcher: Searcher, task: SearchTask, plan: DimensionPlan,
+               history: dict[str, Any], *, why_less: str | None = None) -> None:
+    """Record in ``history`` how much of the budget ``plan`` uses and whether it is just the
+    bytes-only plan (:func:`bytes_only_dims`); both land in ``history["warnings"]`` when
+    they fail (less than :data:`BUDGET_USE` of the budget without ``why_less``, a measured
+    reason; a plan equal to the bytes-only one from a searcher that is not a baseline)."""
+    warnings_ = history.setdefault("warnings", [])
+    if task.budget_bytes:
+        used = plan.num_bytes() / task.budget_bytes
+        history["budget_used"] = used
+        if why_less is not None:
+            history["budget_note"] = why_less
+        elif used < BUDGET_USE:
+            warnings_.append(f"the plan uses {used:.1%} of the budget "
+                             f"(expected >= {BUDGET_USE:.0%})")
+    ref = bytes_only_dims(task)
+    history["bytes_only_dims"] = ref
+    if ref is not None and plan.dims == ref and not searcher.baseline:
+        warnings_.append("the plan equals the bytes-only plan (every candidate valued alike): "
+                         "what the search learned did not change the allocation")
+
+
+def budget_hint(budget: int, minimum: int, candidate_dims: Sequence[int]) -> str:
+    """The budget error: the smallest feasible budget and what would lower it."""
+    lowest = min(candidate_dims)
+    ways = []
+    if 0 not in candidate_dims:
+        ways.append("adding 0 to the candidate dims (--dims 0,...) lets fields be dropped "
+                    "(the minimum becomes 0 B)")
+    ways.append("hashing large fields (a study's memcom step, or the hash/qr baselines) "
+                "shrinks their rows")
+    return (f"budget {budget} B ({format_bytes(budget)}) is below the smallest feasible "
+            f"budget {minimum} B ({format_bytes(minimum)}): every field at dim {lowest} of "
+            f"candidates {list(candidate_dims)}; raise the budget to at least {minimum} B, or "
+            "lower the minimum: " + "; ".join(ways))
 
 
 class Stopwatch:

@@ -44,7 +44,7 @@ SAMPLERS: dict[str, tuple[str, ...]] = {
 #: ``baseline`` parameter, which Optuna requires to stay the same across a study).
 BASELINE_NAMES: tuple[str, ...] = ("full", "uniform", "mde", "hash", "qr", "memcom", "magprune")
 DEFAULT_BASELINES: tuple[str, ...] = ("uniform", "mde", "hash", "qr", "memcom", "magprune")
-DEFAULT_CANDIDATE_DIMS: tuple[int, ...] = (1, 2, 4, 8, 16)
+DEFAULT_CANDIDATE_DIMS: tuple[int, ...] = (0, 1, 2, 4, 8, 16)  # 0: the field is dropped
 
 STUDY_KEYS = ("name", "dataset", "backbone", "D", "methods", "method", "search_space",
               "budget", "budgets", "objectives", "n_trials", "sampler", "seed", "storage",
@@ -664,7 +664,7 @@ def parse_methods(where: str, value: Any) -> list[str]:
 
     if value == "all" or value == ["all"]:
         # Searchers that do not retrain their plan (magprune) are baselines, not methods.
-        return [m for m in list_searchers() if getattr(get_searcher(m), "retrain", True)]
+        return [m for m in list_searchers() if get_searcher(m).retrain]
     names = [value] if isinstance(value, str) else value
     if not isinstance(names, list) or not names:
         raise ConfigError(f"{where}: expected a method name, a list of names or 'all', got "

@@ -209,9 +209,9 @@ class TrialObjective:
                 raise optuna.TrialPruned(str(exc)) from None
         trial.set_user_attr("memcom", {"inflate": inflate, "ratio": ratio,
                                        "fields": info["memcom"], "lowered": info["lowered"]})
-        if not getattr(cls, "retrain", True) and plan is result.plan:
+        if not cls.retrain and plan is result.plan:
             return self._record_unretrained(trial, folder, plan, result.history,
-                                            getattr(searcher, "model_", None), budget, t0)
+                                            searcher.model_, budget, t0)
         warm = result.warm_start if plan is result.plan else None
         return self._train_and_record(trial, folder, plan, result.history, budget, t0,
                                       warm_start=warm)
@@ -233,7 +233,7 @@ class TrialObjective:
                 result = searcher.search(task)
             trial.set_user_attr("search_seconds", sw.seconds)
             return self._record_unretrained(trial, folder, result.plan, result.history,
-                                            getattr(searcher, "model_", None), budget, t0)
+                                            searcher.model_, budget, t0)
         plan = baseline_plan(name, self.data.schema, cfg.D, budget)
         return self._train_and_record(trial, folder, plan, {}, budget, t0, prune=False)
 

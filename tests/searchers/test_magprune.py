@@ -8,8 +8,7 @@ from autodim.budget import full_bytes
 from autodim.data.datamodule import CTRDataModule
 from autodim.embeddings.tables import sparse_table_bytes
 from autodim.searchers import SearchTask, create_searcher
-from autodim.searchers._magprune import magnitude_masks
-from autodim.searchers._sseds import full_tables, train_full_model
+from autodim.searchers._tables import full_tables, magnitude_masks, train_full_model
 from autodim.task import TrainConfig, evaluate
 
 

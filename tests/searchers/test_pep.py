@@ -83,7 +83,7 @@ def test_pressure_raises_undefended_thresholds(tiny_data):
 
 def test_snapshot_mask_reproduces_its_sparsity(tiny_data):
     task = _task(tiny_data, ratio=2.0)
-    result = create_searcher("pep", plan_form="sparse", epochs=2).search(task)
+    result = create_searcher("pep", plan_form="sparse", epochs=2, refill=False).search(task)
     snap = result.history["snapshots"][str(task.budget_bytes)]
     assert snap["reached"] and snap["step"] is not None
     plan = result.plan
@@ -174,3 +174,68 @@ def test_fresh_rewind_gives_no_warm_start(tiny_data):
     task = _task(tiny_data, ratio=4.0, epochs=1)
     result = create_searcher("pep", rewind="fresh").search(task)
     assert isinstance(result, SearchResult) and result.warm_start is None
+
+
+@pytest.mark.parametrize("form", ["sparse", "dims"])
+def test_refill_uses_the_budget_and_keeps_the_snapshot_survivors(tiny_data, form):
+    # One step can prune far below the target (the snapshot is the first step at or below
+    # it); the refill re-selects by learned margin, so the plan uses >= 95 % of the budget.
+    task = _task(tiny_data, ratio=2.0)
+    result = create_searcher("pep", plan_form=form, epochs=2).search(task)
+    plan, snap = result.plan, result.history["snapshots"][str(task.budget_bytes)]
+    assert plan.num_bytes() <= task.budget_bytes
+    assert plan.num_bytes() >= 0.95 * task.budget_bytes
+    assert result.history["budget_used"] >= 0.95
+    if "refill" in snap:
+        assert snap["plan_bytes"] > snap["refill"]["snapshot_bytes"]
+        base = create_searcher("pep", plan_form=form, epochs=2, refill=False).search(task)
+        assert base.plan.num_bytes() < 0.95 * task.budget_bytes  # what the refill fixed
+        for fp, bp in zip(plan.fields, base.plan.fields):
+            if form == "dims":  # the snapshot's columns are kept (largest margins)
+                assert set(bp.columns or range(bp.dim)) <= set(fp.columns or range(fp.dim))
+
+
+def test_threshold_gradient_has_the_sign_that_defends_a_needed_entry(tiny_data):
+    # ê = sign(e)·ReLU(|e| − g(s)): ∂L/∂s = −sign(e)·∂L/∂ê·g'(s) for a surviving entry, 0
+    # for a pruned one. A loss that wants an entry larger (∂L/∂|ê| < 0) makes ∂L/∂s > 0,
+    # so descent lowers s and the entry survives; one that wants it smaller raises s.
+    torch.manual_seed(0)
+    emb = PEPEmbedding(tiny_data.schema, D, granularity="feature_dim", threshold_init=-4.0)
+    with torch.no_grad():
+        emb.weight.weight.normal_(0.0, 0.1)
+    ids, _ = _batch(tiny_data, 64)
+    out = emb(ids)
+    rows = (ids + emb.col_offset)[:, 0]          # field 0's looked-up rows
+    e = emb.weight.weight[rows]                   # [B, D]
+    want = torch.sign(e).detach()                 # push every |ê| of field 0 up...
+    loss = -(out[:, 0] * want).sum() + (out[:, 1] * torch.sign(out[:, 1]).detach()).sum()
+    loss.backward()                               # ...and field 1's down
+    grad = emb.threshold.grad
+    g = torch.sigmoid(emb.threshold.detach())
+    alive = (emb.weight.weight.abs() > g).detach()
+    lo0, hi0 = emb.bounds[0]
+    lo1, hi1 = emb.bounds[1]
+    seen0 = torch.unique(rows)
+    seen1 = torch.unique((ids + emb.col_offset)[:, 1])
+    a0, a1 = alive[seen0], alive[seen1]
+    assert (grad[seen0][a0] > 0).all() and a0.any()   # defended: s goes down
+    assert (grad[seen1][a1] < 0).all() and a1.any()   # not wanted: s goes up
+    assert (grad[seen0][~a0] == 0).all()               # a pruned entry gets no loss gradient
+    assert lo0 <= int(seen0.min()) and int(seen0.max()) < hi0 <= lo1
+
+
+def test_signal_entries_outlive_noise_entries():
+    # Four fields of equal size and id frequencies, two with planted signal (rank 8), two pure
+    # noise: frequency cannot tell them apart, only the loss can. Under the threshold pressure
+    # the loss defends the signal entries, so more of them survive than of the noise fields.
+    from autodim.data.synthetic import make_planted
+
+    data = make_planted("tiny", rows=8000, seed=1, cardinalities=[60, 60, 60, 60],
+                        ranks=[8, 8, 0, 0], first_order=0.0)
+    task = _task(data, ratio=3.0, epochs=3)
+    result = create_searcher("pep", plan_form="sparse", refill=False, epochs=3).search(task)
+    density = {n: 1 - result.history["sparsity"][n][-1] for n in data.schema.names}
+    assert sum(density.values()) < 0.7 * len(density), density  # pruning did happen
+    signal = min(density[n] for n in ("f00", "f01"))
+    noise = max(density[n] for n in ("f02", "f03"))
+    assert signal > noise + 0.05, density  # a flipped threshold gradient inverts this

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -11,13 +13,8 @@ from autodim.data.datamodule import CTRDataModule
 from autodim.errors import BudgetError
 from autodim.plan import DimensionPlan
 from autodim.searchers import SearchTask, create_searcher, retrain
-from autodim.searchers._sseds import (
-    column_saliency,
-    full_tables,
-    select_bytes,
-    select_columns,
-    train_full_model,
-)
+from autodim.searchers._sseds import column_saliency
+from autodim.searchers._tables import full_tables, select_bytes, select_columns, train_full_model
 from autodim.task import TrainConfig
 
 D = 8
@@ -85,7 +82,7 @@ def test_a_column_costs_its_fields_rows():
 def test_plan_bytes_match_and_fit(tiny_data, trained):
     for ratio in (2.0, 4.0, 6.0):
         task = _task(tiny_data, ratio=ratio)
-        result = create_searcher("sseds").search(task, pretrained=trained)
+        result = create_searcher("sseds", align="select").search(task, pretrained=trained)
         plan = result.plan
         assert plan.num_bytes() <= task.budget_bytes
         assert plan.build().num_bytes() == plan.num_bytes()
@@ -98,7 +95,7 @@ def test_plan_bytes_match_and_fit(tiny_data, trained):
 
 def test_infeasible_budget_raises_unless_fields_may_go(tiny_data, trained):
     task = _task(tiny_data, ratio=40.0)  # below one column per field
-    with pytest.raises(BudgetError, match="column"):
+    with pytest.raises(BudgetError, match="smallest feasible budget .* adding 0"):
         create_searcher("sseds").search(task, pretrained=trained)
     result = create_searcher("sseds", allow_drop_fields=True).search(task, pretrained=trained)
     assert result.plan.num_bytes() <= task.budget_bytes
@@ -115,7 +112,8 @@ def test_field_normalisation_sums_to_one_per_field(tiny_data, trained):
 
 def test_warm_start_holds_the_trained_kept_columns(tiny_data, trained):
     task = _task(tiny_data)
-    result = create_searcher("sseds").search(task, pretrained=trained)
+    result = create_searcher("sseds", align="select", warm_retrain=True).search(
+        task, pretrained=trained)
     tables = full_tables(trained.task)
     built = result.plan.build()
     built.load_state_dict(result.warm_start)
@@ -130,3 +128,57 @@ def test_search_trains_its_own_model_when_none_is_given(tiny_data):
     result = create_searcher("sseds", epochs=1, max_batches=2).search(task)
     assert result.history["full_model"]["val_auc"] > 0.5
     assert result.plan.metrics["val_auc"] == result.history["full_model"]["val_auc"]
+
+
+class _IgnoreField(torch.nn.Module):
+    """A backbone that reads every field but ``field`` (its input is multiplied by 0)."""
+
+    def __init__(self, inner: torch.nn.Module, field: int):
+        super().__init__()
+        self.inner, self.field = inner, field
+
+    def forward(self, emb):
+        keep = torch.ones(emb.shape[1], 1, device=emb.device)
+        keep[self.field] = 0.0
+        return self.inner(emb * keep)
+
+
+def test_saliency_is_zero_for_a_field_the_backbone_ignores(tiny_data):
+    # The field's embedding stays non-zero (trained), only the backbone does not read it:
+    # saliency must measure what the loss depends on, not how large the weights are.
+    result = train_full_model(_task(tiny_data))
+    model = result.task
+    assert model.embedding.fields[1].table.embedding.weight.abs().sum() > 0
+    model.backbone = _IgnoreField(model.backbone, 1)
+    sal = column_saliency(model, _task(tiny_data).data.val_dataloader())
+    assert np.allclose(sal[1], 0.0, atol=1e-12)
+    assert np.all(sal[[0, 2]].sum(1) > 1e-6)
+    # ...and given 0 among the candidates, the plan drops that field.
+    task = replace(_task(tiny_data, ratio=3.0), candidate_dims=(0, 1, 2, 4, 8))
+    plan = create_searcher("sseds").search(task, pretrained=model).plan
+    assert plan["f01"].dim == 0 and plan["f02"].dim > 0
+
+
+def test_retrains_from_scratch_by_default_and_honours_candidate_dims(tiny_data, trained):
+    task = replace(_task(tiny_data, ratio=6.0), candidate_dims=(0, 2, 8))
+    result = create_searcher("sseds").search(task, pretrained=trained)
+    assert result.warm_start is None  # the paper retrains from scratch
+    assert set(result.plan.dims.values()) <= {0, 2, 8}
+    assert all(f.align in ("project", "select") for f in result.plan.fields)
+    assert result.plan["f03"].dim == 0  # zeroed field: no saliency, dropped
+    assert result.plan.num_bytes() <= task.budget_bytes
+    assert result.history["budget_used"] >= 0.9 or result.history["warnings"]
+
+
+def test_project_warm_start_reproduces_the_kept_columns_of_the_full_model(tiny_data, trained):
+    task = _task(tiny_data, ratio=3.0)
+    result = create_searcher("sseds", warm_retrain=True).search(task, pretrained=trained)
+    built = result.plan.build()
+    built.load_state_dict(result.warm_start)
+    ids, _ = next(iter(task.data.val_dataloader()))
+    kept = torch.zeros(tiny_data.schema.num_fields, D)
+    for i, n in enumerate(tiny_data.schema.names):
+        kept[i, result.history["kept_columns"][n]] = 1.0
+    with torch.no_grad():
+        expected = trained.task.embedding(ids) * kept
+        assert torch.allclose(built(ids), expected, atol=1e-6)
