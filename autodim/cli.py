@@ -410,8 +410,10 @@ def export(
     chosen = sum([trial is not None, best_under is not None, pareto_front])
     if chosen != 1:
         raise ConfigError("choose exactly one of --trial N, --best-under BYTES or --pareto")
-    if out is not None and out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out}: is a file; give a folder (it is created if missing)")
+    if out is not None:
+        from autodim.export import check_export_target
+
+        check_export_target(out)  # a file there is a one-line error, before any work
     result = load_study(study, storage=storage)
     base = out if out is not None else result.folder / "export"
     if pareto_front:

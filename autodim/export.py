@@ -784,7 +784,7 @@ def load_shipped(folder: str | os.PathLike) -> ShippedModel:
 
 
 # -- export folders -----------------------------------------------------------------------
-def _check_target(out: Path) -> None:
+def check_export_target(out: Path) -> None:
     """An export target must be a folder or not exist (nor any file on its way)."""
     for p in (out, *out.parents):
         if p.exists():
@@ -833,7 +833,7 @@ def export_plan(plan, out_dir: str | os.PathLike, *, weights: str | os.PathLike 
     import yaml
 
     out = Path(out_dir).expanduser()
-    _check_target(out)
+    check_export_target(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if encoders is None and data is not None:
         encoders = shipped_encoders(data)
