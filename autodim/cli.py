@@ -394,9 +394,11 @@ def export(
 ):
     """Export compact models: plan JSON, weights (safetensors), TorchRec and FuxiCTR configs.
 
-    Writes plan.json, weights.safetensors, model.json, torchrec.json (EmbeddingBagConfig
-    list) and fuxictr.yaml (feature_specs) per trial, plus pareto.csv/json.
-    Load a model back with autodim.export.load_model('plan.json', 'weights.safetensors').
+    Writes plan.json, weights.safetensors, model.json, encoders.json (the data's fitted
+    encoders), torchrec.json (one table per feature, id transforms, weight keys),
+    fuxictr.yaml and fuxictr_feature_map.json per trial, plus pareto.csv/json. Each folder
+    is written under a temporary name and renamed into place. Score raw rows with
+    autodim predict FOLDER ROWS.csv or autodim.load_model(FOLDER).predict(rows).
 
     Examples:
 

@@ -193,3 +193,32 @@ def test_export_without_encoders_says_so_and_scores_ids(tmp_path, tiny_data):
     odd = model.encode([{n: v for n, v in zip(tiny_data.schema.names,
                                               [-1, 10**9, "x", 1.5, 2])}])
     assert odd.tolist() == [[0, 0, 0, 0, 2]]
+
+
+def test_raw_criteo_rows_are_bucketised_as_in_training(tmp_path):
+    from autodim.data.criteo import CAT_FIELDS, INT_FIELDS
+
+    rng = np.random.default_rng(0)
+    lines = []
+    for _ in range(300):
+        ints = ["" if rng.random() < 0.2 else str(int(rng.integers(-2, 500)))
+                for _ in INT_FIELDS]
+        cats = ["" if rng.random() < 0.1 else f"{int(rng.zipf(1.5)) % 50:08x}"
+                for _ in CAT_FIELDS]
+        lines.append("\t".join([str(int(rng.random() < 0.3)), *ints, *cats]))
+    path = tmp_path / "day.tsv"
+    path.write_text("\n".join(lines) + "\n")
+    data = load_data(path, split=(1.0, 0.0, 0.0))
+    plan = DimensionPlan.full(data.schema, 2)
+    w = save_weights(plan.build_model("lr"), tmp_path / "w.safetensors", plan=plan,
+                     backbone="lr")
+    export_plan(plan, tmp_path / "shipped", weights=w, backbone="lr", data=data)
+    model = load_model(tmp_path / "shipped")
+    np.testing.assert_array_equal(model.encode(path), data.train.ids)
+    # Rows without the label column, and a request with raw (unbucketised) integers.
+    (tmp_path / "nolabel.tsv").write_text("\n".join(x.split("\t", 1)[1] for x in lines))
+    np.testing.assert_array_equal(model.encode(tmp_path / "nolabel.tsv"), data.train.ids)
+    first = lines[0].split("\t")[1:]
+    row = {c: (float(v) if v else None) for c, v in zip(INT_FIELDS, first[:13])}
+    row.update({c: (v or None) for c, v in zip(CAT_FIELDS, first[13:])})
+    np.testing.assert_array_equal(model.encode([row])[0], data.train.ids[0])
