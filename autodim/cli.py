@@ -264,6 +264,9 @@ def search(
     if out is not None or retrain or setting:
         raise ConfigError("--out/--retrain/--set belong to the single-run form (no STUDY); a "
                           "study keeps every trial's plan in its folder")
+    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out-dir {out_dir}: is a file; give a folder (it is created if "
+                          "missing)")
     config = StudyConfig.load(study)
     result = run_study(config, n_trials=n_trials, storage=storage, resume=resume,
                        methods=list(method) if method else None, out_dir=out_dir,
@@ -393,9 +396,11 @@ def export(
 ):
     """Export compact models: plan JSON, weights (safetensors), TorchRec and FuxiCTR configs.
 
-    Writes plan.json, weights.safetensors, model.json, torchrec.json (EmbeddingBagConfig
-    list) and fuxictr.yaml (feature_specs) per trial, plus pareto.csv/json.
-    Load a model back with autodim.export.load_model('plan.json', 'weights.safetensors').
+    Writes plan.json, weights.safetensors, model.json, encoders.json (the data's fitted
+    encoders), torchrec.json (one table per feature, id transforms, weight keys),
+    fuxictr.yaml and fuxictr_feature_map.json per trial, plus pareto.csv/json. Each folder
+    is written under a temporary name and renamed into place. Score raw rows with
+    autodim predict FOLDER ROWS.csv or autodim.load_model(FOLDER).predict(rows).
 
     Examples:
 
@@ -409,6 +414,10 @@ def export(
     chosen = sum([trial is not None, best_under is not None, pareto_front])
     if chosen != 1:
         raise ConfigError("choose exactly one of --trial N, --best-under BYTES or --pareto")
+    if out is not None:
+        from autodim.export import check_export_target
+
+        check_export_target(out)  # a file there is a one-line error, before any work
     result = load_study(study, storage=storage)
     base = out if out is not None else result.folder / "export"
     if pareto_front:
@@ -430,6 +439,41 @@ def export(
             _warn(f"trial {n}: {w}")
     result.write_pareto(root)
     typer.echo(f"exported {len(targets)} trial(s) to {root}")
+
+
+@app.command()
+def predict(
+    shipped: Path = typer.Argument(..., help="An export folder (autodim export's output)."),
+    data: Path = typer.Argument(..., help="Rows to score: a CSV/Parquet file, a RecBole "
+                                          "folder or .inter file, or a Criteo TSV, with the "
+                                          "training data's field columns."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the scores here (CSV "
+                                                                 "with a 'score' column, one "
+                                                                 "row per input row); "
+                                                                 "default: print them."),
+):
+    """Score raw rows with a shipped model: its encoders turn values into ids (values not
+    seen in training read the out-of-vocabulary row), the model gives click probabilities.
+
+    Examples:
+
+    \b
+      autodim predict shipped/ new_rows.csv
+      autodim predict shipped/ ~/.cache/autodim/ml-100k --out scores.csv
+    """
+    from autodim._io import atomic_write_text
+    from autodim.export import load_shipped
+
+    if out is not None and out.is_dir():
+        raise ConfigError(f"--out {out}: is a folder; give a file name (e.g. scores.csv)")
+    model = load_shipped(shipped)
+    scores = model.predict(data)
+    text = "score\n" + "".join(f"{s:.6f}\n" for s in scores.tolist())
+    if out is None:
+        typer.echo(text, nl=False)
+        return
+    atomic_write_text(out, text)
+    echo(f"{len(scores):,} scores written to {out}")
 
 
 @app.command()

@@ -70,22 +70,24 @@ def test_weights_that_do_not_fit_the_plan_are_refused(tmp_path, tiny_data):
     plan = DimensionPlan.full(tiny_data.schema, 8)
     path = save_weights(build_model(plan), tmp_path / "w.safetensors")
     other = DimensionPlan.from_dims(tiny_data.schema, 8, [2, 2, 2, 2, 2])
-    with pytest.raises(PlanError, match="do not fit"):
+    with pytest.raises(PlanError, match=r"tensor 'embedding\.fields\.0\.align\.linear\.weight' "
+                                        "is missing"):
         build_model(other, weights=path)
 
 
 def test_torchrec_tables(tiny_data):
     plan = _mixed_plan(tiny_data.schema)
     out = torchrec_tables(plan)
-    tables = {t["name"]: t for t in out["tables"]}
+    tables = {t["config"]["name"]: t for t in out["tables"]}
     assert set(tables) == {"t_f00", "t_f01", "t_f02", "t_f03_memcom_shared",
                            "t_f03_memcom_scale"}  # f04 is dropped (dim 0)
-    assert tables["t_f00"]["embedding_dim"] == 2
-    assert tables["t_f00"]["num_embeddings"] == tiny_data.schema["f00"].vocab_size
-    assert tables["t_f03_memcom_shared"]["num_embeddings"] == 50
-    assert tables["t_f03_memcom_shared"]["embedding_dim"] == 3
-    assert tables["t_f03_memcom_scale"]["embedding_dim"] == 1
-    assert all(t["feature_names"] and t["pooling"] == "SUM" for t in tables.values())
+    cfg = {k: t["config"] for k, t in tables.items()}
+    assert cfg["t_f00"]["embedding_dim"] == 2
+    assert cfg["t_f00"]["num_embeddings"] == tiny_data.schema["f00"].vocab_size
+    assert cfg["t_f03_memcom_shared"]["num_embeddings"] == 50
+    assert cfg["t_f03_memcom_shared"]["embedding_dim"] == 3
+    assert cfg["t_f03_memcom_scale"]["embedding_dim"] == 1
+    assert all(c["feature_names"] and c["pooling"] == "SUM" for c in cfg.values())
     assert {p["field"] for p in out["projections"]} == {"f00", "f01", "f03"}
     warning = " ".join(out["warnings"])
     assert "t_f00 (2)" in warning and "t_f03_memcom_shared (3)" in warning
@@ -101,6 +103,13 @@ def test_fuxictr_feature_specs(tiny_data):
     specs = {s["name"]: s for s in out["feature_specs"]}
     assert specs["f01"] == {"name": "f01", "embedding_dim": 4,
                             "feature_encoder": "nn.Linear(4, 8, bias=False)"}
+    # A sequence field pools before the linear map (FuxiCTR's list form).
+    seq = plan.replace(fields=[FieldPlan("s", 30, 2, kind="sequence", width=4),
+                               FieldPlan("t", 30, 8, kind="sequence", width=4)])
+    s_specs = {s["name"]: s for s in fuxictr_feature_specs(seq)["feature_specs"]}
+    assert s_specs["s"]["feature_encoder"] == ["layers.MaskedAveragePooling()",
+                                               "nn.Linear(2, 8, bias=False)"]
+    assert s_specs["t"]["feature_encoder"] == ["layers.MaskedAveragePooling()"]
     assert "feature_encoder" not in specs["f02"]  # already at D
     assert any("f03" in n and "memcom" in n for n in out["notes"])
 

@@ -20,7 +20,8 @@ nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
-EXPECTED = {"01_quickstart.ipynb", "02_compare_methods.ipynb", "03_inspect_plan.ipynb"}
+EXPECTED = {"01_quickstart.ipynb", "02_compare_methods.ipynb", "03_inspect_plan.ipynb",
+            "04_own_csv.ipynb"}
 
 
 def test_the_notebooks_are_there_and_stripped():
