@@ -1,0 +1,252 @@
+"""The fused embedding path: fields that share a width read ONE table.
+
+:class:`FusedEmbedding` computes exactly what a
+:class:`~autodim.embeddings.compact.FieldwiseEmbedding` computes, with fewer, bigger operations:
+
+- every plain float32 field (a :class:`~autodim.embeddings.tables.DenseTable`, categorical or
+  sequence) of dim ``d`` is a slice of one ``rows x d`` table; a batch is one gather (one
+  ``embedding_bag`` with per-sample weights when a sequence field is averaged) instead of a
+  Python loop of per-field modules, and one backward scatter;
+- the fields of one group that project (MDE) do it in one batched matmul
+  (``[B, n, d] x [n, d, D]``); prefix-padded fields pad once;
+- every other field (hashing, pruning, frequency groups, dropped, non-float32 precision, an
+  arbitrary column selection) keeps its own module.
+
+It is built from a ``FieldwiseEmbedding`` and keeps it: the per-field parameters become
+views of the fused tensors, so :meth:`FusedEmbedding.fieldwise` hands back the per-field
+module holding the trained weights without a copy. ``state_dict`` keys are the per-field
+ones (``fields.{i}.table.embedding.weight``, ``fields.{i}.align.linear.weight``), so
+checkpoints and exports do not see the difference, and ``num_bytes()`` is the same sum.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from torch import nn
+
+from autodim.embeddings.compact import FieldwiseEmbedding
+from autodim.embeddings.field import Align, FieldEmbedding, Project, Select
+from autodim.embeddings.tables import DenseTable
+
+__all__ = ["FusedEmbedding", "fusable"]
+
+
+def _kind(module: nn.Module) -> str | None:
+    """``identity`` / ``pad`` / ``project`` for a field the fused path can take, else None."""
+    if type(module) is not FieldEmbedding or type(module.table) is not DenseTable:
+        return None
+    if module.table.embedding.weight.dtype != torch.float32:
+        return None  # other precisions keep their own module
+    align = module.align
+    if type(align) is Align:
+        return "identity"
+    if type(align) is Project:
+        return "project"
+    if type(align) is Select and align.is_prefix:
+        return "pad"
+    return None
+
+
+def fusable(emb: nn.Module) -> bool:
+    """Whether :class:`FusedEmbedding` would fuse anything of ``emb``: a
+    ``FieldwiseEmbedding`` with at least two plain fields of one width."""
+    if not isinstance(emb, FieldwiseEmbedding) or isinstance(emb, FusedEmbedding):
+        return False
+    dims: dict[int, int] = defaultdict(int)
+    for m in emb.fields:
+        if _kind(m) is not None:
+            dims[m.table.dim] += 1
+    return any(n > 1 for n in dims.values())
+
+
+class _Group(nn.Module):
+    """The fields of one width: one table, their columns, their alignment."""
+
+    def __init__(self, members: list[tuple[int, FieldEmbedding, tuple[int, int]]],
+                 out_dim: int, sparse: bool):
+        super().__init__()
+        dim = members[0][1].table.dim
+        self.dim, self.out_dim = dim, out_dim
+        self.field_index = [i for i, _, _ in members]
+        sizes = [m.table.rows for _, m, _ in members]
+        starts = torch.tensor([0] + sizes[:-1]).cumsum(0)
+        self.bounds = [(int(s), int(s) + n) for s, n in zip(starts, sizes)]
+        # A categorical field reads its first column only (as mean_pool does).
+        widths = [hi - lo if m.is_sequence else 1 for _, m, (lo, hi) in members]
+        cols = torch.cat([torch.arange(lo, lo + w) for (_, _, (lo, _)), w in zip(members, widths)])
+        self.register_buffer("cols", cols, persistent=False)
+        self.register_buffer("col_offsets", starts.repeat_interleave(torch.tensor(widths)),
+                             persistent=False)
+        self.pooled = any(w > 1 for w in widths)
+        if self.pooled:
+            # embedding_bag over (sample, field) bags: field j of a sample starts at column
+            # bag_starts[j] of the group's columns; sequence columns are weighted by
+            # mask / count (mean over non-padding ids, as mean_pool), others by 1.
+            self.register_buffer("bag_starts", torch.tensor([0] + widths[:-1]).cumsum(0),
+                                 persistent=False)
+            is_seq = torch.tensor([m.is_sequence for _, m, _ in members])
+            self.register_buffer("col_is_seq", is_seq.repeat_interleave(torch.tensor(widths)),
+                                 persistent=False)
+            self.register_buffer("col_bag", torch.arange(len(members)).repeat_interleave(
+                torch.tensor(widths)), persistent=False)
+            self.num_cols = int(sum(widths))
+        with torch.no_grad():
+            weight = torch.cat([m.table.embedding.weight for _, m, _ in members])
+        self.table = nn.Embedding(weight.shape[0], dim, sparse=sparse, _weight=weight)
+        kinds = [_kind(m) for _, m, _ in members]
+        self.kinds = kinds
+        proj = [j for j, k in enumerate(kinds) if k == "project"]
+        self.all_identity = all(k == "identity" for k in kinds)
+        self.register_buffer("proj_index", torch.tensor(proj, dtype=torch.long),
+                             persistent=False)
+        self.register_buffer("pad_index", torch.tensor(
+            [j for j, k in enumerate(kinds) if k != "project"], dtype=torch.long),
+            persistent=False)
+        self.proj_local = proj
+        self.register_buffer("mixed_order", torch.cat([self.proj_index, self.pad_index]).argsort(),
+                             persistent=False)
+        if proj:
+            with torch.no_grad():
+                w = torch.stack([members[j][1].align.linear.weight for j in proj])  # [n, D, d]
+            self.proj = nn.Parameter(w)
+        else:
+            self.proj = None
+
+    def rebind(self, members: list[FieldEmbedding]) -> None:
+        """Point the per-field modules' parameters at views of the fused tensors."""
+        w = self.table.weight
+        for (lo, hi), m in zip(self.bounds, members):
+            m.table.embedding.weight = nn.Parameter(w.data[lo:hi], requires_grad=w.requires_grad)
+        if self.proj is not None:
+            for k, j in enumerate(self.proj_local):
+                members[j].align.linear.weight = nn.Parameter(
+                    self.proj.data[k], requires_grad=self.proj.requires_grad)
+
+    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        """``ids[B, T] -> [B, n, d]`` (pooled, not aligned)."""
+        local = ids.index_select(1, self.cols)
+        rows = local + self.col_offsets
+        if not self.pooled:
+            return self.table(rows)
+        B = ids.shape[0]
+        m = torch.where(self.col_is_seq, local != 0, torch.ones_like(local, dtype=torch.bool))
+        m = m.to(self.table.weight.dtype)
+        count = m.new_zeros(B, len(self.bounds)).index_add_(1, self.col_bag, m)
+        weights = m / count.clamp_min(1.0).index_select(1, self.col_bag)
+        offsets = (torch.arange(B, device=ids.device).unsqueeze(1) * self.num_cols
+                   + self.bag_starts).reshape(-1)
+        out = nn.functional.embedding_bag(rows.reshape(-1), self.table.weight, offsets,
+                                          mode="sum", sparse=self.table.sparse,
+                                          per_sample_weights=weights.reshape(-1))
+        return out.view(B, len(self.bounds), self.dim)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """``ids[B, T] -> [B, n, D]`` in the group's field order."""
+        x = self.lookup(ids)
+        if self.all_identity:
+            return x
+        if self.proj is None:
+            return nn.functional.pad(x, (0, self.out_dim - self.dim))
+        projected = torch.einsum("bnd,nkd->bnk", x.index_select(1, self.proj_index), self.proj)
+        if len(self.proj_local) == len(self.bounds):
+            return projected
+        rest = nn.functional.pad(x.index_select(1, self.pad_index), (0, self.out_dim - self.dim))
+        return torch.cat([projected, rest], 1).index_select(1, self.mixed_order)
+
+
+class FusedEmbedding(FieldwiseEmbedding):
+    """A :class:`FieldwiseEmbedding` whose plain fields share one table per width.
+
+    Args:
+        fieldwise: The per-field layer to fuse; its parameters become views of the fused
+            ones (see :meth:`fieldwise`).
+        sparse_threshold: A fused table with more rows than this emits sparse gradients
+            (stepped by a row-wise optimiser, see :func:`autodim.task.make_optimizers`).
+    """
+
+    def __init__(self, fieldwise: FieldwiseEmbedding, *, sparse_threshold: int = 1_000_000):
+        # The per-field modules that are not fused stay in ``fields`` (same keys); fused
+        # ones are replaced there by an empty placeholder.
+        placeholders = []
+        by_dim: dict[int, list[int]] = defaultdict(list)
+        for i, m in enumerate(fieldwise.fields):
+            if _kind(m) is not None:
+                by_dim[m.table.dim].append(i)
+        fused = {i for members in by_dim.values() if len(members) > 1 for i in members}
+        for i, m in enumerate(fieldwise.fields):
+            placeholders.append(nn.Identity() if i in fused else m)
+        super().__init__(fieldwise.schema, fieldwise.out_dim, placeholders)
+        object.__setattr__(self, "_fieldwise", fieldwise)  # not a submodule: no double params
+        self.fused_fields = sorted(fused)
+        groups = []
+        for _, members in sorted(by_dim.items()):
+            if len(members) < 2:
+                continue
+            rows = sum(fieldwise.fields[i].table.rows for i in members)
+            groups.append(_Group([(i, fieldwise.fields[i], self._slices[i]) for i in members],
+                                 self.out_dim, sparse=rows > sparse_threshold))
+        self.groups = nn.ModuleList(groups)
+        self.rest = [i for i in range(len(placeholders)) if i not in fused]
+        order = [i for g in self.groups for i in g.field_index] + self.rest
+        self.register_buffer("order", torch.tensor(order).argsort(), persistent=False)
+        self.single = (len(self.groups) == 1 and not self.rest)
+        self._rebind()
+        self._register_state_dict_hook(FusedEmbedding._to_fieldwise_keys)
+        self._register_load_state_dict_pre_hook(FusedEmbedding._from_fieldwise_keys,
+                                                 with_module=True)
+
+    def _rebind(self) -> None:
+        for g in self.groups:
+            g.rebind([self._fieldwise.fields[i] for i in g.field_index])
+
+    def fieldwise(self) -> FieldwiseEmbedding:
+        """The per-field layer with this layer's current weights (views, no copy)."""
+        self._rebind()
+        return self._fieldwise
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.single:
+            return self.groups[0](ids)
+        parts = [g(ids) for g in self.groups]
+        parts += [self.fields[i](ids[:, lo:hi]).unsqueeze(1)
+                  for i in self.rest for lo, hi in [self._slices[i]]]
+        return torch.cat(parts, 1).index_select(1, self.order)
+
+    def num_bytes(self) -> int:
+        return self._fieldwise.num_bytes()
+
+    def field_bytes(self) -> dict[str, int]:
+        return self._fieldwise.field_bytes()
+
+    # -- state dict keys: the per-field ones ------------------------------------------------
+    def _field_keys(self, prefix: str):
+        for k, g in enumerate(self.groups):
+            for j, i in enumerate(g.field_index):
+                yield (f"{prefix}groups.{k}.table.weight", g.bounds[j],
+                       f"{prefix}fields.{i}.table.embedding.weight", None)
+            for n, j in enumerate(g.proj_local):
+                yield (f"{prefix}groups.{k}.proj", n,
+                       f"{prefix}fields.{g.field_index[j]}.align.linear.weight", None)
+
+    @staticmethod
+    def _to_fieldwise_keys(module, state, prefix, local_metadata):
+        drop = set()
+        for fused_key, where, field_key, _ in module._field_keys(prefix):
+            t = state[fused_key]
+            state[field_key] = t[where[0]:where[1]] if isinstance(where, tuple) else t[where]
+            drop.add(fused_key)
+        for key in drop:
+            del state[key]
+        return state
+
+    def _from_fieldwise_keys(self, state, prefix, local_metadata, strict, missing_keys,
+                             unexpected_keys, error_msgs):
+        parts: dict[str, list] = defaultdict(list)
+        for fused_key, _, field_key, _ in self._field_keys(prefix):
+            if field_key in state:
+                parts[fused_key].append(state.pop(field_key))
+        for fused_key, tensors in parts.items():
+            cat = torch.stack if fused_key.endswith(".proj") else torch.cat
+            state[fused_key] = cat(tensors)
