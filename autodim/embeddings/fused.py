@@ -3,13 +3,13 @@
 :class:`FusedEmbedding` computes exactly what a
 :class:`~autodim.embeddings.compact.FieldwiseEmbedding` computes, with fewer, bigger operations:
 
-- every plain float32 field (a :class:`~autodim.embeddings.tables.DenseTable`, categorical or
-  sequence) of dim ``d`` is a slice of one ``rows x d`` table; a batch is one gather (one
-  ``embedding_bag`` with per-sample weights when a sequence field is averaged) instead of a
-  Python loop of per-field modules, and one backward scatter;
+- every float32 field with a dense, hashed (``id mod m``), row-pruned or element-pruned
+  table (categorical or sequence) of dim ``d`` is a slice of one ``rows x d`` table; a batch
+  is one gather (one ``embedding_bag`` with per-sample weights when a sequence field is
+  averaged) instead of a Python loop of per-field modules, and one backward scatter;
 - the fields of one group that project (MDE) do it in one batched matmul
   (``[B, n, d] x [n, d, D]``); prefix-padded fields pad once;
-- every other field (hashing, pruning, frequency groups, dropped, non-float32 precision, an
+- every other field (QR, MEmCom, frequency groups, dropped, non-float32 precision, an
   arbitrary column selection) keeps its own module.
 
 It is built from a ``FieldwiseEmbedding`` and keeps it: the per-field parameters become
@@ -28,14 +28,17 @@ from torch import nn
 
 from autodim.embeddings.compact import FieldwiseEmbedding
 from autodim.embeddings.field import Align, FieldEmbedding, Project, Select
-from autodim.embeddings.tables import DenseTable
+from autodim.embeddings.tables import DenseTable, HashTable, RowPrunedTable, SparseTable
 
-__all__ = ["FusedEmbedding", "fusable"]
+__all__ = ["FusedEmbedding", "fusable", "named_field_modules"]
+
+
+_TABLES = (DenseTable, HashTable, RowPrunedTable, SparseTable)
 
 
 def _kind(module: nn.Module) -> str | None:
     """``identity`` / ``pad`` / ``project`` for a field the fused path can take, else None."""
-    if type(module) is not FieldEmbedding or type(module.table) is not DenseTable:
+    if type(module) is not FieldEmbedding or type(module.table) not in _TABLES:
         return None
     if module.table.embedding.weight.dtype != torch.float32:
         return None  # other precisions keep their own module
@@ -62,7 +65,14 @@ def fusable(emb: nn.Module) -> bool:
 
 
 class _Group(nn.Module):
-    """The fields of one width: one table, their columns, their alignment."""
+    """The fields of one width: one table, their columns, their alignment.
+
+    Per column of the group: ``row = offset + (id mod m)`` (``m`` = buckets of a hashed
+    field, the vocabulary otherwise); row-pruned fields send pruned ids to their row 0 (one
+    bool per row, the ``keep`` of their table); element-pruned fields multiply by their mask
+    (one bool per entry, the ``mask`` of their table). The per-field tensors become views of
+    the group's, so the per-field modules and the group always hold the same values.
+    """
 
     def __init__(self, members: list[tuple[int, FieldEmbedding, tuple[int, int]]],
                  out_dim: int, sparse: bool):
@@ -70,33 +80,48 @@ class _Group(nn.Module):
         dim = members[0][1].table.dim
         self.dim, self.out_dim = dim, out_dim
         self.field_index = [i for i, _, _ in members]
-        sizes = [m.table.rows for _, m, _ in members]
+        tables = [m.table for _, m, _ in members]
+        sizes = [t.embedding.weight.shape[0] for t in tables]
         starts = torch.tensor([0] + sizes[:-1]).cumsum(0)
         self.bounds = [(int(s), int(s) + n) for s, n in zip(starts, sizes)]
         # A categorical field reads its first column only (as mean_pool does).
         widths = [hi - lo if m.is_sequence else 1 for _, m, (lo, hi) in members]
         cols = torch.cat([torch.arange(lo, lo + w) for (_, _, (lo, _)), w in zip(members, widths)])
+        per_col = torch.tensor(widths)
         self.register_buffer("cols", cols, persistent=False)
-        self.register_buffer("col_offsets", starts.repeat_interleave(torch.tensor(widths)),
-                             persistent=False)
+        self.register_buffer("col_offsets", starts.repeat_interleave(per_col), persistent=False)
+        self.hashed = any(type(t) is HashTable for t in tables)
+        if self.hashed:
+            self.register_buffer("col_modulus", torch.tensor(sizes).repeat_interleave(per_col),
+                                 persistent=False)
         self.pooled = any(w > 1 for w in widths)
+        self.num_cols = int(sum(widths))
         if self.pooled:
-            # embedding_bag over (sample, field) bags: field j of a sample starts at column
-            # bag_starts[j] of the group's columns; sequence columns are weighted by
-            # mask / count (mean over non-padding ids, as mean_pool), others by 1.
+            # (sample, field) bags: field j of a sample starts at column bag_starts[j] of the
+            # group's columns; sequence columns are weighted by mask / count (mean over
+            # non-padding ids, as mean_pool), others by 1.
             self.register_buffer("bag_starts", torch.tensor([0] + widths[:-1]).cumsum(0),
                                  persistent=False)
             is_seq = torch.tensor([m.is_sequence for _, m, _ in members])
-            self.register_buffer("col_is_seq", is_seq.repeat_interleave(torch.tensor(widths)),
+            self.register_buffer("col_is_seq", is_seq.repeat_interleave(per_col),
                                  persistent=False)
-            self.register_buffer("col_bag", torch.arange(len(members)).repeat_interleave(
-                torch.tensor(widths)), persistent=False)
-            self.num_cols = int(sum(widths))
+            self.register_buffer("col_bag", torch.arange(len(members)).repeat_interleave(per_col),
+                                 persistent=False)
         with torch.no_grad():
-            weight = torch.cat([m.table.embedding.weight for _, m, _ in members])
+            weight = torch.cat([t.embedding.weight for t in tables])
         self.table = nn.Embedding(weight.shape[0], dim, sparse=sparse, _weight=weight)
+        self.row_pruned = any(type(t) is RowPrunedTable for t in tables)
+        if self.row_pruned:
+            self.register_buffer("keep", torch.cat([
+                t.keep if type(t) is RowPrunedTable else torch.ones(n, dtype=torch.bool)
+                for t, n in zip(tables, sizes)]), persistent=False)
+        self.masked = any(type(t) is SparseTable for t in tables)
+        if self.masked:
+            self.register_buffer("mask", torch.cat([
+                t.mask if type(t) is SparseTable else torch.ones(n, dim, dtype=torch.bool)
+                for t, n in zip(tables, sizes)]), persistent=False)
+        self.baked = False
         kinds = [_kind(m) for _, m, _ in members]
-        self.kinds = kinds
         proj = [j for j, k in enumerate(kinds) if k == "project"]
         self.all_identity = all(k == "identity" for k in kinds)
         self.register_buffer("proj_index", torch.tensor(proj, dtype=torch.long),
@@ -115,26 +140,47 @@ class _Group(nn.Module):
             self.proj = None
 
     def rebind(self, members: list[FieldEmbedding]) -> None:
-        """Point the per-field modules' parameters at views of the fused tensors."""
+        """Point the per-field modules' tensors at views of the fused tensors."""
         w = self.table.weight
         for (lo, hi), m in zip(self.bounds, members):
-            m.table.embedding.weight = nn.Parameter(w.data[lo:hi], requires_grad=w.requires_grad)
+            t = m.table
+            t.embedding.weight = nn.Parameter(w.data[lo:hi], requires_grad=w.requires_grad)
+            if type(t) is RowPrunedTable:
+                t.keep = self.keep[lo:hi]
+            elif type(t) is SparseTable:
+                t.mask = self.mask[lo:hi]
         if self.proj is not None:
             for k, j in enumerate(self.proj_local):
                 members[j].align.linear.weight = nn.Parameter(
                     self.proj.data[k], requires_grad=self.proj.requires_grad)
 
+    @torch.no_grad()
+    def bake(self) -> None:
+        """For serving: zero the masked-out entries once, so a lookup needs no mask."""
+        if self.masked and not self.baked:
+            self.table.weight.mul_(self.mask)
+            self.baked = True
+
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
         """``ids[B, T] -> [B, n, d]`` (pooled, not aligned)."""
         local = ids.index_select(1, self.cols)
-        rows = local + self.col_offsets
+        rows = (torch.remainder(local, self.col_modulus) if self.hashed else local)
+        rows = rows + self.col_offsets
+        if self.row_pruned:
+            rows = torch.where(self.keep[rows], rows, self.col_offsets.expand_as(rows))
+        # baked (zeros where masked): serving needs no mask; training still masks gradients
+        use_mask = self.masked and not (self.baked and not self.training)
         if not self.pooled:
-            return self.table(rows)
+            v = self.table(rows)
+            return v * self.mask[rows] if use_mask else v
         B = ids.shape[0]
         m = torch.where(self.col_is_seq, local != 0, torch.ones_like(local, dtype=torch.bool))
         m = m.to(self.table.weight.dtype)
         count = m.new_zeros(B, len(self.bounds)).index_add_(1, self.col_bag, m)
         weights = m / count.clamp_min(1.0).index_select(1, self.col_bag)
+        if use_mask:  # the mask is per entry: gather, mask, then pool
+            v = self.table(rows) * self.mask[rows] * weights.unsqueeze(-1)
+            return v.new_zeros(B, len(self.bounds), self.dim).index_add_(1, self.col_bag, v)
         offsets = (torch.arange(B, device=ids.device).unsqueeze(1) * self.num_cols
                    + self.bag_starts).reshape(-1)
         out = nn.functional.embedding_bag(rows.reshape(-1), self.table.weight, offsets,
@@ -184,7 +230,7 @@ class FusedEmbedding(FieldwiseEmbedding):
         for _, members in sorted(by_dim.items()):
             if len(members) < 2:
                 continue
-            rows = sum(fieldwise.fields[i].table.rows for i in members)
+            rows = sum(fieldwise.fields[i].table.embedding.weight.shape[0] for i in members)
             groups.append(_Group([(i, fieldwise.fields[i], self._slices[i]) for i in members],
                                  self.out_dim, sparse=rows > sparse_threshold))
         self.groups = nn.ModuleList(groups)
@@ -196,6 +242,7 @@ class FusedEmbedding(FieldwiseEmbedding):
         self._register_state_dict_hook(FusedEmbedding._to_fieldwise_keys)
         self._register_load_state_dict_pre_hook(FusedEmbedding._from_fieldwise_keys,
                                                  with_module=True)
+        self.register_load_state_dict_post_hook(FusedEmbedding._not_missing)
 
     def _rebind(self) -> None:
         for g in self.groups:
@@ -220,33 +267,51 @@ class FusedEmbedding(FieldwiseEmbedding):
     def field_bytes(self) -> dict[str, int]:
         return self._fieldwise.field_bytes()
 
-    # -- state dict keys: the per-field ones ------------------------------------------------
-    def _field_keys(self, prefix: str):
-        for k, g in enumerate(self.groups):
-            for j, i in enumerate(g.field_index):
-                yield (f"{prefix}groups.{k}.table.weight", g.bounds[j],
-                       f"{prefix}fields.{i}.table.embedding.weight", None)
-            for n, j in enumerate(g.proj_local):
-                yield (f"{prefix}groups.{k}.proj", n,
-                       f"{prefix}fields.{g.field_index[j]}.align.linear.weight", None)
+    def bake(self) -> "FusedEmbedding":
+        """Prepare for serving (see :meth:`_Group.bake`); outputs unchanged. Returns self."""
+        for g in self.groups:
+            g.bake()
+        return self
 
+    # -- state dict keys: the per-field ones ------------------------------------------------
+    # The per-field modules' tensors are views of the groups', so the per-field state dict
+    # IS the fused state; loading into those views writes into the groups in place.
     @staticmethod
     def _to_fieldwise_keys(module, state, prefix, local_metadata):
-        drop = set()
-        for fused_key, where, field_key, _ in module._field_keys(prefix):
-            t = state[fused_key]
-            state[field_key] = t[where[0]:where[1]] if isinstance(where, tuple) else t[where]
-            drop.add(fused_key)
-        for key in drop:
+        for key in [k for k in state if k.startswith(prefix + "groups.")]:
             del state[key]
+        for i in module.fused_fields:
+            module._fieldwise.fields[i].state_dict(destination=state,
+                                                   prefix=f"{prefix}fields.{i}.")
         return state
 
     def _from_fieldwise_keys(self, state, prefix, local_metadata, strict, missing_keys,
                              unexpected_keys, error_msgs):
-        parts: dict[str, list] = defaultdict(list)
-        for fused_key, _, field_key, _ in self._field_keys(prefix):
-            if field_key in state:
-                parts[fused_key].append(state.pop(field_key))
-        for fused_key, tensors in parts.items():
-            cat = torch.stack if fused_key.endswith(".proj") else torch.cat
-            state[fused_key] = cat(tensors)
+        self._rebind()
+        for i in self.fused_fields:
+            head = f"{prefix}fields.{i}."
+            sub = {k[len(head):]: state.pop(k) for k in [k for k in state if k.startswith(head)]}
+            result = self._fieldwise.fields[i].load_state_dict(sub, strict=False)
+            missing_keys.extend(head + k for k in result.missing_keys)
+            unexpected_keys.extend(head + k for k in result.unexpected_keys)
+        self._load_prefix = prefix
+
+    @staticmethod
+    def _not_missing(module, incompatible) -> None:
+        """The groups' own tensors were written through the per-field views: not missing."""
+        head = getattr(module, "_load_prefix", "") + "groups."
+        incompatible.missing_keys[:] = [k for k in incompatible.missing_keys
+                                        if not k.startswith(head)]
+
+
+def named_field_modules(model: nn.Module):
+    """``model.named_modules()``, plus the per-field modules a :class:`FusedEmbedding`
+    fused, under the names they have in its state dict (``...fields.{i}...``)."""
+    for name, mod in model.named_modules():
+        yield name, mod
+        if isinstance(mod, FusedEmbedding):
+            prefix = f"{name}." if name else ""
+            per_field = mod.fieldwise()
+            for i in mod.fused_fields:
+                for sub, m in per_field.fields[i].named_modules(prefix=f"{prefix}fields.{i}"):
+                    yield sub, m

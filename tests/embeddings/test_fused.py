@@ -3,19 +3,28 @@ bytes and gradients; its per-field view shares the trained weights."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from test_layers import LAYERS as BASE
 from test_layers import SCHEMA, _batch, _plan
 
 from autodim.embeddings.fused import FusedEmbedding, fusable
-from autodim.plan import build_embedding
+from autodim.plan import build_embedding, encode_mask
 
 LAYERS = {**BASE,
           # one width, all projecting / mixed project + pad (a sequence among them)
           "project_group": _plan(user={"dim": 3}, item={"dim": 3}, tags={"dim": 3}),
           "project_pad_group": _plan(user={"dim": 2}, item={"dim": 2, "align": "pad"},
-                                     tags={"dim": 2})}
+                                     tags={"dim": 2}),
+          # hashed, row-pruned and element-pruned (a sequence) fields in one group
+          "masked_group": _plan(
+              user={"dim": 4, "align": "pad", "row_mask": {"kept": 21, "bits": encode_mask(
+                  np.arange(50) < 21)}},
+              item={"dim": 4, "hashing": {"method": "hash", "buckets": 7}},
+              tags={"dim": 4, "align": "pad", "sparse": {
+                  "nnz": int((m := np.random.default_rng(3).random((12, 4)) < 0.5).sum()),
+                  "bits": encode_mask(m)}})}
 FUSABLE = [n for n in sorted(LAYERS) if fusable(build_embedding(LAYERS[n]))]
 
 
@@ -35,8 +44,8 @@ def _padded_batch(n: int = 32) -> torch.Tensor:
 
 
 def test_most_layers_fuse():
-    assert {"full", "project_group", "project_pad_group", "hash", "sparse",
-            "dropped"} <= set(FUSABLE)
+    assert {"full", "project_group", "project_pad_group", "hash", "sparse", "row_pruned",
+            "masked_group", "dropped"} <= set(FUSABLE)
     assert "mixed_project" not in FUSABLE  # three widths: nothing to fuse
 
 
@@ -110,3 +119,42 @@ def test_large_fused_table_emits_sparse_gradients():
     _, small = _pair("full", sparse_threshold=1000)
     small(_padded_batch()).sum().backward()
     assert not small.groups[0].table.weight.grad.is_sparse
+
+
+@pytest.mark.parametrize("name", ["masked_group", "sparse", "row_pruned"])
+def test_baked_layer_serves_the_same_outputs_and_exports(name):
+    from autodim.export import compact_state_dict
+
+    ref, fused = _pair(name)
+    x = _padded_batch()
+    before = compact_state_dict(fused)
+    fused.eval().bake()
+    assert any(g.baked for g in fused.groups) == (name != "row_pruned")
+    assert torch.allclose(fused(x), ref(x), atol=1e-6)
+    after = compact_state_dict(fused)
+    assert before.keys() == after.keys() == compact_state_dict(ref).keys()
+    for k in before:
+        assert torch.equal(before[k], after[k]), k
+
+
+def test_loaded_model_is_fused_baked_and_equal(tmp_path):
+    from autodim.export import build_model, load_model, save_weights
+
+    plan = LAYERS["masked_group"]
+    torch.manual_seed(0)
+    model = build_model(plan, "fm").eval()
+    path = save_weights(model, tmp_path / "w.safetensors", plan=plan, backbone="fm")
+    plan.save(tmp_path / "plan.json")
+    loaded = load_model(tmp_path / "plan.json", path)
+    assert isinstance(loaded.embedding, FusedEmbedding)
+    assert all(g.baked for g in loaded.embedding.groups if g.masked)
+    assert loaded.num_bytes() == plan.num_bytes()
+    x = _padded_batch()
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x), atol=1e-6)
+    # and it saves back to the same compact file contents
+    again = save_weights(loaded, tmp_path / "again.safetensors", plan=plan, backbone="fm")
+    from autodim.export import load_weights
+
+    a, b = load_weights(path)[0], load_weights(again)[0]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
