@@ -118,45 +118,48 @@ def plain_model(schema, D: int, backbone: str):
     return Plain()
 
 
-def run_loop(model, opts, batches, steps: int) -> float:
-    """zero_grad, forward, BCE, backward, step for ``steps`` batches; seconds, optimiser
-    construction excluded (done by the caller), nothing else excluded."""
+def run_loop(model, opts, batches, steps: int, warm: int = 0) -> float:
+    """zero_grad, forward, BCE, backward, step for ``warm`` untimed then ``steps`` timed
+    batches; seconds (optimiser construction is the caller's)."""
     import torch
 
     model.train()
     t0 = time.perf_counter()
     for n, (x, y) in enumerate(batches):
+        if n == warm:
+            t0 = time.perf_counter()
         for o in opts:
             o.zero_grad()
         torch.nn.functional.binary_cross_entropy_with_logits(model(x), y).backward()
         for o in opts:
             o.step()
-        if n + 1 >= steps:
+        if n + 1 >= warm + steps:
             break
     return time.perf_counter() - t0
 
 
-def lightning_loop(task, dm, steps: int) -> float:
-    """``steps`` steps of ``Trainer.fit`` (CTRTask.training_step), timed from the first
-    batch's start to the last batch's end."""
+def lightning_loop(task, dm, steps: int, warm: int = 0) -> float:
+    """``warm + steps`` steps of ``Trainer.fit`` (CTRTask.training_step), timed from the
+    start of step ``warm`` to the end of the last step; the optimisers are released after."""
     from lightning.pytorch.callbacks import Callback
 
-    from autodim.task import TrainConfig, make_trainer
+    from autodim.task import TrainConfig, make_trainer, release_optimizers
 
     class Window(Callback):
         t0 = t1 = 0.0
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            if batch_idx == 0:
+            if batch_idx == warm:
                 self.t0 = time.perf_counter()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             self.t1 = time.perf_counter()
 
     window = Window()
-    trainer = make_trainer(TrainConfig(max_epochs=1, max_steps=steps), [window],
+    trainer = make_trainer(TrainConfig(max_epochs=1, max_steps=warm + steps), [window],
                            limit_val_batches=0)
     trainer.fit(task, train_dataloaders=dm.train_dataloader())
+    release_optimizers(trainer)
     return window.t1 - window.t0
 
 
@@ -183,7 +186,8 @@ def measure(kind: str, data, backbone: str, batch_size: int, steps: int, D: int 
         model = plain_model(data.schema, D, backbone)
         secs = run_loop(model, [torch.optim.Adam(model.parameters(), lr=1e-3)], batches, steps)
     else:
-        task = CTRTask(plan.build(), create_backbone(backbone, data.schema.num_fields, D))
+        # the layer train_plan trains (fused where the plan allows it)
+        task = CTRTask(plan.build(fused=True), create_backbone(backbone, data.schema.num_fields, D))
         if kind == "hand":
             secs = run_loop(task, make_optimizers(task, 1e-3), batches, steps)
         else:
@@ -253,6 +257,8 @@ def main() -> None:
     ap.add_argument("--batch-sizes", default="1024,4096")
     ap.add_argument("--rows", type=int, default=400_000, help="rows of the vocabulary sweep")
     ap.add_argument("--scales", default="1,10,100", help="vocabulary multipliers of the sweep")
+    ap.add_argument("--sweep-steps", type=int, default=0,
+                    help="steps per sweep measurement (0: one epoch)")
     ap.add_argument("--ml100k", default=None, help="MovieLens-100K folder (default: cache)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0: default)")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: models,sweep,rss")
@@ -311,22 +317,29 @@ def main() -> None:
         bs = batch_sizes[0]
         datas = {s: make_planted("planted", rows=sweep_rows, seed=0, cardinalities=[
             c * s for c in PRESETS["planted"].cardinalities]) for s in scales}
-        fns = {}
+        # One epoch of train_plan per size (what a user waits for; the first steps of a big
+        # table also pay its first-touch page faults); the plain loop (dense Adam over the
+        # whole table every step) only at the smallest size, as the reference.
+        epoch = len(next(iter(datas.values())).train) // bs
+        sweep_steps = min(epoch, args.sweep_steps) if args.sweep_steps else epoch
+        fns = {("plain", scales[0]): lambda d=datas[scales[0]]: measure("plain", d, "fm", bs,
+                                                                        sweep_steps)}
         for s, data in datas.items():
-            fns[("plain", s)] = lambda d=data: measure("plain", d, "fm", bs, steps)
-            fns[("train_plan", s)] = lambda d=data: measure("train_plan", d, "fm", bs, steps)
+            fns[("train_plan", s)] = lambda d=data: measure("train_plan", d, "fm", bs,
+                                                            sweep_steps)
         res = interleaved(fns, repeats)
         base = scales[0]
         for s in scales:
             row = {"part": "vocab sweep", "data": f"planted x{s}",
                    "ids": datas[s].schema.total_rows, "rows": sweep_rows, "backbone": "fm",
-                   "batch": bs, "steps": steps}
-            for k in ("plain", "train_plan"):
-                row[f"{k} samples/s"] = round(statistics.median(res[(k, s)]))
-                row[f"{k} / same at {datas[base].schema.total_rows:,} ids (min/med/max)"] = (
-                    spread([a / b for a, b in zip(res[(k, s)], res[(k, base)])]))
-            row["train_plan / plain (min/med/max)"] = spread(
-                [a / b for a, b in zip(res[("train_plan", s)], res[("plain", s)])])
+                   "batch": bs, "steps": sweep_steps,
+                   "train_plan samples/s": round(statistics.median(res[("train_plan", s)])),
+                   f"train_plan / same at {datas[base].schema.total_rows:,} ids (min/med/max)":
+                   spread([a / b for a, b in zip(res[("train_plan", s)],
+                                                 res[("train_plan", base)])]),
+                   f"train_plan / plain at {datas[base].schema.total_rows:,} ids (min/med/max)":
+                   spread([a / b for a, b in zip(res[("train_plan", s)],
+                                                 res[("plain", base)])])}
             rows.append(row)
             print(row, flush=True)
         del datas
