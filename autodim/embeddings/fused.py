@@ -8,9 +8,10 @@
   is one gather (one ``embedding_bag`` with per-sample weights when a sequence field is
   averaged) instead of a Python loop of per-field modules, and one backward scatter;
 - the fields of one group that project (MDE) do it in one batched matmul
-  (``[B, n, d] x [n, d, D]``); prefix-padded fields pad once;
-- every other field (QR, MEmCom, frequency groups, dropped, non-float32 precision, an
-  arbitrary column selection) keeps its own module.
+  (``[B, n, d] x [n, d, D]``), fields that select columns (SSEDS) one more with fixed 0/1
+  maps; prefix-padded fields pad once;
+- every other field (QR, MEmCom, frequency groups, dropped, non-float32 precision) keeps its
+  own module.
 
 It is built from a ``FieldwiseEmbedding`` and keeps it: the per-field parameters become
 views of the fused tensors, so :meth:`FusedEmbedding.fieldwise` hands back the per-field
@@ -47,8 +48,8 @@ def _kind(module: nn.Module) -> str | None:
         return "identity"
     if type(align) is Project:
         return "project"
-    if type(align) is Select and align.is_prefix:
-        return "pad"
+    if type(align) is Select:
+        return "pad" if align.is_prefix else "select"
     return None
 
 
@@ -122,19 +123,31 @@ class _Group(nn.Module):
                 for t, n in zip(tables, sizes)]), persistent=False)
         self.baked = False
         kinds = [_kind(m) for _, m, _ in members]
-        proj = [j for j, k in enumerate(kinds) if k == "project"]
         self.all_identity = all(k == "identity" for k in kinds)
-        self.register_buffer("proj_index", torch.tensor(proj, dtype=torch.long),
-                             persistent=False)
-        self.register_buffer("pad_index", torch.tensor(
-            [j for j, k in enumerate(kinds) if k != "project"], dtype=torch.long),
-            persistent=False)
-        self.proj_local = proj
-        self.register_buffer("mixed_order", torch.cat([self.proj_index, self.pad_index]).argsort(),
-                             persistent=False)
-        if proj:
+        self.all_pad = all(k == "pad" for k in kinds)
+        # Output parts, each a set of the group's fields: projected ones (one batched matmul
+        # with the stacked d x D maps), selected ones (placed at their columns by a fixed 0/1
+        # matrix: exact, each output is one input times 1 plus zeros) and padded/identity ones.
+        by_kind = {k: [j for j, kk in enumerate(kinds) if kk == k]
+                   for k in ("project", "select")}
+        by_kind["pad"] = [j for j, k in enumerate(kinds) if k in ("pad", "identity")]
+        self.proj_local = by_kind["project"]
+        self.parts = [k for k in ("project", "select", "pad") if by_kind[k]]
+        for k in self.parts:
+            self.register_buffer(f"{k}_index", torch.tensor(by_kind[k], dtype=torch.long),
+                                 persistent=False)
+        self.register_buffer("part_order", torch.tensor(
+            [j for k in self.parts for j in by_kind[k]]).argsort(), persistent=False)
+        if by_kind["select"]:
+            sel = torch.zeros(len(by_kind["select"]), out_dim, dim)
+            for n, j in enumerate(by_kind["select"]):
+                cols = members[j][1].align.columns
+                sel[n, cols, torch.arange(dim)] = 1.0
+            self.register_buffer("select_map", sel, persistent=False)
+        if self.proj_local:
             with torch.no_grad():
-                w = torch.stack([members[j][1].align.linear.weight for j in proj])  # [n, D, d]
+                w = torch.stack([members[j][1].align.linear.weight
+                                 for j in self.proj_local])  # [n, D, d]
             self.proj = nn.Parameter(w)
         else:
             self.proj = None
@@ -193,13 +206,20 @@ class _Group(nn.Module):
         x = self.lookup(ids)
         if self.all_identity:
             return x
-        if self.proj is None:
+        if self.all_pad:
             return nn.functional.pad(x, (0, self.out_dim - self.dim))
-        projected = torch.einsum("bnd,nkd->bnk", x.index_select(1, self.proj_index), self.proj)
-        if len(self.proj_local) == len(self.bounds):
-            return projected
-        rest = nn.functional.pad(x.index_select(1, self.pad_index), (0, self.out_dim - self.dim))
-        return torch.cat([projected, rest], 1).index_select(1, self.mixed_order)
+        outs = []
+        for k in self.parts:
+            xk = x if len(self.parts) == 1 else x.index_select(1, getattr(self, f"{k}_index"))
+            if k == "project":
+                outs.append(torch.einsum("bnd,nkd->bnk", xk, self.proj))
+            elif k == "select":
+                outs.append(torch.einsum("bnd,nkd->bnk", xk, self.select_map))
+            else:
+                outs.append(nn.functional.pad(xk, (0, self.out_dim - self.dim)))
+        if len(outs) == 1:
+            return outs[0]
+        return torch.cat(outs, 1).index_select(1, self.part_order)
 
 
 class FusedEmbedding(FieldwiseEmbedding):

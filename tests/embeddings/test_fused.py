@@ -17,6 +17,12 @@ LAYERS = {**BASE,
           "project_group": _plan(user={"dim": 3}, item={"dim": 3}, tags={"dim": 3}),
           "project_pad_group": _plan(user={"dim": 2}, item={"dim": 2, "align": "pad"},
                                      tags={"dim": 2}),
+          # selected columns (non-prefix) beside projected and padded fields
+          "select_group": _plan(user={"dim": 3, "align": "select", "columns": [6, 0, 3]},
+                                item={"dim": 3, "align": "select", "columns": [1, 2, 7]},
+                                tags={"dim": 3}),
+          "select_pad_group": _plan(user={"dim": 3, "align": "select", "columns": [6, 0, 3]},
+                                    item={"dim": 3, "align": "pad"}, tags={"dim": 3}),
           # hashed, row-pruned and element-pruned (a sequence) fields in one group
           "masked_group": _plan(
               user={"dim": 4, "align": "pad", "row_mask": {"kept": 21, "bits": encode_mask(
@@ -45,7 +51,7 @@ def _padded_batch(n: int = 32) -> torch.Tensor:
 
 def test_most_layers_fuse():
     assert {"full", "project_group", "project_pad_group", "hash", "sparse", "row_pruned",
-            "masked_group", "dropped"} <= set(FUSABLE)
+            "masked_group", "select_group", "select_pad_group", "dropped"} <= set(FUSABLE)
     assert "mixed_project" not in FUSABLE  # three widths: nothing to fuse
 
 
