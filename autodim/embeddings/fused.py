@@ -10,8 +10,8 @@
 - the fields of one group that project (MDE) do it in one batched matmul
   (``[B, n, d] x [n, d, D]``), fields that select columns (SSEDS) one more with fixed 0/1
   maps; prefix-padded fields pad once;
-- every other field (QR, MEmCom, frequency groups, dropped, non-float32 precision) keeps its
-  own module.
+- QR and MEmCom fields of one width fuse their two tables each (two gathers for the group);
+- every other field (frequency groups, dropped, non-float32 precision) keeps its own module.
 
 It is built from a ``FieldwiseEmbedding`` and keeps it: the per-field parameters become
 views of the fused tensors, so :meth:`FusedEmbedding.fieldwise` hands back the per-field
@@ -29,19 +29,42 @@ from torch import nn
 
 from autodim.embeddings.compact import FieldwiseEmbedding
 from autodim.embeddings.field import Align, FieldEmbedding, Project, Select
-from autodim.embeddings.tables import DenseTable, HashTable, RowPrunedTable, SparseTable
+from autodim.embeddings.tables import (
+    DenseTable,
+    HashTable,
+    MEmComTable,
+    QRTable,
+    RowPrunedTable,
+    SparseTable,
+)
 
 __all__ = ["FusedEmbedding", "fusable", "named_field_modules"]
 
 
-_TABLES = (DenseTable, HashTable, RowPrunedTable, SparseTable)
+_TABLES = (DenseTable, HashTable, RowPrunedTable, SparseTable, QRTable, MEmComTable)
+
+
+def _family(table: nn.Module) -> str:
+    """Tables of one family and width share a group: one table (``plain``) or two whose
+    rows multiply (``qr``: quotient x remainder; ``memcom``: shared row x per-id scale)."""
+    return {QRTable: "qr", MEmComTable: "memcom"}.get(type(table), "plain")
+
+
+def _weights(table: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(first, second) weight of a table; the second is the multiplier of a product."""
+    if type(table) is QRTable:
+        return table.quotient.weight, table.remainder.weight
+    if type(table) is MEmComTable:
+        return table.shared.weight, table.scale.weight
+    return table.embedding.weight, None
 
 
 def _kind(module: nn.Module) -> str | None:
-    """``identity`` / ``pad`` / ``project`` for a field the fused path can take, else None."""
+    """``identity`` / ``pad`` / ``project`` / ``select`` for a field the fused path can take,
+    else None."""
     if type(module) is not FieldEmbedding or type(module.table) not in _TABLES:
         return None
-    if module.table.embedding.weight.dtype != torch.float32:
+    if any(p.dtype != torch.float32 for p in module.table.parameters()):
         return None  # other precisions keep their own module
     align = module.align
     if type(align) is Align:
@@ -58,10 +81,10 @@ def fusable(emb: nn.Module) -> bool:
     ``FieldwiseEmbedding`` with at least two plain fields of one width."""
     if not isinstance(emb, FieldwiseEmbedding) or isinstance(emb, FusedEmbedding):
         return False
-    dims: dict[int, int] = defaultdict(int)
+    dims: dict[tuple[int, str], int] = defaultdict(int)
     for m in emb.fields:
         if _kind(m) is not None:
-            dims[m.table.dim] += 1
+            dims[(m.table.dim, _family(m.table))] += 1
     return any(n > 1 for n in dims.values())
 
 
@@ -69,32 +92,58 @@ class _Group(nn.Module):
     """The fields of one width: one table, their columns, their alignment.
 
     Per column of the group: ``row = offset + (id mod m)`` (``m`` = buckets of a hashed
-    field, the vocabulary otherwise); row-pruned fields send pruned ids to their row 0 (one
-    bool per row, the ``keep`` of their table); element-pruned fields multiply by their mask
-    (one bool per entry, the ``mask`` of their table). The per-field tensors become views of
+    field, the vocabulary otherwise; QR and MEmCom groups read two fused tables and multiply,
+    as ``QRTable`` / ``MEmComTable`` do); row-pruned fields send pruned ids to their row 0
+    (one bool per row, the ``keep`` of their table); element-pruned fields multiply by their
+    mask (one bool per entry, the ``mask`` of their table). The per-field tensors become views of
     the group's, so the per-field modules and the group always hold the same values.
     """
 
     def __init__(self, members: list[tuple[int, FieldEmbedding, tuple[int, int]]],
-                 out_dim: int, sparse: bool):
+                 out_dim: int, sparse_threshold: int):
         super().__init__()
         dim = members[0][1].table.dim
         self.dim, self.out_dim = dim, out_dim
         self.field_index = [i for i, _, _ in members]
         tables = [m.table for _, m, _ in members]
-        sizes = [t.embedding.weight.shape[0] for t in tables]
+        self.family = _family(tables[0])
+        firsts = [_weights(t)[0] for t in tables]
+        sizes = [w.shape[0] for w in firsts]
         starts = torch.tensor([0] + sizes[:-1]).cumsum(0)
         self.bounds = [(int(s), int(s) + n) for s, n in zip(starts, sizes)]
         # A categorical field reads its first column only (as mean_pool does).
         widths = [hi - lo if m.is_sequence else 1 for _, m, (lo, hi) in members]
         cols = torch.cat([torch.arange(lo, lo + w) for (_, _, (lo, _)), w in zip(members, widths)])
         per_col = torch.tensor(widths)
+
+        def col_buffer(name: str, values) -> None:
+            self.register_buffer(name, torch.tensor(values).repeat_interleave(per_col),
+                                 persistent=False)
+
         self.register_buffer("cols", cols, persistent=False)
         self.register_buffer("col_offsets", starts.repeat_interleave(per_col), persistent=False)
-        self.hashed = any(type(t) is HashTable for t in tables)
+        buckets = [getattr(t, "buckets", 0) for t in tables]
+        # first table's row: QR id // m; hashing and MEmCom id mod m; else the id itself
+        self.divided = self.family == "qr"
+        if self.divided:
+            col_buffer("col_div", buckets)
+        self.hashed = self.family == "memcom" or any(type(t) is HashTable for t in tables)
         if self.hashed:
-            self.register_buffer("col_modulus", torch.tensor(sizes).repeat_interleave(per_col),
-                                 persistent=False)
+            col_buffer("col_modulus", sizes if self.family == "plain" else buckets)
+        self.product = self.family != "plain"
+        if self.product:  # second table's row: QR id mod m, MEmCom the id
+            seconds = [_weights(t)[1] for t in tables]
+            sizes_b = [w.shape[0] for w in seconds]
+            self.bounds_b = [(int(s), int(s) + n) for s, n in zip(
+                torch.tensor([0] + sizes_b[:-1]).cumsum(0), sizes_b)]
+            col_buffer("col_offsets_b", [lo for lo, _ in self.bounds_b])
+            if self.family == "qr":
+                col_buffer("col_modulus_b", buckets)
+            with torch.no_grad():
+                weight_b = torch.cat(seconds)
+            self.table_b = nn.Embedding(weight_b.shape[0], weight_b.shape[1],
+                                        sparse=weight_b.shape[0] > sparse_threshold,
+                                        _weight=weight_b)
         self.pooled = any(w > 1 for w in widths)
         self.num_cols = int(sum(widths))
         if self.pooled:
@@ -109,8 +158,9 @@ class _Group(nn.Module):
             self.register_buffer("col_bag", torch.arange(len(members)).repeat_interleave(per_col),
                                  persistent=False)
         with torch.no_grad():
-            weight = torch.cat([t.embedding.weight for t in tables])
-        self.table = nn.Embedding(weight.shape[0], dim, sparse=sparse, _weight=weight)
+            weight = torch.cat(firsts)
+        self.table = nn.Embedding(weight.shape[0], dim, sparse=weight.shape[0] > sparse_threshold,
+                                  _weight=weight)
         self.row_pruned = any(type(t) is RowPrunedTable for t in tables)
         if self.row_pruned:
             self.register_buffer("keep", torch.cat([
@@ -155,9 +205,20 @@ class _Group(nn.Module):
     def rebind(self, members: list[FieldEmbedding]) -> None:
         """Point the per-field modules' tensors at views of the fused tensors."""
         w = self.table.weight
-        for (lo, hi), m in zip(self.bounds, members):
+
+        def view(src: torch.Tensor, lo: int, hi: int) -> nn.Parameter:
+            return nn.Parameter(src.data[lo:hi], requires_grad=src.requires_grad)
+
+        for j, ((lo, hi), m) in enumerate(zip(self.bounds, members)):
             t = m.table
-            t.embedding.weight = nn.Parameter(w.data[lo:hi], requires_grad=w.requires_grad)
+            if type(t) is QRTable:
+                t.quotient.weight = view(w, lo, hi)
+                t.remainder.weight = view(self.table_b.weight, *self.bounds_b[j])
+            elif type(t) is MEmComTable:
+                t.shared.weight = view(w, lo, hi)
+                t.scale.weight = view(self.table_b.weight, *self.bounds_b[j])
+            else:
+                t.embedding.weight = view(w, lo, hi)
             if type(t) is RowPrunedTable:
                 t.keep = self.keep[lo:hi]
             elif type(t) is SparseTable:
@@ -177,29 +238,39 @@ class _Group(nn.Module):
     def lookup(self, ids: torch.Tensor) -> torch.Tensor:
         """``ids[B, T] -> [B, n, d]`` (pooled, not aligned)."""
         local = ids.index_select(1, self.cols)
-        rows = (torch.remainder(local, self.col_modulus) if self.hashed else local)
+        rows = local
+        if self.divided:
+            rows = torch.div(rows, self.col_div, rounding_mode="floor")
+        if self.hashed:
+            rows = torch.remainder(rows, self.col_modulus)
         rows = rows + self.col_offsets
         if self.row_pruned:
             rows = torch.where(self.keep[rows], rows, self.col_offsets.expand_as(rows))
         # baked (zeros where masked): serving needs no mask; training still masks gradients
         use_mask = self.masked and not (self.baked and not self.training)
-        if not self.pooled:
-            v = self.table(rows)
-            return v * self.mask[rows] if use_mask else v
         B = ids.shape[0]
-        m = torch.where(self.col_is_seq, local != 0, torch.ones_like(local, dtype=torch.bool))
-        m = m.to(self.table.weight.dtype)
-        count = m.new_zeros(B, len(self.bounds)).index_add_(1, self.col_bag, m)
-        weights = m / count.clamp_min(1.0).index_select(1, self.col_bag)
-        if use_mask:  # the mask is per entry: gather, mask, then pool
-            v = self.table(rows) * self.mask[rows] * weights.unsqueeze(-1)
-            return v.new_zeros(B, len(self.bounds), self.dim).index_add_(1, self.col_bag, v)
-        offsets = (torch.arange(B, device=ids.device).unsqueeze(1) * self.num_cols
-                   + self.bag_starts).reshape(-1)
-        out = nn.functional.embedding_bag(rows.reshape(-1), self.table.weight, offsets,
-                                          mode="sum", sparse=self.table.sparse,
-                                          per_sample_weights=weights.reshape(-1))
-        return out.view(B, len(self.bounds), self.dim)
+        if self.pooled:
+            m = torch.where(self.col_is_seq, local != 0, torch.ones_like(local, dtype=torch.bool))
+            m = m.to(self.table.weight.dtype)
+            count = m.new_zeros(B, len(self.bounds)).index_add_(1, self.col_bag, m)
+            weights = m / count.clamp_min(1.0).index_select(1, self.col_bag)
+            if not (use_mask or self.product):  # one embedding_bag does gather + mean
+                offsets = (torch.arange(B, device=ids.device).unsqueeze(1) * self.num_cols
+                           + self.bag_starts).reshape(-1)
+                out = nn.functional.embedding_bag(rows.reshape(-1), self.table.weight, offsets,
+                                                  mode="sum", sparse=self.table.sparse,
+                                                  per_sample_weights=weights.reshape(-1))
+                return out.view(B, len(self.bounds), self.dim)
+        v = self.table(rows)
+        if self.product:
+            rows_b = torch.remainder(local, self.col_modulus_b) if self.family == "qr" else local
+            v = v * self.table_b(rows_b + self.col_offsets_b)
+        if use_mask:
+            v = v * self.mask[rows]
+        if not self.pooled:
+            return v
+        v = v * weights.unsqueeze(-1)  # gather, multiply/mask, then pool
+        return v.new_zeros(B, len(self.bounds), self.dim).index_add_(1, self.col_bag, v)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """``ids[B, T] -> [B, n, D]`` in the group's field order."""
@@ -236,10 +307,10 @@ class FusedEmbedding(FieldwiseEmbedding):
         # The per-field modules that are not fused stay in ``fields`` (same keys); fused
         # ones are replaced there by an empty placeholder.
         placeholders = []
-        by_dim: dict[int, list[int]] = defaultdict(list)
+        by_dim: dict[tuple[int, str], list[int]] = defaultdict(list)
         for i, m in enumerate(fieldwise.fields):
             if _kind(m) is not None:
-                by_dim[m.table.dim].append(i)
+                by_dim[(m.table.dim, _family(m.table))].append(i)
         fused = {i for members in by_dim.values() if len(members) > 1 for i in members}
         for i, m in enumerate(fieldwise.fields):
             placeholders.append(nn.Identity() if i in fused else m)
@@ -250,9 +321,8 @@ class FusedEmbedding(FieldwiseEmbedding):
         for _, members in sorted(by_dim.items()):
             if len(members) < 2:
                 continue
-            rows = sum(fieldwise.fields[i].table.embedding.weight.shape[0] for i in members)
             groups.append(_Group([(i, fieldwise.fields[i], self._slices[i]) for i in members],
-                                 self.out_dim, sparse=rows > sparse_threshold))
+                                 self.out_dim, sparse_threshold))
         self.groups = nn.ModuleList(groups)
         self.rest = [i for i in range(len(placeholders)) if i not in fused]
         order = [i for g in self.groups for i in g.field_index] + self.rest

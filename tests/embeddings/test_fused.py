@@ -17,6 +17,11 @@ LAYERS = {**BASE,
           "project_group": _plan(user={"dim": 3}, item={"dim": 3}, tags={"dim": 3}),
           "project_pad_group": _plan(user={"dim": 2}, item={"dim": 2, "align": "pad"},
                                      tags={"dim": 2}),
+          # two QR fields (one a sequence) and two MEmCom fields of one width
+          "qr_group": _plan(user={"hashing": {"method": "qr", "buckets": 7}},
+                            tags={"hashing": {"method": "qr", "buckets": 5}}),
+          "memcom_group": _plan(user={"hashing": {"method": "memcom", "buckets": 5}, "dim": 4},
+                                item={"hashing": {"method": "memcom", "buckets": 4}, "dim": 4}),
           # selected columns (non-prefix) beside projected and padded fields
           "select_group": _plan(user={"dim": 3, "align": "select", "columns": [6, 0, 3]},
                                 item={"dim": 3, "align": "select", "columns": [1, 2, 7]},
@@ -51,7 +56,8 @@ def _padded_batch(n: int = 32) -> torch.Tensor:
 
 def test_most_layers_fuse():
     assert {"full", "project_group", "project_pad_group", "hash", "sparse", "row_pruned",
-            "masked_group", "select_group", "select_pad_group", "dropped"} <= set(FUSABLE)
+            "masked_group", "select_group", "select_pad_group", "dropped", "memcom", "qr_group",
+            "memcom_group"} <= set(FUSABLE)
     assert "mixed_project" not in FUSABLE  # three widths: nothing to fuse
 
 
@@ -76,12 +82,19 @@ def test_gradients_equal_the_per_field_path(name):
     (ref(x) * w).sum().backward()
     (fused(x) * w).sum().backward()
     grads = {n: p.grad for n, p in ref.named_parameters()}
+    names = {"plain": ("embedding.weight", None), "qr": ("quotient.weight", "remainder.weight"),
+             "memcom": ("shared.weight", "scale.weight")}
     for g in fused.groups:
+        first, second = names[g.family]
         for j, i in enumerate(g.field_index):
             lo, hi = g.bounds[j]
             torch.testing.assert_close(g.table.weight.grad[lo:hi],
-                                       grads[f"fields.{i}.table.embedding.weight"], atol=1e-6,
-                                       rtol=1e-5)
+                                       grads[f"fields.{i}.table.{first}"], atol=1e-6, rtol=1e-5)
+            if second:
+                lo, hi = g.bounds_b[j]
+                torch.testing.assert_close(g.table_b.weight.grad[lo:hi],
+                                           grads[f"fields.{i}.table.{second}"], atol=1e-6,
+                                           rtol=1e-5)
         for n, j in enumerate(g.proj_local):
             torch.testing.assert_close(
                 g.proj.grad[n], grads[f"fields.{g.field_index[j]}.align.linear.weight"],
