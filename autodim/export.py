@@ -90,10 +90,11 @@ def compact_state_dict(model) -> dict[str, Any]:
     import numpy as np
     import torch
 
+    from autodim.embeddings.fused import named_field_modules
     from autodim.embeddings.tables import RowPrunedTable, SparseTable
 
     state = dict(model.state_dict())
-    for name, mod in model.named_modules():
+    for name, mod in named_field_modules(model):  # fused layers: their per-field modules
         prefix = f"{name}." if name else ""
         if isinstance(mod, SparseTable):
             weight = state.pop(prefix + "embedding.weight")
@@ -117,10 +118,11 @@ def expand_state_dict(model, tensors: Mapping[str, Any]) -> dict[str, Any]:
     import numpy as np
     import torch
 
+    from autodim.embeddings.fused import named_field_modules
     from autodim.embeddings.tables import RowPrunedTable, SparseTable
 
     state = dict(tensors)
-    for name, mod in model.named_modules():
+    for name, mod in named_field_modules(model):  # fused layers: their per-field modules
         prefix = f"{name}." if name else ""
         if isinstance(mod, SparseTable) and prefix + "values" in state:
             values = state.pop(prefix + "values")
@@ -213,6 +215,10 @@ def build_model(plan, backbone: str = "fm", *, backbone_kwargs: Mapping[str, Any
             _load_state(model, plan, state, meta, str(weights))
         else:
             _load_state(model, plan, weights, {}, "weights")
+        from autodim.embeddings.fused import FusedEmbedding, fusable
+
+        if fusable(model.embedding):  # serving layout: one table per width, masks baked in
+            model.embedding = FusedEmbedding(model.embedding).bake()
     return model
 
 

@@ -408,8 +408,9 @@ class DimensionPlan:
     def replace(self, **changes: Any) -> "DimensionPlan":
         return replace(self, **changes)
 
-    def build(self, *, sparse_threshold: int = 1_000_000) -> FieldwiseEmbedding:
-        return build_embedding(self, sparse_threshold=sparse_threshold)
+    def build(self, *, sparse_threshold: int = 1_000_000, fused: bool = False
+              ) -> FieldwiseEmbedding:
+        return build_embedding(self, sparse_threshold=sparse_threshold, fused=fused)
 
     def build_model(self, backbone: str = "fm", *, backbone_kwargs: dict[str, Any] | None = None,
                     weights: Any = None):
@@ -475,12 +476,14 @@ def _table(fp: FieldPlan, sparse_threshold: int):
     return DenseTable(n, d, sparse=sparse)
 
 
-def build_embedding(plan: DimensionPlan, *, sparse_threshold: int = 1_000_000
-                    ) -> FieldwiseEmbedding:
+def build_embedding(plan: DimensionPlan, *, sparse_threshold: int = 1_000_000,
+                    fused: bool = False) -> FieldwiseEmbedding:
     """Turn a plan into an embedding module whose ``num_bytes()`` equals ``plan.num_bytes()``.
 
     Tables with more than ``sparse_threshold`` rows produce sparse gradients (to be stepped
-    by a row-wise optimiser, see :class:`autodim.task.CTRTask`).
+    by a row-wise optimiser, see :class:`autodim.task.CTRTask`). ``fused``: fields that share
+    a width read one table (:class:`~autodim.embeddings.fused.FusedEmbedding`, same outputs,
+    keys and bytes) when the plan has such fields.
     """
     plan.validate()
     D = plan.D
@@ -502,4 +505,10 @@ def build_embedding(plan: DimensionPlan, *, sparse_threshold: int = 1_000_000
         else:
             modules.append(FieldEmbedding(_table(fp, sparse_threshold), _align(fp, fp.dim, D),
                                           is_sequence=seq))
-    return FieldwiseEmbedding(plan.schema(), D, modules)
+    emb = FieldwiseEmbedding(plan.schema(), D, modules)
+    if fused:
+        from autodim.embeddings.fused import FusedEmbedding, fusable
+
+        if fusable(emb):
+            return FusedEmbedding(emb, sparse_threshold=sparse_threshold)
+    return emb

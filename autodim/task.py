@@ -3,9 +3,10 @@ model a plan describes and reports test AUC, logloss, bytes and compression."""
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
+import os
+import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -19,11 +20,13 @@ from torchmetrics.functional.classification import binary_auroc
 
 from autodim.data.datamodule import CTRDataModule
 from autodim.defaults import DEFAULT_LR
+from autodim.embeddings.fused import FusedEmbedding, fusable
 from autodim.errors import AutodimError
 from autodim.models import create_backbone
 
 __all__ = ["TrainConfig", "TrainResult", "CTRTask", "TrainingDiverged", "train_plan",
-           "make_trainer", "evaluate", "split_parameters", "make_optimizers"]
+           "make_trainer", "evaluate", "split_parameters", "make_optimizers", "RowWiseAdam",
+           "RestoreBest", "release_optimizers"]
 
 
 class TrainingDiverged(AutodimError):
@@ -45,7 +48,12 @@ class TrainConfig:
     limit_train_batches: int | float = 1.0
     restore_best: bool = True
     progress: bool = False
-    sparse_threshold: int = 1_000_000
+    # Tables (fused tables: all fields of one width) above this many rows get sparse
+    # gradients and a lazy row-wise optimiser. Measured crossover on one thread, batch 1024 x
+    # 10 ids, D=16: dense Adam is faster below ~20-30k rows, row-wise Adam above (2.6x at 100k,
+    # 7x at 300k); see benchmarks/throughput.py for the vocabulary sweep.
+    sparse_threshold: int = 30_000
+    sparse_optimizer: str = "rowwise_adam"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,17 +70,88 @@ def split_parameters(module: nn.Module) -> tuple[list[nn.Parameter], list[nn.Par
     return dense, sparse
 
 
-def make_optimizers(module: nn.Module, lr: float, weight_decay: float = 0.0
-                    ) -> list[torch.optim.Optimizer]:
-    """Adam for dense parameters; row-wise SparseAdam for tables with sparse gradients (a
-    dense Adam step over a 33M-row table would touch every row on every step)."""
+class RowWiseAdam(torch.optim.Optimizer):
+    """Lazy partial row-wise Adam for tables with sparse gradients.
+
+    FBGEMM's ``PARTIAL_ROWWISE_ADAM`` (the table-batched embedding optimiser of
+    DLRM/TorchRec): a per-element first moment and ONE second moment per row (the mean of
+    the row's squared gradient), so its state is ``rows x (dim + 1)`` floats instead of
+    Adam's ``2 x rows x dim``: table + state stay under 2x the table. Lazy: a step touches
+    only the rows in the batch, its cost depends on the batch, not on the vocabulary.
+
+    It differs from dense Adam in two ways, both on purpose: (1) rows absent from a batch
+    keep their moments and do not move (dense Adam decays their moments and keeps moving
+    them with the stale momentum); (2) the step size is shared by a row's columns. Bias
+    correction uses the optimiser's global step, as ``torch.optim.SparseAdam`` does.
+    ``benchmarks/throughput.py`` and the notes in ``README`` report the AUC it reaches.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad
+                if not grad.is_sparse:
+                    raise RuntimeError("RowWiseAdam expects sparse gradients (nn.Embedding("
+                                       "sparse=True)); use Adam for dense parameters")
+                grad = grad.coalesce()  # one entry per touched row
+                rows, values = grad.indices()[0], grad.values()
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = p.new_zeros(p.shape[0])
+                state["step"] += 1
+                t = state["step"]
+                m = state["exp_avg"].index_select(0, rows).mul_(b1).add_(values, alpha=1 - b1)
+                v = (state["exp_avg_sq"].index_select(0, rows).mul_(b2)
+                     .add_(values.pow(2).mean(1), alpha=1 - b2))
+                state["exp_avg"].index_copy_(0, rows, m)
+                state["exp_avg_sq"].index_copy_(0, rows, v)
+                denom = (v / (1 - b2 ** t)).sqrt_().add_(group["eps"])
+                p.index_add_(0, rows, m / denom.unsqueeze(1), alpha=-group["lr"] / (1 - b1 ** t))
+        return loss
+
+
+SPARSE_OPTIMIZERS = {"rowwise_adam": RowWiseAdam, "sparse_adam": torch.optim.SparseAdam}
+
+
+def make_optimizers(module: nn.Module, lr: float, weight_decay: float = 0.0, *,
+                    sparse_optimizer: str = "rowwise_adam") -> list[torch.optim.Optimizer]:
+    """Adam for dense parameters; a lazy row-wise optimiser for tables with sparse gradients
+    (a dense Adam step touches every row of a table on every step, so its cost grows with
+    the vocabulary). ``sparse_optimizer``: ``rowwise_adam`` (:class:`RowWiseAdam`, the
+    default) or ``sparse_adam`` (``torch.optim.SparseAdam``: per-element lazy moments,
+    2x the table in state). Weight decay applies to the dense parameters only."""
+    try:
+        sparse_cls = SPARSE_OPTIMIZERS[sparse_optimizer]
+    except KeyError:
+        raise AutodimError(f"unknown sparse_optimizer {sparse_optimizer!r}; choose from "
+                           f"{sorted(SPARSE_OPTIMIZERS)}") from None
     dense, sparse = split_parameters(module)
     opts: list[torch.optim.Optimizer] = []
     if dense:
         opts.append(torch.optim.Adam(dense, lr=lr, weight_decay=weight_decay))
     if sparse:
-        opts.append(torch.optim.SparseAdam(sparse, lr=lr))
+        opts.append(sparse_cls(sparse, lr=lr))
     return opts
+
+
+def release_optimizers(trainer: pl.Trainer) -> None:
+    """Drop the optimisers and their state (Adam's moments are 1-2x the tables) once a fit
+    is over; the trained weights stay."""
+    for opt in trainer.strategy.optimizers:
+        opt = getattr(opt, "optimizer", opt)
+        opt.state.clear()
+    trainer.strategy.optimizers = []
 
 
 def logloss(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -108,10 +187,11 @@ class CTRTask(pl.LightningModule):
     """
 
     def __init__(self, embedding: nn.Module, backbone: nn.Module, *, lr: float = DEFAULT_LR,
-                 weight_decay: float = 0.0):
+                 weight_decay: float = 0.0, sparse_optimizer: str = "rowwise_adam"):
         super().__init__()
         self.embedding, self.backbone = embedding, backbone
         self.lr, self.weight_decay = lr, weight_decay
+        self.sparse_optimizer = sparse_optimizer
         self.automatic_optimization = False
         self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
@@ -122,7 +202,8 @@ class CTRTask(pl.LightningModule):
         return nn.functional.binary_cross_entropy_with_logits(logits, labels)
 
     def configure_optimizers(self):
-        return make_optimizers(self, self.lr, self.weight_decay)
+        return make_optimizers(self, self.lr, self.weight_decay,
+                               sparse_optimizer=self.sparse_optimizer)
 
     def training_step(self, batch, batch_idx):
         ids, labels = batch
@@ -174,22 +255,66 @@ class CTRTask(pl.LightningModule):
 
 
 class RestoreBest(Callback):
-    """Keep the weights of the best ``val_auc`` epoch in memory; restore them after fit."""
+    """Restore the weights of the best ``val_auc`` epoch after fit.
+
+    The best state goes to a temporary file (raw tensor bytes), not to a copy in RAM, and
+    is read back straight into the parameters: memory stays at one copy of the model
+    whatever the table sizes. The optimisers' state is released before the restore.
+    """
 
     def __init__(self) -> None:
         self.best = -math.inf
-        self.state: dict[str, torch.Tensor] | None = None
         self.best_epoch = -1
+        self.path: str | None = None
+        self._layout: list[tuple[str, int]] = []
 
     def on_validation_end(self, trainer, pl_module) -> None:
         auc = trainer.callback_metrics.get("val_auc")
         if auc is not None and float(auc) > self.best:
             self.best, self.best_epoch = float(auc), trainer.current_epoch
-            self.state = copy.deepcopy(pl_module.state_dict())
+            if self.path is None:
+                fd, self.path = tempfile.mkstemp(prefix="autodim-best-", suffix=".bin")
+                os.close(fd)
+            self._layout = []
+            with open(self.path, "wb") as fh:
+                for key, t in pl_module.state_dict().items():
+                    t = t.detach().cpu().contiguous()
+                    _byte_view(t).numpy().tofile(fh)
+                    self._layout.append((key, t.numel() * t.element_size()))
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        if self.state is not None:
-            pl_module.load_state_dict(self.state)
+        release_optimizers(trainer)
+        if self.path is None:
+            return
+        try:
+            state = pl_module.state_dict()
+            with open(self.path, "rb") as fh:
+                for key, nbytes in self._layout:
+                    t = state[key]
+                    if t.is_contiguous() and t.device.type == "cpu":
+                        fh.readinto(memoryview(_byte_view(t).numpy()))  # in place, no copy
+                    else:
+                        buf = torch.empty(nbytes, dtype=torch.uint8)
+                        fh.readinto(memoryview(buf.numpy()))
+                        t.copy_(buf.view(t.dtype).view(t.shape))
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.path is not None:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            self.path = None
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def _byte_view(t: torch.Tensor) -> torch.Tensor:
+    """The tensor's bytes as a flat uint8 tensor sharing its memory."""
+    return t.reshape(-1).view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
 
 
 def make_trainer(config: TrainConfig, callbacks: list[Callback] | None = None,
@@ -251,9 +376,12 @@ def train_plan(plan, datamodule: CTRDataModule, *, backbone: str = "fm",
     datamodule.reseed(config.seed)
     emb = embedding
     if emb is None:
-        emb = plan.build(sparse_threshold=config.sparse_threshold)
+        emb = plan.build(sparse_threshold=config.sparse_threshold, fused=True)
+    elif fusable(emb):  # e.g. a warm start: train it fused, hand back the per-field layer
+        emb = FusedEmbedding(emb, sparse_threshold=config.sparse_threshold)
     model = create_backbone(backbone, plan.schema().num_fields, plan.D, **(backbone_kwargs or {}))
-    task = CTRTask(emb, model, lr=config.lr, weight_decay=config.weight_decay)
+    task = CTRTask(emb, model, lr=config.lr, weight_decay=config.weight_decay,
+                   sparse_optimizer=config.sparse_optimizer)
     best = RestoreBest()
     # strict=False: a run shorter than one epoch (max_steps) never validates; that is not an
     # error, the final evaluation below still measures it.
@@ -266,6 +394,7 @@ def train_plan(plan, datamodule: CTRDataModule, *, backbone: str = "fm",
     t0 = time.perf_counter()
     trainer.fit(task, datamodule=datamodule)
     seconds = time.perf_counter() - t0
+    release_optimizers(trainer)
     metrics: dict[str, float] = {"val_auc": best.best if config.restore_best else
                                  float(trainer.callback_metrics.get("val_auc", math.nan))}
     steps = trainer.global_step
@@ -277,6 +406,10 @@ def train_plan(plan, datamodule: CTRDataModule, *, backbone: str = "fm",
     if test:
         t = evaluate(task, datamodule.test_dataloader())
         metrics["test_auc"], metrics["test_logloss"] = t["auc"], t["logloss"]
+    if isinstance(task.embedding, FusedEmbedding):
+        # Callers (searchers, export) read the per-field modules; they hold the trained
+        # weights already (views of the fused tables), so this is no copy.
+        task.embedding = task.embedding.fieldwise()
     metrics["num_bytes"] = task.num_bytes()
     metrics["compression"] = plan.full_bytes() / max(1, metrics["num_bytes"])
     return TrainResult(task=task, metrics=metrics)

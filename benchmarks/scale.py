@@ -5,10 +5,10 @@ Measures, in one run:
 - the machine's gather bound: row gathers per second from a 33.7M x 16 float table,
   expressed as samples/s (26 gathers per sample), for the training batches' own ids and for
   uniformly random ids;
-- training samples/s of the full D=16 model with sparse gradients + SparseAdam, for
+- training samples/s of the full D=16 model with sparse gradients + row-wise Adam, for
   CTRTask (Lightning) vs a hand-written PyTorch loop with the same optimisers, side by side
   (steady state: the first steps are not timed; hand, Lightning, hand again, so drift
-  cancels), at the default sparse threshold (tables over 1M rows get sparse gradients) and
+  cancels; the loops are ``throughput.py``'s), at the default sparse threshold and
   at ``--sparse-threshold`` (default 100k), which the pipelines below use;
 - the ``memcom`` and ``sseds`` pipelines end to end (plan -> train -> test AUC), with the
   search's wall time relative to one training epoch of the full model.
@@ -25,6 +25,7 @@ import resource
 import time
 
 from _common import write_table
+from throughput import lightning_loop, run_loop
 
 
 def peak_rss_gb() -> float:
@@ -61,74 +62,26 @@ def gather_bound(schema, dim: int, batches, reps: int) -> dict[str, float]:
     return out
 
 
-def hand_loop(task, batches, warm: int, steps: int) -> float:
-    """Seconds for ``steps`` steps after ``warm`` untimed ones: zero_grad, forward, BCE,
-    backward, step, with the optimisers CTRTask uses."""
-    import torch
-
-    from autodim.task import make_optimizers
-
-    opts = make_optimizers(task, 1e-3)
-    task.train()
-    t0 = None
-    for n, (x, y) in enumerate(batches):
-        if n == warm:
-            t0 = time.perf_counter()
-        for o in opts:
-            o.zero_grad()
-        torch.nn.functional.binary_cross_entropy_with_logits(task(x), y).backward()
-        for o in opts:
-            o.step()
-        if n + 1 >= warm + steps:
-            break
-    return time.perf_counter() - t0
-
-
-def lightning_loop(task, dm, warm: int, steps: int) -> float:
-    """The same steps through ``Trainer.fit`` (CTRTask.training_step), timed by a callback
-    from the start of step ``warm`` to the end of the last step."""
-    from lightning.pytorch.callbacks import Callback
-
-    from autodim.task import TrainConfig, make_trainer
-
-    class Window(Callback):
-        t0 = t1 = 0.0
-
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            if batch_idx == warm:
-                self.t0 = time.perf_counter()
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            self.t1 = time.perf_counter()
-
-    window = Window()
-    trainer = make_trainer(TrainConfig(max_epochs=1, max_steps=warm + steps), [window],
-                           limit_val_batches=0)
-    trainer.fit(task, train_dataloaders=dm.train_dataloader())
-    trainer.strategy.optimizers = []  # drop SparseAdam's state (2 x the table) now
-    return window.t1 - window.t0
-
-
 def throughput(data, D: int, batch_size: int, threshold: int, warm: int, steps: int
                ) -> dict[str, float]:
     """Samples/s of the hand loop and of CTRTask on one full model (hand, Lightning, hand)."""
     from autodim.data.datamodule import CTRDataModule, TensorBatches
     from autodim.models import create_backbone
     from autodim.plan import DimensionPlan
-    from autodim.task import CTRTask, seed_everything
+    from autodim.task import CTRTask, make_optimizers, seed_everything
 
     seed_everything(0)
     schema = data.schema
-    task = CTRTask(DimensionPlan.full(schema, D).build(sparse_threshold=threshold),
+    task = CTRTask(DimensionPlan.full(schema, D).build(sparse_threshold=threshold, fused=True),
                    create_backbone("fm", schema.num_fields, D))
     secs = {"hand": [], "lightning": []}
     for kind in ("hand", "lightning", "hand"):
         if kind == "hand":
             batches = TensorBatches(data.train, batch_size, shuffle=True, seed=0)
-            secs[kind].append(hand_loop(task, batches, warm, steps))
+            secs[kind].append(run_loop(task, make_optimizers(task, 1e-3), batches, steps, warm))
         else:
             dm = CTRDataModule(data, batch_size=batch_size, seed=0)
-            secs[kind].append(lightning_loop(task, dm, warm, steps))
+            secs[kind].append(lightning_loop(task, dm, steps, warm))
         gc.collect()
     del task
     gc.collect()
@@ -144,8 +97,8 @@ def main() -> None:
     ap.add_argument("--warm", type=int, default=10, help="untimed steps before them")
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--sparse-threshold", type=int, default=100_000,
-                    help="tables above this many rows get sparse gradients + SparseAdam in "
-                         "the pipelines (TrainConfig's default is 1M; divided by 1000 in "
+                    help="tables above this many rows get sparse gradients + row-wise Adam in "
+                         "the pipelines (TrainConfig's default is 30k; divided by 1000 in "
                          "quick mode)")
     ap.add_argument("--skip-sseds", action="store_true")
     ap.add_argument("--sseds-pretrained", action="store_true",

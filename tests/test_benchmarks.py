@@ -55,13 +55,20 @@ def is_auc(value: str) -> bool:
 
 
 def test_throughput():
-    fresh(RESULTS / "throughput_quick.csv")
+    for part in ("", "_sweep", "_rss"):
+        fresh(RESULTS / f"throughput_quick{part}.csv")
     run_script("throughput.py")
     rows = read_csv(RESULTS / "throughput_quick.csv")
     assert {r["backbone"] for r in rows} == {"fm", "deepfm"}
     for r in rows:
-        assert float(r["hand samples/s"]) > 0 and float(r["CTRTask samples/s"]) > 0
-        assert float(r["ratio"]) > 0
+        assert float(r["plain samples/s"]) > 0
+        for kind in ("hand", "ctrtask", "train_plan"):
+            assert float(r[f"{kind} samples/s"]) > 0
+            assert float(r[f"{kind} / plain (min/med/max)"].split(" / ")[0]) > 0
+    sweep = read_csv(RESULTS / "throughput_quick_sweep.csv")
+    assert len(sweep) == 2 and int(sweep[1]["ids"]) > int(sweep[0]["ids"])
+    rss = read_csv(RESULTS / "throughput_quick_rss.csv")
+    assert float(rss[0]["peak RSS MiB"]) >= float(rss[0]["RSS before training MiB"]) > 0
 
 
 def test_baselines():

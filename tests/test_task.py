@@ -53,9 +53,11 @@ def test_sparse_tables_get_a_row_wise_optimiser(tiny_data):
     task = CTRTask(emb, create_backbone("fm", 5, 8))
     opts = make_optimizers(task, 1e-3)
     kinds = sorted(type(o).__name__ for o in opts)
-    assert kinds == ["Adam", "SparseAdam"]
-    sparse_params = opts[[type(o).__name__ for o in opts].index("SparseAdam")].param_groups[0]
+    assert kinds == ["Adam", "RowWiseAdam"]
+    sparse_params = opts[[type(o).__name__ for o in opts].index("RowWiseAdam")].param_groups[0]
     assert len(sparse_params["params"]) == 2
+    opts = make_optimizers(task, 1e-3, sparse_optimizer="sparse_adam")
+    assert sorted(type(o).__name__ for o in opts) == ["Adam", "SparseAdam"]
 
 
 def test_training_with_sparse_tables_learns(tiny_data):
@@ -125,3 +127,112 @@ def test_a_run_shorter_than_one_epoch_still_reports(tiny_data):
     cfg = TrainConfig(max_epochs=1, max_steps=3, batch_size=256)
     m = train_plan(DimensionPlan.full(tiny_data.schema, 8), dm, config=cfg).metrics
     assert 0.0 < m["val_auc"] <= 1.0 and 0.0 < m["test_auc"] <= 1.0
+
+
+def test_rowwise_adam_updates_only_touched_rows_by_its_formula():
+    from autodim.task import RowWiseAdam
+
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(10, 3, sparse=True)
+    opt = RowWiseAdam(emb.parameters(), lr=0.1)
+    before = emb.weight.detach().clone()
+    ids = torch.tensor([1, 4, 4, 7])
+    for step in (1, 2):
+        opt.zero_grad()
+        prev = emb.weight.detach().clone()
+        (emb(ids) * torch.arange(1.0, 4.0)).sum().backward()
+        g = emb.weight.grad.coalesce().to_dense()
+        opt.step()
+        untouched = torch.ones(10, dtype=torch.bool)
+        untouched[ids] = False
+        assert torch.equal(emb.weight[untouched], before[untouched])  # rows not in the batch
+        st = opt.state[emb.weight]
+        assert st["exp_avg"].shape == (10, 3) and st["exp_avg_sq"].shape == (10,)
+        if step == 1:  # Adam's first step with a per-row second moment
+            m, v = 0.1 * g, 0.001 * g.pow(2).mean(1)
+            expect = prev - 0.1 * (m / 0.1) / ((v / 0.001).sqrt() + 1e-8).unsqueeze(1)
+            rows = torch.tensor([1, 4, 7])
+            torch.testing.assert_close(emb.weight[rows], expect[rows])
+    assert not torch.equal(emb.weight[ids], before[ids])
+
+
+def test_rowwise_adam_training_learns(tiny_data):
+    dm = CTRDataModule(tiny_data, batch_size=256)
+    plan = DimensionPlan.full(tiny_data.schema, 8)
+    cfg = TrainConfig(max_epochs=3, batch_size=256, lr=5e-3, sparse_threshold=0)
+    res = train_plan(plan, dm, config=cfg)
+    assert res.metrics["test_auc"] > 0.6
+
+
+def test_optimizer_state_is_released_after_training(tiny_data):
+    import gc
+    import weakref
+
+    from lightning.pytorch.callbacks import Callback
+
+    refs = []
+
+    class Grab(Callback):
+        def on_train_end(self, trainer, pl_module):
+            refs.extend(weakref.ref(getattr(o, "optimizer", o)) for o in trainer.optimizers)
+
+    dm = CTRDataModule(tiny_data, batch_size=256)
+    cfg = TrainConfig(max_epochs=2, batch_size=256, sparse_threshold=100)
+    for restore in (True, False):
+        refs.clear()
+        res = train_plan(DimensionPlan.full(tiny_data.schema, 8), dm, callbacks=[Grab()],
+                         config=TrainConfig(**{**cfg.to_dict(), "restore_best": restore}))
+        gc.collect()
+        assert len(refs) == 2 and all(r() is None for r in refs), restore
+        assert res.task.trainer.strategy.optimizers == []
+
+
+def test_restore_best_reloads_the_best_epoch_from_disk(tiny_data):
+    import os
+
+    from lightning.pytorch.callbacks import Callback
+
+    from autodim.task import RestoreBest
+
+    snapshots = {}
+
+    class Snap(Callback):
+        def on_validation_end(self, trainer, pl_module):
+            snapshots[trainer.current_epoch] = {k: v.clone() for k, v in
+                                                pl_module.state_dict().items()}
+
+    best = RestoreBest()
+    seen_paths = []
+
+    class Path(Callback):
+        def on_validation_end(self, trainer, pl_module):
+            seen_paths.append(best.path)
+
+    dm = CTRDataModule(tiny_data, batch_size=256)
+    plan = DimensionPlan.full(tiny_data.schema, 16)
+    cfg = TrainConfig(max_epochs=8, batch_size=256, lr=2e-2, patience=3, restore_best=False,
+                      sparse_threshold=100)
+    res = train_plan(plan, dm, config=cfg, callbacks=[Snap(), best, Path()])
+    assert best.best_epoch >= 0 and len(snapshots) > best.best_epoch + 1  # a later epoch lost
+    state = res.task.state_dict()
+    for k, v in snapshots[best.best_epoch].items():
+        assert torch.equal(state[k], v), k
+    last = snapshots[max(snapshots)]
+    assert any(not torch.equal(state[k], v) for k, v in last.items())
+    assert best.path is None and seen_paths[0] and not os.path.exists(seen_paths[0])
+
+
+def test_train_plan_hands_back_the_per_field_layer(tiny_data):
+    from autodim.embeddings.compact import FieldwiseEmbedding
+    from autodim.embeddings.fused import FusedEmbedding
+
+    dm = CTRDataModule(tiny_data, batch_size=256)
+    plan = DimensionPlan.full(tiny_data.schema, 8)
+    assert isinstance(plan.build(fused=True), FusedEmbedding)
+    res = train_plan(plan, dm, config=TrainConfig(max_epochs=1, batch_size=256))
+    emb = res.task.embedding
+    assert type(emb) is FieldwiseEmbedding and emb.num_bytes() == plan.num_bytes()
+    rebuilt = plan.build_model("fm", weights=res.task.state_dict())
+    x = next(iter(dm.test_dataloader()))[0]
+    res.task.eval()
+    assert torch.allclose(rebuilt(x), res.task(x), atol=1e-6)

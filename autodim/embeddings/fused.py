@@ -1,0 +1,407 @@
+"""The fused embedding path: fields that share a width read ONE table.
+
+:class:`FusedEmbedding` computes exactly what a
+:class:`~autodim.embeddings.compact.FieldwiseEmbedding` computes, with fewer, bigger operations:
+
+- every float32 field with a dense, hashed (``id mod m``), row-pruned or element-pruned
+  table (categorical or sequence) of dim ``d`` is a slice of one ``rows x d`` table; a batch
+  is one gather (one ``embedding_bag`` with per-sample weights when a sequence field is
+  averaged) instead of a Python loop of per-field modules, and one backward scatter;
+- the fields of one group that project (MDE) do it in one batched matmul
+  (``[B, n, d] x [n, d, D]``), fields that select columns (SSEDS) one more with fixed 0/1
+  maps; prefix-padded fields pad once;
+- QR and MEmCom fields of one width fuse their two tables each (two gathers for the group);
+- every other field (frequency groups, dropped, non-float32 precision) keeps its own module.
+
+It is built from a ``FieldwiseEmbedding`` and keeps it: the per-field parameters become
+views of the fused tensors, so :meth:`FusedEmbedding.fieldwise` hands back the per-field
+module holding the trained weights without a copy. ``state_dict`` keys are the per-field
+ones (``fields.{i}.table.embedding.weight``, ``fields.{i}.align.linear.weight``), so
+checkpoints and exports do not see the difference, and ``num_bytes()`` is the same sum.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+from torch import nn
+
+from autodim.embeddings.compact import FieldwiseEmbedding
+from autodim.embeddings.field import Align, FieldEmbedding, Project, Select
+from autodim.embeddings.tables import (
+    DenseTable,
+    HashTable,
+    MEmComTable,
+    QRTable,
+    RowPrunedTable,
+    SparseTable,
+)
+
+__all__ = ["FusedEmbedding", "fusable", "named_field_modules"]
+
+
+_TABLES = (DenseTable, HashTable, RowPrunedTable, SparseTable, QRTable, MEmComTable)
+
+
+def _family(table: nn.Module) -> str:
+    """Tables of one family and width share a group: one table (``plain``) or two whose
+    rows multiply (``qr``: quotient x remainder; ``memcom``: shared row x per-id scale)."""
+    return {QRTable: "qr", MEmComTable: "memcom"}.get(type(table), "plain")
+
+
+def _weights(table: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(first, second) weight of a table; the second is the multiplier of a product."""
+    if type(table) is QRTable:
+        return table.quotient.weight, table.remainder.weight
+    if type(table) is MEmComTable:
+        return table.shared.weight, table.scale.weight
+    return table.embedding.weight, None
+
+
+def _kind(module: nn.Module) -> str | None:
+    """``identity`` / ``pad`` / ``project`` / ``select`` for a field the fused path can take,
+    else None."""
+    if type(module) is not FieldEmbedding or type(module.table) not in _TABLES:
+        return None
+    if any(p.dtype != torch.float32 for p in module.table.parameters()):
+        return None  # other precisions keep their own module
+    align = module.align
+    if type(align) is Align:
+        return "identity"
+    if type(align) is Project:
+        return "project"
+    if type(align) is Select:
+        return "pad" if align.is_prefix else "select"
+    return None
+
+
+def fusable(emb: nn.Module) -> bool:
+    """Whether :class:`FusedEmbedding` would fuse anything of ``emb``: a
+    ``FieldwiseEmbedding`` with at least two plain fields of one width."""
+    if not isinstance(emb, FieldwiseEmbedding) or isinstance(emb, FusedEmbedding):
+        return False
+    dims: dict[tuple[int, str], int] = defaultdict(int)
+    for m in emb.fields:
+        if _kind(m) is not None:
+            dims[(m.table.dim, _family(m.table))] += 1
+    return any(n > 1 for n in dims.values())
+
+
+class _Group(nn.Module):
+    """The fields of one width: one table, their columns, their alignment.
+
+    Per column of the group: ``row = offset + (id mod m)`` (``m`` = buckets of a hashed
+    field, the vocabulary otherwise; QR and MEmCom groups read two fused tables and multiply,
+    as ``QRTable`` / ``MEmComTable`` do); row-pruned fields send pruned ids to their row 0
+    (one bool per row, the ``keep`` of their table); element-pruned fields multiply by their
+    mask (one bool per entry, the ``mask`` of their table). The per-field tensors become views of
+    the group's, so the per-field modules and the group always hold the same values.
+    """
+
+    def __init__(self, members: list[tuple[int, FieldEmbedding, tuple[int, int]]],
+                 out_dim: int, sparse_threshold: int):
+        super().__init__()
+        dim = members[0][1].table.dim
+        self.dim, self.out_dim = dim, out_dim
+        self.field_index = [i for i, _, _ in members]
+        tables = [m.table for _, m, _ in members]
+        self.family = _family(tables[0])
+        firsts = [_weights(t)[0] for t in tables]
+        sizes = [w.shape[0] for w in firsts]
+        starts = torch.tensor([0] + sizes[:-1]).cumsum(0)
+        self.bounds = [(int(s), int(s) + n) for s, n in zip(starts, sizes)]
+        # A categorical field reads its first column only (as mean_pool does).
+        widths = [hi - lo if m.is_sequence else 1 for _, m, (lo, hi) in members]
+        cols = torch.cat([torch.arange(lo, lo + w) for (_, _, (lo, _)), w in zip(members, widths)])
+        per_col = torch.tensor(widths)
+
+        def col_buffer(name: str, values) -> None:
+            self.register_buffer(name, torch.tensor(values).repeat_interleave(per_col),
+                                 persistent=False)
+
+        self.register_buffer("cols", cols, persistent=False)
+        self.register_buffer("col_offsets", starts.repeat_interleave(per_col), persistent=False)
+        buckets = [getattr(t, "buckets", 0) for t in tables]
+        # first table's row: QR id // m; hashing and MEmCom id mod m; else the id itself
+        self.divided = self.family == "qr"
+        if self.divided:
+            col_buffer("col_div", buckets)
+        self.hashed = self.family == "memcom" or any(type(t) is HashTable for t in tables)
+        if self.hashed:
+            col_buffer("col_modulus", sizes if self.family == "plain" else buckets)
+        self.product = self.family != "plain"
+        if self.product:  # second table's row: QR id mod m, MEmCom the id
+            seconds = [_weights(t)[1] for t in tables]
+            sizes_b = [w.shape[0] for w in seconds]
+            self.bounds_b = [(int(s), int(s) + n) for s, n in zip(
+                torch.tensor([0] + sizes_b[:-1]).cumsum(0), sizes_b)]
+            col_buffer("col_offsets_b", [lo for lo, _ in self.bounds_b])
+            if self.family == "qr":
+                col_buffer("col_modulus_b", buckets)
+            with torch.no_grad():
+                weight_b = torch.cat(seconds)
+            self.table_b = nn.Embedding(weight_b.shape[0], weight_b.shape[1],
+                                        sparse=weight_b.shape[0] > sparse_threshold,
+                                        _weight=weight_b)
+        self.pooled = any(w > 1 for w in widths)
+        self.num_cols = int(sum(widths))
+        if self.pooled:
+            # (sample, field) bags: field j of a sample starts at column bag_starts[j] of the
+            # group's columns; sequence columns are weighted by mask / count (mean over
+            # non-padding ids, as mean_pool), others by 1.
+            self.register_buffer("bag_starts", torch.tensor([0] + widths[:-1]).cumsum(0),
+                                 persistent=False)
+            is_seq = torch.tensor([m.is_sequence for _, m, _ in members])
+            self.register_buffer("col_is_seq", is_seq.repeat_interleave(per_col),
+                                 persistent=False)
+            self.register_buffer("col_bag", torch.arange(len(members)).repeat_interleave(per_col),
+                                 persistent=False)
+        with torch.no_grad():
+            weight = torch.cat(firsts)
+        self.table = nn.Embedding(weight.shape[0], dim, sparse=weight.shape[0] > sparse_threshold,
+                                  _weight=weight)
+        self.row_pruned = any(type(t) is RowPrunedTable for t in tables)
+        if self.row_pruned:
+            self.register_buffer("keep", torch.cat([
+                t.keep if type(t) is RowPrunedTable else torch.ones(n, dtype=torch.bool)
+                for t, n in zip(tables, sizes)]), persistent=False)
+        self.masked = any(type(t) is SparseTable for t in tables)
+        if self.masked:
+            self.register_buffer("mask", torch.cat([
+                t.mask if type(t) is SparseTable else torch.ones(n, dim, dtype=torch.bool)
+                for t, n in zip(tables, sizes)]), persistent=False)
+        self.baked = False
+        kinds = [_kind(m) for _, m, _ in members]
+        self.all_identity = all(k == "identity" for k in kinds)
+        self.all_pad = all(k == "pad" for k in kinds)
+        # Output parts, each a set of the group's fields: projected ones (one batched matmul
+        # with the stacked d x D maps), selected ones (placed at their columns by a fixed 0/1
+        # matrix: exact, each output is one input times 1 plus zeros) and padded/identity ones.
+        by_kind = {k: [j for j, kk in enumerate(kinds) if kk == k]
+                   for k in ("project", "select")}
+        by_kind["pad"] = [j for j, k in enumerate(kinds) if k in ("pad", "identity")]
+        self.proj_local = by_kind["project"]
+        self.parts = [k for k in ("project", "select", "pad") if by_kind[k]]
+        for k in self.parts:
+            self.register_buffer(f"{k}_index", torch.tensor(by_kind[k], dtype=torch.long),
+                                 persistent=False)
+        self.register_buffer("part_order", torch.tensor(
+            [j for k in self.parts for j in by_kind[k]]).argsort(), persistent=False)
+        if by_kind["select"]:
+            sel = torch.zeros(len(by_kind["select"]), out_dim, dim)
+            for n, j in enumerate(by_kind["select"]):
+                cols = members[j][1].align.columns
+                sel[n, cols, torch.arange(dim)] = 1.0
+            self.register_buffer("select_map", sel, persistent=False)
+        if self.proj_local:
+            with torch.no_grad():
+                w = torch.stack([members[j][1].align.linear.weight
+                                 for j in self.proj_local])  # [n, D, d]
+            self.proj = nn.Parameter(w)
+        else:
+            self.proj = None
+
+    def rebind(self, members: list[FieldEmbedding]) -> None:
+        """Point the per-field modules' tensors at views of the fused tensors."""
+        w = self.table.weight
+
+        def view(src: torch.Tensor, lo: int, hi: int) -> nn.Parameter:
+            return nn.Parameter(src.data[lo:hi], requires_grad=src.requires_grad)
+
+        for j, ((lo, hi), m) in enumerate(zip(self.bounds, members)):
+            t = m.table
+            if type(t) is QRTable:
+                t.quotient.weight = view(w, lo, hi)
+                t.remainder.weight = view(self.table_b.weight, *self.bounds_b[j])
+            elif type(t) is MEmComTable:
+                t.shared.weight = view(w, lo, hi)
+                t.scale.weight = view(self.table_b.weight, *self.bounds_b[j])
+            else:
+                t.embedding.weight = view(w, lo, hi)
+            if type(t) is RowPrunedTable:
+                t.keep = self.keep[lo:hi]
+            elif type(t) is SparseTable:
+                t.mask = self.mask[lo:hi]
+        if self.proj is not None:
+            for k, j in enumerate(self.proj_local):
+                members[j].align.linear.weight = nn.Parameter(
+                    self.proj.data[k], requires_grad=self.proj.requires_grad)
+
+    @torch.no_grad()
+    def bake(self) -> None:
+        """For serving: zero the masked-out entries once, so a lookup needs no mask."""
+        if self.masked and not self.baked:
+            self.table.weight.mul_(self.mask)
+            self.baked = True
+
+    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        """``ids[B, T] -> [B, n, d]`` (pooled, not aligned)."""
+        local = ids.index_select(1, self.cols)
+        rows = local
+        if self.divided:
+            rows = torch.div(rows, self.col_div, rounding_mode="floor")
+        if self.hashed:
+            rows = torch.remainder(rows, self.col_modulus)
+        rows = rows + self.col_offsets
+        if self.row_pruned:
+            rows = torch.where(self.keep[rows], rows, self.col_offsets.expand_as(rows))
+        # baked (zeros where masked): serving needs no mask; training still masks gradients
+        use_mask = self.masked and not (self.baked and not self.training)
+        B = ids.shape[0]
+        if self.pooled:
+            m = torch.where(self.col_is_seq, local != 0, torch.ones_like(local, dtype=torch.bool))
+            m = m.to(self.table.weight.dtype)
+            count = m.new_zeros(B, len(self.bounds)).index_add_(1, self.col_bag, m)
+            weights = m / count.clamp_min(1.0).index_select(1, self.col_bag)
+            if not (use_mask or self.product):  # one embedding_bag does gather + mean
+                offsets = (torch.arange(B, device=ids.device).unsqueeze(1) * self.num_cols
+                           + self.bag_starts).reshape(-1)
+                out = nn.functional.embedding_bag(rows.reshape(-1), self.table.weight, offsets,
+                                                  mode="sum", sparse=self.table.sparse,
+                                                  per_sample_weights=weights.reshape(-1))
+                return out.view(B, len(self.bounds), self.dim)
+        v = self.table(rows)
+        if self.product:
+            rows_b = torch.remainder(local, self.col_modulus_b) if self.family == "qr" else local
+            v = v * self.table_b(rows_b + self.col_offsets_b)
+        if use_mask:
+            v = v * self.mask[rows]
+        if not self.pooled:
+            return v
+        v = v * weights.unsqueeze(-1)  # gather, multiply/mask, then pool
+        return v.new_zeros(B, len(self.bounds), self.dim).index_add_(1, self.col_bag, v)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """``ids[B, T] -> [B, n, D]`` in the group's field order."""
+        x = self.lookup(ids)
+        if self.all_identity:
+            return x
+        if self.all_pad:
+            return nn.functional.pad(x, (0, self.out_dim - self.dim))
+        outs = []
+        for k in self.parts:
+            xk = x if len(self.parts) == 1 else x.index_select(1, getattr(self, f"{k}_index"))
+            if k == "project":
+                outs.append(torch.einsum("bnd,nkd->bnk", xk, self.proj))
+            elif k == "select":
+                outs.append(torch.einsum("bnd,nkd->bnk", xk, self.select_map))
+            else:
+                outs.append(nn.functional.pad(xk, (0, self.out_dim - self.dim)))
+        if len(outs) == 1:
+            return outs[0]
+        return torch.cat(outs, 1).index_select(1, self.part_order)
+
+
+class FusedEmbedding(FieldwiseEmbedding):
+    """A :class:`FieldwiseEmbedding` whose plain fields share one table per width.
+
+    Args:
+        fieldwise: The per-field layer to fuse; its parameters become views of the fused
+            ones (see :meth:`fieldwise`).
+        sparse_threshold: A fused table with more rows than this emits sparse gradients
+            (stepped by a row-wise optimiser, see :func:`autodim.task.make_optimizers`).
+    """
+
+    def __init__(self, fieldwise: FieldwiseEmbedding, *, sparse_threshold: int = 1_000_000):
+        # The per-field modules that are not fused stay in ``fields`` (same keys); fused
+        # ones are replaced there by an empty placeholder.
+        placeholders = []
+        by_dim: dict[tuple[int, str], list[int]] = defaultdict(list)
+        for i, m in enumerate(fieldwise.fields):
+            if _kind(m) is not None:
+                by_dim[(m.table.dim, _family(m.table))].append(i)
+        fused = {i for members in by_dim.values() if len(members) > 1 for i in members}
+        for i, m in enumerate(fieldwise.fields):
+            placeholders.append(nn.Identity() if i in fused else m)
+        super().__init__(fieldwise.schema, fieldwise.out_dim, placeholders)
+        object.__setattr__(self, "_fieldwise", fieldwise)  # not a submodule: no double params
+        self.fused_fields = sorted(fused)
+        groups = []
+        for _, members in sorted(by_dim.items()):
+            if len(members) < 2:
+                continue
+            groups.append(_Group([(i, fieldwise.fields[i], self._slices[i]) for i in members],
+                                 self.out_dim, sparse_threshold))
+        self.groups = nn.ModuleList(groups)
+        self.rest = [i for i in range(len(placeholders)) if i not in fused]
+        order = [i for g in self.groups for i in g.field_index] + self.rest
+        self.register_buffer("order", torch.tensor(order).argsort(), persistent=False)
+        self.single = (len(self.groups) == 1 and not self.rest)
+        self._rebind()
+        self._register_state_dict_hook(FusedEmbedding._to_fieldwise_keys)
+        self._register_load_state_dict_pre_hook(FusedEmbedding._from_fieldwise_keys,
+                                                 with_module=True)
+        self.register_load_state_dict_post_hook(FusedEmbedding._not_missing)
+
+    def _rebind(self) -> None:
+        for g in self.groups:
+            g.rebind([self._fieldwise.fields[i] for i in g.field_index])
+
+    def fieldwise(self) -> FieldwiseEmbedding:
+        """The per-field layer with this layer's current weights (views, no copy)."""
+        self._rebind()
+        return self._fieldwise
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.single:
+            return self.groups[0](ids)
+        parts = [g(ids) for g in self.groups]
+        parts += [self.fields[i](ids[:, lo:hi]).unsqueeze(1)
+                  for i in self.rest for lo, hi in [self._slices[i]]]
+        return torch.cat(parts, 1).index_select(1, self.order)
+
+    def num_bytes(self) -> int:
+        return self._fieldwise.num_bytes()
+
+    def field_bytes(self) -> dict[str, int]:
+        return self._fieldwise.field_bytes()
+
+    def bake(self) -> "FusedEmbedding":
+        """Prepare for serving (see :meth:`_Group.bake`); outputs unchanged. Returns self."""
+        for g in self.groups:
+            g.bake()
+        return self
+
+    # -- state dict keys: the per-field ones ------------------------------------------------
+    # The per-field modules' tensors are views of the groups', so the per-field state dict
+    # IS the fused state; loading into those views writes into the groups in place.
+    @staticmethod
+    def _to_fieldwise_keys(module, state, prefix, local_metadata):
+        for key in [k for k in state if k.startswith(prefix + "groups.")]:
+            del state[key]
+        for i in module.fused_fields:
+            module._fieldwise.fields[i].state_dict(destination=state,
+                                                   prefix=f"{prefix}fields.{i}.")
+        return state
+
+    def _from_fieldwise_keys(self, state, prefix, local_metadata, strict, missing_keys,
+                             unexpected_keys, error_msgs):
+        self._rebind()
+        for i in self.fused_fields:
+            head = f"{prefix}fields.{i}."
+            sub = {k[len(head):]: state.pop(k) for k in [k for k in state if k.startswith(head)]}
+            result = self._fieldwise.fields[i].load_state_dict(sub, strict=False)
+            missing_keys.extend(head + k for k in result.missing_keys)
+            unexpected_keys.extend(head + k for k in result.unexpected_keys)
+        self._load_prefix = prefix
+
+    @staticmethod
+    def _not_missing(module, incompatible) -> None:
+        """The groups' own tensors were written through the per-field views: not missing."""
+        head = getattr(module, "_load_prefix", "") + "groups."
+        incompatible.missing_keys[:] = [k for k in incompatible.missing_keys
+                                        if not k.startswith(head)]
+
+
+def named_field_modules(model: nn.Module):
+    """``model.named_modules()``, plus the per-field modules a :class:`FusedEmbedding`
+    fused, under the names they have in its state dict (``...fields.{i}...``)."""
+    for name, mod in model.named_modules():
+        yield name, mod
+        if isinstance(mod, FusedEmbedding):
+            prefix = f"{name}." if name else ""
+            per_field = mod.fieldwise()
+            for i in mod.fused_fields:
+                for sub, m in per_field.fields[i].named_modules(prefix=f"{prefix}fields.{i}"):
+                    yield sub, m

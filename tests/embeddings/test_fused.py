@@ -1,0 +1,179 @@
+"""The fused embedding path computes what the per-field path computes, with the same keys,
+bytes and gradients; its per-field view shares the trained weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_layers import LAYERS as BASE
+from test_layers import SCHEMA, _batch, _plan
+
+from autodim.embeddings.fused import FusedEmbedding, fusable
+from autodim.plan import build_embedding, encode_mask
+
+LAYERS = {**BASE,
+          # one width, all projecting / mixed project + pad (a sequence among them)
+          "project_group": _plan(user={"dim": 3}, item={"dim": 3}, tags={"dim": 3}),
+          "project_pad_group": _plan(user={"dim": 2}, item={"dim": 2, "align": "pad"},
+                                     tags={"dim": 2}),
+          # two QR fields (one a sequence) and two MEmCom fields of one width
+          "qr_group": _plan(user={"hashing": {"method": "qr", "buckets": 7}},
+                            tags={"hashing": {"method": "qr", "buckets": 5}}),
+          "memcom_group": _plan(user={"hashing": {"method": "memcom", "buckets": 5}, "dim": 4},
+                                item={"hashing": {"method": "memcom", "buckets": 4}, "dim": 4}),
+          # selected columns (non-prefix) beside projected and padded fields
+          "select_group": _plan(user={"dim": 3, "align": "select", "columns": [6, 0, 3]},
+                                item={"dim": 3, "align": "select", "columns": [1, 2, 7]},
+                                tags={"dim": 3}),
+          "select_pad_group": _plan(user={"dim": 3, "align": "select", "columns": [6, 0, 3]},
+                                    item={"dim": 3, "align": "pad"}, tags={"dim": 3}),
+          # hashed, row-pruned and element-pruned (a sequence) fields in one group
+          "masked_group": _plan(
+              user={"dim": 4, "align": "pad", "row_mask": {"kept": 21, "bits": encode_mask(
+                  np.arange(50) < 21)}},
+              item={"dim": 4, "hashing": {"method": "hash", "buckets": 7}},
+              tags={"dim": 4, "align": "pad", "sparse": {
+                  "nnz": int((m := np.random.default_rng(3).random((12, 4)) < 0.5).sum()),
+                  "bits": encode_mask(m)}})}
+FUSABLE = [n for n in sorted(LAYERS) if fusable(build_embedding(LAYERS[n]))]
+
+
+def _pair(name: str, sparse_threshold: int = 1_000_000):
+    torch.manual_seed(0)
+    ref = build_embedding(LAYERS[name], sparse_threshold=sparse_threshold)
+    torch.manual_seed(0)
+    fused = build_embedding(LAYERS[name], sparse_threshold=sparse_threshold, fused=True)
+    return ref, fused
+
+
+def _padded_batch(n: int = 32) -> torch.Tensor:
+    x = _batch(n)
+    x[:5, 2:] = 0  # sequences that are all padding and partly padding
+    x[5:10, 3:] = 0
+    return x
+
+
+def test_most_layers_fuse():
+    assert {"full", "project_group", "project_pad_group", "hash", "sparse", "row_pruned",
+            "masked_group", "select_group", "select_pad_group", "dropped", "memcom", "qr_group",
+            "memcom_group"} <= set(FUSABLE)
+    assert "mixed_project" not in FUSABLE  # three widths: nothing to fuse
+
+
+@pytest.mark.parametrize("name", FUSABLE)
+def test_outputs_keys_bytes_equal_the_per_field_path(name):
+    ref, fused = _pair(name)
+    assert isinstance(fused, FusedEmbedding) and fused.groups
+    assert fused.num_bytes() == ref.num_bytes() == LAYERS[name].num_bytes()
+    a, b = ref.state_dict(), fused.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    x = _padded_batch()
+    assert torch.allclose(fused(x), ref(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", FUSABLE)
+def test_gradients_equal_the_per_field_path(name):
+    ref, fused = _pair(name)
+    x = _padded_batch()
+    w = torch.randn(x.shape[0], SCHEMA.num_fields, 8)
+    (ref(x) * w).sum().backward()
+    (fused(x) * w).sum().backward()
+    grads = {n: p.grad for n, p in ref.named_parameters()}
+    names = {"plain": ("embedding.weight", None), "qr": ("quotient.weight", "remainder.weight"),
+             "memcom": ("shared.weight", "scale.weight")}
+    for g in fused.groups:
+        first, second = names[g.family]
+        for j, i in enumerate(g.field_index):
+            lo, hi = g.bounds[j]
+            torch.testing.assert_close(g.table.weight.grad[lo:hi],
+                                       grads[f"fields.{i}.table.{first}"], atol=1e-6, rtol=1e-5)
+            if second:
+                lo, hi = g.bounds_b[j]
+                torch.testing.assert_close(g.table_b.weight.grad[lo:hi],
+                                           grads[f"fields.{i}.table.{second}"], atol=1e-6,
+                                           rtol=1e-5)
+        for n, j in enumerate(g.proj_local):
+            torch.testing.assert_close(
+                g.proj.grad[n], grads[f"fields.{g.field_index[j]}.align.linear.weight"],
+                atol=1e-6, rtol=1e-5)
+
+
+def test_state_dict_round_trips_both_ways():
+    ref, fused = _pair("project_pad_group")
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(torch.randn_like(p))
+    fused.load_state_dict(ref.state_dict(), strict=True)  # per-field keys into fused
+    x = _padded_batch()
+    assert torch.allclose(fused(x), ref(x), atol=1e-6)
+    _, other = _pair("project_pad_group")
+    ref2 = other.fieldwise()
+    ref2.load_state_dict(fused.state_dict(), strict=True)  # fused keys into per-field
+    assert torch.allclose(ref2(x), ref(x), atol=1e-6)
+
+
+def test_fieldwise_view_holds_the_trained_weights():
+    ref, fused = _pair("full")
+    opt = torch.optim.SGD(fused.parameters(), lr=1.0)
+    x = _padded_batch()
+    fused(x).pow(2).sum().backward()
+    opt.step()
+    per_field = fused.fieldwise()
+    assert type(per_field).__name__ == "FieldwiseEmbedding"
+    assert torch.allclose(per_field(x), fused(x), atol=1e-6)
+    assert not torch.allclose(per_field(x), ref(x))  # it did train
+    # views, not copies: one storage for the group
+    g = fused.groups[0]
+    w = per_field.fields[g.field_index[1]].table.embedding.weight
+    assert w.untyped_storage().data_ptr() == g.table.weight.untyped_storage().data_ptr()
+
+
+def test_large_fused_table_emits_sparse_gradients():
+    _, fused = _pair("full", sparse_threshold=60)  # 50 + 30 + 12 rows fused > 60
+    fused(_padded_batch()).sum().backward()
+    assert fused.groups[0].table.weight.grad.is_sparse
+    _, small = _pair("full", sparse_threshold=1000)
+    small(_padded_batch()).sum().backward()
+    assert not small.groups[0].table.weight.grad.is_sparse
+
+
+@pytest.mark.parametrize("name", ["masked_group", "sparse", "row_pruned"])
+def test_baked_layer_serves_the_same_outputs_and_exports(name):
+    from autodim.export import compact_state_dict
+
+    ref, fused = _pair(name)
+    x = _padded_batch()
+    before = compact_state_dict(fused)
+    fused.eval().bake()
+    assert any(g.baked for g in fused.groups) == (name != "row_pruned")
+    assert torch.allclose(fused(x), ref(x), atol=1e-6)
+    after = compact_state_dict(fused)
+    assert before.keys() == after.keys() == compact_state_dict(ref).keys()
+    for k in before:
+        assert torch.equal(before[k], after[k]), k
+
+
+def test_loaded_model_is_fused_baked_and_equal(tmp_path):
+    from autodim.export import build_model, load_model, save_weights
+
+    plan = LAYERS["masked_group"]
+    torch.manual_seed(0)
+    model = build_model(plan, "fm").eval()
+    path = save_weights(model, tmp_path / "w.safetensors", plan=plan, backbone="fm")
+    plan.save(tmp_path / "plan.json")
+    loaded = load_model(tmp_path / "plan.json", path)
+    assert isinstance(loaded.embedding, FusedEmbedding)
+    assert all(g.baked for g in loaded.embedding.groups if g.masked)
+    assert loaded.num_bytes() == plan.num_bytes()
+    x = _padded_batch()
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), model(x), atol=1e-6)
+    # and it saves back to the same compact file contents
+    again = save_weights(loaded, tmp_path / "again.safetensors", plan=plan, backbone="fm")
+    from autodim.export import load_weights
+
+    a, b = load_weights(path)[0], load_weights(again)[0]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
