@@ -84,12 +84,18 @@ def compact_state_dict(model) -> dict[str, Any]:
     import numpy as np
     import torch
 
+    from autodim.embeddings.quant import FakeQuantEmbedding
     from autodim.embeddings.tables import RowPrunedTable, SparseTable
 
     state = dict(model.state_dict())
     for name, mod in model.named_modules():
         prefix = f"{name}." if name else ""
-        if isinstance(mod, SparseTable):
+        if isinstance(mod, FakeQuantEmbedding):
+            # Quantized tables ship packed: codes, float16 scales and offsets (or float16).
+            for key in [k for k in state if k.startswith(prefix)]:
+                state.pop(key)
+            state.update({prefix + k: v for k, v in mod.export().items()})
+        elif isinstance(mod, SparseTable):
             weight = state.pop(prefix + "embedding.weight")
             mask = state.pop(prefix + "mask")
             rows, cols = mask.nonzero(as_tuple=True)  # row-major, as CSR wants
@@ -202,6 +208,9 @@ def build_model(plan, backbone: str = "fm", *, backbone_kwargs: Mapping[str, Any
     model = CTRTask(embedding, create_backbone(backbone, len(plan.fields), plan.D,
                                                **dict(backbone_kwargs or {})))
     if weights is not None:
+        from autodim.embeddings.quant import packed_skeleton
+
+        packed_skeleton(model)  # quantized fields load as packed inference tables
         state = load_weights(weights)[0] if isinstance(weights, (str, os.PathLike)) else weights
         try:
             model.load_state_dict(expand_state_dict(model, state), strict=True)
@@ -229,10 +238,13 @@ def load_model(plan, weights: str | os.PathLike, *, backbone: str | None = None,
 
 
 # -- serving configs ----------------------------------------------------------------------
-def _table(name: str, rows: int, dim: int, feature: str, pooling: str, note: str | None = None
-           ) -> dict[str, Any]:
+def _table(name: str, rows: int, dim: int, feature: str, pooling: str, note: str | None = None,
+           precision: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    from autodim.embeddings.quant import torchrec_data_type
+
     entry = {"name": name, "embedding_dim": int(dim), "num_embeddings": int(rows),
-             "feature_names": [feature], "pooling": pooling, "data_type": "FP32"}
+             "feature_names": [feature], "pooling": pooling,
+             "data_type": torchrec_data_type(precision)}
     if note:
         entry["note"] = note
     return entry
@@ -251,6 +263,8 @@ def torchrec_tables(plan) -> dict[str, Any]:
     """
     import math
 
+    from autodim.embeddings.quant import scalar_precision
+
     tables, projections, warnings = [], [], []
     for fp in plan.fields:
         pooling = "MEAN" if fp.kind == "sequence" else "SUM"
@@ -262,21 +276,24 @@ def torchrec_tables(plan) -> dict[str, Any]:
                 if g["dim"] > 0:
                     tables.append(_table(f"{name}_g{k}", g["rows"], g["dim"], fp.name, pooling,
                                          "rows of this frequency group only (ids sorted by "
-                                         "training frequency, remapped to the group)"))
+                                         "training frequency, remapped to the group)",
+                                         fp.precision))
         elif fp.hashing is not None:
             m, method = fp.hashing["buckets"], fp.hashing["method"]
             if method == "memcom":
                 tables.append(_table(f"{name}_memcom_shared", m, fp.dim, fp.name, pooling,
-                                     f"look up id mod {m}; multiply by {name}_memcom_scale"))
+                                     f"look up id mod {m}; multiply by {name}_memcom_scale",
+                                     fp.precision))
                 tables.append(_table(f"{name}_memcom_scale", fp.vocab_size, 1, fp.name, pooling,
-                                     "one scalar per id (MEmCom)"))
+                                     "one scalar per id (MEmCom)", scalar_precision(fp.precision)))
             elif method == "qr":
                 tables.append(_table(f"{name}_quotient", math.ceil(fp.vocab_size / m), fp.dim,
                                      fp.name, pooling, f"look up id // {m}"))
                 tables.append(_table(f"{name}_remainder", m, fp.dim, fp.name, pooling,
                                      f"look up id mod {m}; multiply with the quotient"))
             else:
-                tables.append(_table(name, m, fp.dim, fp.name, pooling, f"look up id mod {m}"))
+                tables.append(_table(name, m, fp.dim, fp.name, pooling, f"look up id mod {m}",
+                                     fp.precision))
         elif fp.row_mask is not None:
             tables.append(_table(name, int(fp.row_mask["kept"]), fp.dim, fp.name, pooling,
                                  "kept rows only; pruned ids read the OOV row (remap ids with "
@@ -284,7 +301,8 @@ def torchrec_tables(plan) -> dict[str, Any]:
         else:
             note = ("element-sparse in the plan; stored dense here" if fp.sparse is not None
                     else None)
-            tables.append(_table(name, fp.vocab_size, fp.dim, fp.name, pooling, note))
+            tables.append(_table(name, fp.vocab_size, fp.dim, fp.name, pooling, note,
+                                 fp.precision))
         dims = ([g["dim"] for g in fp.frequency_groups] if fp.frequency_groups else [fp.dim])
         for d in dims:
             if 0 < d < plan.D or fp.align == "select":
@@ -307,14 +325,15 @@ def torchrec_tables(plan) -> dict[str, Any]:
 def torchrec_configs(plan) -> list[Any]:
     """``torchrec.EmbeddingBagConfig`` objects for a plan (needs ``torchrec`` installed)."""
     try:
-        from torchrec import EmbeddingBagConfig, PoolingType
+        from torchrec import DataType, EmbeddingBagConfig, PoolingType
     except ImportError:
         raise ConfigError("torchrec is not installed; torchrec_tables(plan) gives the same "
                           "configs as JSON-able dicts") from None
     return [EmbeddingBagConfig(name=t["name"], embedding_dim=t["embedding_dim"],
                                num_embeddings=t["num_embeddings"],
                                feature_names=t["feature_names"],
-                               pooling=PoolingType[t["pooling"]])
+                               pooling=PoolingType[t["pooling"]],
+                               data_type=DataType[t["data_type"]])
             for t in torchrec_tables(plan)["tables"]]
 
 
