@@ -45,7 +45,7 @@ from autodim.knapsack import solve_mckp
 from autodim.plan import DimensionPlan, FieldPlan
 
 __all__ = ["collision_loss", "memcom_candidates", "compact_plan", "compress_plan",
-           "ProxyLoss", "ModelLoss", "field_option"]
+           "ProxyLoss", "ModelLoss", "field_option", "warm_start_embedding"]
 
 
 def collision_loss(field: Field, buckets: int) -> float:
@@ -383,16 +383,8 @@ class ModelLoss(ProxyLoss):
         n = E.shape[0]
 
         def make():
-            field = self.schema[fp.name]
             bucket = np.arange(n) % buckets
-            if field.freqs is not None and field.freqs.sum() > 0:
-                order = np.lexsort((-np.asarray(field.freqs, dtype=np.float64), bucket))
-                first = np.ones(n, dtype=bool)
-                first[1:] = bucket[order][1:] != bucket[order][:-1]
-                head = np.empty(buckets, dtype=np.int64)
-                head[bucket[order][first]] = order[first]
-            else:  # ids are in descending frequency: id b heads bucket b
-                head = np.arange(buckets)
+            head = _bucket_heads(self.schema[fp.name], buckets)
             U = E[torch.from_numpy(head[bucket])]
             s = (E * U).sum(1) / (U * U).sum(1).clamp_min(1e-12)
             return s[:, None] * U
@@ -514,3 +506,72 @@ def compress_plan(plan: DimensionPlan, schema: Schema, budget_bytes: int | None,
     if out.num_bytes() > budget_bytes:  # pragma: no cover - solve_mckp guarantees the fit
         raise BudgetError(f"compressed plan {format_bytes(out.num_bytes())} exceeds the budget")
     return out, info
+
+
+# -- starting the compact model from the full one -------------------------------------------
+def warm_start_embedding(plan: DimensionPlan, teacher, schema: Schema, *,
+                         sparse_threshold: int = 1_000_000):
+    """The plan's embedding, initialised from a trained full-``D`` model's tables.
+
+    Each option's initial table is the one :class:`ModelLoss` scored it with: a narrowed
+    field with a projection starts from the truncated SVD (table ``U_d S_d``, projection
+    ``V_d``), a pad/select field from its kept columns, a MEmCom field from the heaviest id of
+    each bucket with least-squares scalars; quantized tables then start their ranges from
+    these weights. Fields the teacher does not hold as plain tables, or whose plan has
+    frequency groups or masks, keep their fresh initialisation.
+    """
+    import torch
+
+    from autodim.embeddings.field import FieldEmbedding, Project
+    from autodim.embeddings.tables import DenseTable, MEmComTable
+
+    emb = plan.build(sparse_threshold=sparse_threshold)
+    tables = {}
+    for f, mod in zip(teacher.embedding.schema.fields, teacher.embedding.fields):
+        if isinstance(mod, FieldEmbedding) and isinstance(mod.table, DenseTable):
+            with torch.no_grad():
+                tables[f.name] = mod.align(mod.table.embedding.weight.detach().float())
+    with torch.no_grad():
+        for fp, mod in zip(plan.fields, emb.fields):
+            E = tables.get(fp.name)
+            if (E is None or not isinstance(mod, FieldEmbedding) or fp.dim == 0
+                    or E.shape[0] != fp.vocab_size):
+                continue
+            d = fp.dim
+            if isinstance(mod.align, Project):
+                U, S, Vh = torch.linalg.svd(E, full_matrices=False)
+                low, proj = U[:, :d] * S[:d], Vh[:d]
+                mod.align.linear.weight.copy_(proj.T)
+            elif d == plan.D:
+                low = E
+            else:
+                cols = fp.columns if fp.align == "select" else list(range(d))
+                low = E[:, cols]
+            table = mod.table
+            if isinstance(table, DenseTable):
+                table.embedding.weight.copy_(low)
+            elif isinstance(table, MEmComTable):
+                m = table.buckets
+                head = torch.from_numpy(_bucket_heads(schema[fp.name], m))
+                U = low[head]
+                bucket = torch.arange(fp.vocab_size) % m
+                rows = U[bucket]
+                s = (low * rows).sum(1) / (rows * rows).sum(1).clamp_min(1e-12)
+                table.shared.weight.copy_(U)
+                table.scale.weight.copy_(s[:, None])
+    return emb
+
+
+def _bucket_heads(field: Field, buckets: int) -> np.ndarray:
+    """The heaviest id of each ``i mod m`` bucket (id ``b`` when there are no frequencies:
+    ids are in descending frequency)."""
+    n = field.vocab_size
+    bucket = np.arange(n) % buckets
+    if field.freqs is None or field.freqs.sum() <= 0:
+        return np.arange(buckets)
+    order = np.lexsort((-np.asarray(field.freqs, dtype=np.float64), bucket))
+    first = np.ones(n, dtype=bool)
+    first[1:] = bucket[order][1:] != bucket[order][:-1]
+    head = np.empty(buckets, dtype=np.int64)
+    head[bucket[order][first]] = order[first]
+    return head

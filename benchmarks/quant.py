@@ -10,6 +10,9 @@ teacher), then at each budget (10x, 40x fewer embedding bytes than the full tabl
   search), i.e. the post-training path;
 - ``hybrid+distill``: the hybrid plan, trained towards the full model's probabilities too
   (``--distill`` weight, temperature 2);
+- ``hybrid+warm`` (``+distill``): the hybrid plan started from the full model
+  (:func:`autodim.compress.warm_start_embedding`: SVD-narrowed tables and projections,
+  MEmCom from the bucket heads; the FM weights copied), then trained (QAT) as above;
 - the single axes through the same compressor and estimator: ``dims only`` (float32, no
   hashing), ``bits only`` (full dims, no hashing), ``hashing only`` (full dims, float32,
   MEmCom);
@@ -46,13 +49,24 @@ HASH_RATIOS = (0.02, 0.05, 0.1, 0.2, 0.5)
 ALL_BITS = (32, 16, 8, 4, 2, 1)
 
 
-def _train(plan, data, cfg, seed, *, teacher=None, weight=0.0):
+def _train(plan, data, cfg, seed, *, teacher=None, weight=0.0, warm=False):
+    from lightning.pytorch.callbacks import Callback
+
+    from autodim.compress import warm_start_embedding
     from autodim.data.datamodule import CTRDataModule
     from autodim.task import Distill, train_plan
 
+    class CopyBackbone(Callback):
+        def on_fit_start(self, trainer, pl_module):
+            pl_module.backbone.load_state_dict(teacher.backbone.state_dict())
+
     dm = CTRDataModule(data, batch_size=cfg.batch_size, seed=seed)
     callbacks = [Distill(teacher, weight=weight, temperature=2.0)] if teacher and weight else []
-    return train_plan(plan, dm, config=cfg, callbacks=callbacks)
+    emb = None
+    if warm:
+        emb = warm_start_embedding(plan, teacher, data.schema)
+        callbacks.append(CopyBackbone())
+    return train_plan(plan, dm, config=cfg, callbacks=callbacks, embedding=emb)
 
 
 def _with_train(plan, mode: str):
@@ -63,7 +77,7 @@ def _with_train(plan, mode: str):
     return plan
 
 
-def run_seed(data, seed: int, ratios, cfg, distill: float) -> list[dict[str, Any]]:
+def run_seed(data, seed: int, ratios, cfg, distill: float, only=None) -> list[dict[str, Any]]:
     import copy
 
     from autodim.baselines import baseline_plan
@@ -103,12 +117,17 @@ def run_seed(data, seed: int, ratios, cfg, distill: float) -> list[dict[str, Any
             plans["hybrid-ptq"] = _with_train(copy.deepcopy(plans["hybrid"]), "ptq")
             if distill > 0:
                 plans["hybrid+distill"] = plans["hybrid"]
+            plans["hybrid+warm"] = plans["hybrid"]
+            if distill > 0:
+                plans["hybrid+warm+distill"] = plans["hybrid"]
         for name in ("quant", "mixed-precision"):
             try:
                 plans[name] = baseline_plan(name, data.schema, 16, budget)
             except BudgetError as exc:
                 plans[name] = exc
         for name, plan in plans.items():
+            if only and name not in only:
+                continue
             row = {"seed": seed, "ratio": ratio, "method": name, "budget": budget}
             if isinstance(plan, Exception):
                 row["note"] = f"infeasible: {str(plan).splitlines()[0][:120]}"
@@ -117,7 +136,8 @@ def run_seed(data, seed: int, ratios, cfg, distill: float) -> list[dict[str, Any
             assert plan.num_bytes() <= budget, (name, plan.num_bytes(), budget)
             t0 = time.perf_counter()
             res = _train(plan, data, cfg, seed, teacher=teacher,
-                         weight=distill if name.endswith("distill") else 0.0)
+                         weight=distill if name.endswith("distill") else 0.0,
+                         warm="+warm" in name)
             row.update(test_auc=res.metrics["test_auc"], val_auc=res.metrics["val_auc"],
                        bytes=plan.num_bytes(), train_s=time.perf_counter() - t0,
                        plan=_describe(plan))
@@ -229,6 +249,8 @@ def main(argv=None) -> int:
     ap.add_argument("--latency-only", action="store_true")
     ap.add_argument("--no-latency", action="store_true")
     ap.add_argument("--reps", type=int, default=15, help="latency repetitions")
+    ap.add_argument("--only", default="", help="comma-separated methods to run (full always)")
+    ap.add_argument("--stem", default=None, help="results file stem")
     args = ap.parse_args(argv)
 
     import torch
@@ -257,11 +279,13 @@ def main(argv=None) -> int:
             return load_data(folder, seed=seed)
         cfg = TrainConfig(max_epochs=args.epochs, batch_size=1024, lr=3e-3, patience=2)
         stem = "quant"
+    stem = args.stem or stem
     RESULTS.mkdir(parents=True, exist_ok=True)
     if not args.latency_only:
         rows = []
         for seed in seeds:
-            rows += run_seed(load(seed), seed, ratios, replace_seed(cfg, seed), args.distill)
+            rows += run_seed(load(seed), seed, ratios, replace_seed(cfg, seed), args.distill,
+                             [m for m in args.only.split(",") if m])
         write_table(rows, f"{stem}_runs")
         print(write_table(summarize(rows), stem,
                           title=f"{'tiny' if args.quick else 'ml100k'}, FM, D=16, split seeds "
