@@ -10,6 +10,11 @@ They are plans like any searcher's, so they sit on the same Pareto chart:
 - ``hash``: the hashing trick, every field capped at ``m`` buckets, ``m`` found to fit.
 - ``qr``: quotient-remainder (Shi et al., KDD 2020) on fields above a row cap.
 - ``memcom``: MEmCom (Pansare et al., MLSys 2022) on fields above a bucket cap.
+- ``quant``: every field at ``D``, all at the highest precision (bits, then row before field
+  scales) that fits (uniform row-wise quantization, as Guan et al. 2019 ship it).
+- ``mixed-precision``: every field at ``D``, bits per field by a power rule on its rows,
+  ``b_f = 32 * (n_min / n_f)^alpha`` rounded down to an allowed precision (the MDE rule
+  applied to bits instead of dims), alpha bisected to fit.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from autodim.errors import BudgetError, ConfigError
 from autodim.plan import DimensionPlan, FieldPlan
 
 __all__ = ["BASELINES", "baseline_plan", "full_plan", "uniform_plan", "mde_plan", "hash_plan",
-           "qr_plan", "memcom_plan", "hashed_plan"]
+           "qr_plan", "memcom_plan", "hashed_plan", "quant_plan", "mixed_precision_plan"]
 
 
 def _meta(name: str, budget: int | None, **settings) -> dict:
@@ -150,9 +155,74 @@ def qr_plan(schema: Schema, D: int, budget_bytes: int) -> DimensionPlan:
     return _capped(schema, D, budget_bytes, "qr", buckets, min(lo, 3), "qr")
 
 
+def _bits_plan(schema: Schema, D: int, field_bits: list[int], granularity: str, name: str,
+               budget_bytes: int, **settings) -> DimensionPlan:
+    plan = DimensionPlan.full(schema, D, **_meta(name, budget_bytes, **settings))
+    for fp, b in zip(plan.fields, field_bits):
+        if b < 32:
+            fp.precision = {"bits": b, **({"scale": granularity} if b <= 8 else {})}
+    plan.validate()
+    return plan
+
+
+_BITS_DESC = (32, 16, 8, 4, 2, 1)
+
+
+def quant_plan(schema: Schema, D: int, budget_bytes: int) -> DimensionPlan:
+    """Full dims, one precision for every field: the highest that fits."""
+    n = schema.num_fields
+    for b in _BITS_DESC:
+        for scale in (("row", "field") if b <= 8 else ("row",)):
+            plan = _bits_plan(schema, D, [b] * n, scale, "quant", budget_bytes, bits=b,
+                              scale=scale)
+            if plan.num_bytes() <= budget_bytes:
+                return plan
+    raise _too_small("quant", budget_bytes, plan.num_bytes(),
+                     f"every field at D={D} and 1 bit (field scales)")
+
+
+def _rule_bits(schema: Schema, alpha: float) -> list[int]:
+    n_min = min(f.vocab_size for f in schema.fields)
+    out = []
+    for f in schema.fields:
+        target = 32 * (n_min / f.vocab_size) ** alpha
+        out.append(next((b for b in _BITS_DESC if b <= target), 1))
+    return out
+
+
+def mixed_precision_plan(schema: Schema, D: int, budget_bytes: int, *, iters: int = 60
+                         ) -> DimensionPlan:
+    """Full dims, bits per field by the power rule (see the module docstring)."""
+    for scale in ("row", "field"):
+        def plan_for(alpha: float, scale: str = scale) -> DimensionPlan:
+            return _bits_plan(schema, D, _rule_bits(schema, alpha), scale, "mixed-precision",
+                              budget_bytes, alpha=round(alpha, 6), scale=scale)
+
+        if plan_for(0.0).num_bytes() <= budget_bytes:
+            return plan_for(0.0)
+        hi = 1.0
+        while plan_for(hi).num_bytes() > budget_bytes and hi <= 64:
+            hi *= 2
+        if plan_for(hi).num_bytes() > budget_bytes:
+            continue  # only the smallest field keeps 32 bits and it still does not fit
+        lo = 0.0
+        for _ in range(iters):
+            mid = (lo + hi) / 2
+            if plan_for(mid).num_bytes() <= budget_bytes:
+                hi = mid
+            else:
+                lo = mid
+        return plan_for(hi)
+    smallest = _bits_plan(schema, D, [1] * schema.num_fields, "field", "mixed-precision",
+                          budget_bytes)
+    raise _too_small("mixed-precision", budget_bytes, smallest.num_bytes(),
+                     f"every field at D={D} and 1 bit (field scales)")
+
+
 BASELINES: dict[str, Callable[..., DimensionPlan]] = {
     "full": full_plan, "uniform": uniform_plan, "mde": mde_plan, "hash": hash_plan,
-    "qr": qr_plan, "memcom": memcom_plan,
+    "qr": qr_plan, "memcom": memcom_plan, "quant": quant_plan,
+    "mixed-precision": mixed_precision_plan,
 }
 
 

@@ -84,8 +84,8 @@ def _print_plan(plan) -> None:
     rows = plan.summary()
     for r in rows:
         r["share"] = f"{100 * r['share']:.1f}%"
-    typer.echo(format_table(rows, ["field", "rows", "dim", "align", "compression", "bytes",
-                                   "share"]))
+    typer.echo(format_table(rows, ["field", "rows", "dim", "align", "bits", "compression",
+                                   "bytes", "share"]))
     typer.echo(f"total {plan.num_bytes():,} B ({format_bytes(plan.num_bytes())}); full D={plan.D} "
                f"table {plan.full_bytes():,} B; compression {plan.compression():.2f}x")
 

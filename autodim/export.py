@@ -91,12 +91,18 @@ def compact_state_dict(model) -> dict[str, Any]:
     import torch
 
     from autodim.embeddings.fused import named_field_modules
+    from autodim.embeddings.quant import FakeQuantEmbedding
     from autodim.embeddings.tables import RowPrunedTable, SparseTable
 
     state = dict(model.state_dict())
     for name, mod in named_field_modules(model):  # fused layers: their per-field modules
         prefix = f"{name}." if name else ""
-        if isinstance(mod, SparseTable):
+        if isinstance(mod, FakeQuantEmbedding):
+            # Quantized tables ship packed: codes, float16 scales and offsets (or float16).
+            for key in [k for k in state if k.startswith(prefix)]:
+                state.pop(key)
+            state.update({prefix + k: v for k, v in mod.export().items()})
+        elif isinstance(mod, SparseTable):
             weight = state.pop(prefix + "embedding.weight")
             mask = state.pop(prefix + "mask")
             rows, cols = mask.nonzero(as_tuple=True)  # row-major, as CSR wants
@@ -215,15 +221,17 @@ def build_model(plan, backbone: str = "fm", *, backbone_kwargs: Mapping[str, Any
             _load_state(model, plan, state, meta, str(weights))
         else:
             _load_state(model, plan, weights, {}, "weights")
-        from autodim.embeddings.fused import FusedEmbedding, fusable
-
-        if fusable(model.embedding):  # serving layout: one table per width, masks baked in
-            model.embedding = FusedEmbedding(model.embedding).bake()
     return model
 
 
 def _load_state(model, plan, state: Mapping[str, Any], meta: Mapping[str, str],
                 source: str) -> None:
+    """Load checked weights into a freshly built model and put it in its serving layout:
+    quantized fields as packed tables, plain fields fused with their masks baked in."""
+    from autodim.embeddings.fused import FusedEmbedding, fusable
+    from autodim.embeddings.quant import packed_skeleton
+
+    packed_skeleton(model)  # quantized fields load as packed inference tables
     check_weights(plan, state, meta, source=source, model=model)
     try:
         model.load_state_dict(expand_state_dict(model, state), strict=True)
@@ -231,6 +239,8 @@ def _load_state(model, plan, state: Mapping[str, Any], meta: Mapping[str, str],
         raise PlanError(f"{source}: the weights do not fit this plan/backbone "
                         f"({str(exc).splitlines()[0]})") from None
     model.eval()
+    if fusable(model.embedding):  # serving layout: one table per width, masks baked in
+        model.embedding = FusedEmbedding(model.embedding).bake()
 
 
 def check_weights(plan, tensors: Mapping[str, Any], meta: Mapping[str, str], *,
@@ -309,12 +319,15 @@ TORCHREC_POOLED, TORCHREC_UNPOOLED = "EmbeddingBagConfig", "EmbeddingConfig"
 
 
 def _table(name: str, rows: int, dim: int, feature: str, pooling: str | None,
-           weight: str, field: str, note: str | None = None) -> dict[str, Any]:
+           weight: str, field: str, note: str | None = None,
+           precision: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """One TorchRec table: its ``config`` (``EmbeddingBagConfig`` when pooled, else
     ``EmbeddingConfig``), the weight key in ``weights.safetensors`` and a note."""
+    from autodim.embeddings.quant import torchrec_data_type
+
     config: dict[str, Any] = {"name": name, "embedding_dim": int(dim),
                               "num_embeddings": int(rows), "feature_names": [feature],
-                              "data_type": "FP32"}
+                              "data_type": torchrec_data_type(precision)}
     if pooling is not None:
         config["pooling"] = pooling
     entry = {"class": TORCHREC_POOLED if pooling is not None else TORCHREC_UNPOOLED,
@@ -345,6 +358,8 @@ def torchrec_tables(plan) -> dict[str, Any]:
     """
     import math
 
+    from autodim.embeddings.quant import scalar_precision
+
     tables, projections, features, combine, warnings = [], [], [], [], []
 
     def feature(name: str, field: str, transform: dict[str, Any] | None) -> str:
@@ -372,7 +387,8 @@ def torchrec_tables(plan) -> dict[str, Any]:
                     # groups' projections are added (see combine).
                     tables.append(_table(f"{name}_g{k}", g["rows"], g["dim"], f, "SUM",
                                          f"{key}.groups.{k}.table.embedding.weight", fp.name,
-                                         f"ids {lo}..{hi - 1} of {fp.name} only"))
+                                         f"ids {lo}..{hi - 1} of {fp.name} only",
+                                         fp.precision))
                     if 0 < g["dim"] < plan.D:
                         projections.append({"field": fp.name, "table": f"{name}_g{k}",
                                             "from_dim": g["dim"], "to_dim": plan.D,
@@ -389,10 +405,11 @@ def torchrec_tables(plan) -> dict[str, Any]:
                 f1 = feature(f"{fp.name}@mod{m}", fp.name, {"op": "mod", "m": m})
                 f2 = feature(fp.name, fp.name, None)
                 tables.append(_table(f"{name}_memcom_shared", m, fp.dim, f1, per_id,
-                                     f"{key}.table.shared.weight", fp.name))
+                                     f"{key}.table.shared.weight", fp.name,
+                                     precision=fp.precision))
                 tables.append(_table(f"{name}_memcom_scale", fp.vocab_size, 1, f2, per_id,
                                      f"{key}.table.scale.weight", fp.name,
-                                     "one scalar per id (MEmCom)"))
+                                     "one scalar per id (MEmCom)", scalar_precision(fp.precision)))
                 combine.append({"field": fp.name, "op": "multiply",
                                 "tables": [f"{name}_memcom_shared", f"{name}_memcom_scale"],
                                 "then": "mean over non-padding ids" if seq else None})
@@ -409,7 +426,8 @@ def torchrec_tables(plan) -> dict[str, Any]:
             else:
                 f1 = feature(f"{fp.name}@mod{m}", fp.name, {"op": "mod", "m": m})
                 tables.append(_table(name, m, fp.dim, f1, pooling,
-                                     f"{key}.table.embedding.weight", fp.name))
+                                     f"{key}.table.embedding.weight", fp.name,
+                                     precision=fp.precision))
         elif fp.row_mask is not None:
             f1 = feature(f"{fp.name}@kept", fp.name,
                          {"op": "remap", "by": "row_mask",
@@ -425,7 +443,7 @@ def torchrec_tables(plan) -> dict[str, Any]:
                     "densify into a num_embeddings x embedding_dim table"
                     if fp.sparse is not None else None)
             tables.append(_table(name, fp.vocab_size, fp.dim, f1, pooling, weight, fp.name,
-                                 note))
+                                 note, fp.precision))
         if not fp.frequency_groups and (0 < fp.dim < plan.D or fp.align == "select"):
             proj = {"field": fp.name, "from_dim": fp.dim, "to_dim": plan.D, "align": fp.align}
             if fp.align == "project":

@@ -4,7 +4,9 @@ A plan says, per field, how many dimensions it gets (``dim``, 0 = dropped), how 
 reaches the common dim ``D`` (``project``: a learned ``d x D`` matrix; ``pad``/``select``:
 its stored columns placed among zeros), and optionally frequency groups, hashing (MEmCom,
 naive hash, QR), a row mask (pruned rows share the OOV row) or an element mask (sparse
-table). ``plan.num_bytes()`` is computed from the plan alone and equals the ``num_bytes()``
+table), and a ``precision`` (bits per weight and scale granularity, see
+:mod:`autodim.embeddings.quant`; version-1 plans have none and read as float32).
+``plan.num_bytes()`` is computed from the plan alone and equals the ``num_bytes()``
 of the module ``build_embedding(plan)`` returns.
 
 Example:
@@ -43,6 +45,17 @@ from autodim.embeddings.field import (
     Project,
     Select,
 )
+from autodim.embeddings.quant import (
+    ALLOWED_BITS,
+    HALF_DTYPES,
+    SCALAR_DTYPES,
+    SCALE_GRANULARITIES,
+    TRAIN_MODES,
+    apply_precision,
+    normalize_precision,
+    scalar_bytes,
+    table_bytes,
+)
 from autodim.embeddings.tables import (
     FLOAT_BYTES,
     DenseTable,
@@ -59,7 +72,10 @@ from autodim.errors import PlanError
 __all__ = ["FieldPlan", "DimensionPlan", "build_embedding", "encode_mask", "decode_mask",
            "PLAN_VERSION", "HASHING_METHODS", "ALIGNMENTS"]
 
-PLAN_VERSION = 1
+PLAN_VERSION = 2
+#: Versions this autodim reads (version 1 had no ``precision``: every weight float32).
+READ_VERSIONS = (1, 2)
+PRECISION_KEYS = ("bits", "scale", "train", "dtype", "scalars")
 PLAN_FORMAT = "autodim.plan"
 HASHING_METHODS = ("memcom", "hash", "qr")
 ALIGNMENTS = ("project", "pad", "select")
@@ -95,6 +111,11 @@ class FieldPlan:
     hashing: dict[str, Any] | None = None
     row_mask: dict[str, Any] | None = None
     sparse: dict[str, Any] | None = None
+    precision: dict[str, Any] | None = None
+
+    @property
+    def bits(self) -> int:
+        return int((self.precision or {}).get("bits", 32))
 
     # -- validation ---------------------------------------------------------------------
     def validate(self, D: int) -> None:
@@ -145,6 +166,8 @@ class FieldPlan:
             if m >= self.vocab_size:
                 raise PlanError(f"{where}: {m} hashing buckets >= vocab_size {self.vocab_size}; "
                                 "hashing would not save anything")
+        if self.precision is not None:
+            self._validate_precision(where)
         if self.row_mask is not None:
             keep = self._decode("row_mask", (self.vocab_size,))
             if int(keep.sum()) != self.row_mask.get("kept"):
@@ -156,6 +179,39 @@ class FieldPlan:
                 raise PlanError(f"{where}: sparse says nnz={self.sparse.get('nnz')} but its "
                                 f"bits keep {int(mask.sum())} values")
 
+    def _validate_precision(self, where: str) -> None:
+        p = self.precision
+        if not isinstance(p, dict):
+            raise PlanError(f"{where}: precision must be an object, got {p!r}")
+        bad = sorted(set(p) - set(PRECISION_KEYS))
+        if bad:
+            raise PlanError(f"{where}: precision has unknown key(s) {bad}; valid: "
+                            f"{', '.join(PRECISION_KEYS)}")
+        bits = p.get("bits", 32)
+        if bits not in ALLOWED_BITS or isinstance(bits, bool):
+            raise PlanError(f"{where}: precision bits {bits!r} not allowed (one of "
+                            f"{', '.join(map(str, ALLOWED_BITS))})")
+        for key, allowed in (("scale", SCALE_GRANULARITIES), ("train", TRAIN_MODES),
+                             ("scalars", SCALAR_DTYPES), ("dtype", tuple(HALF_DTYPES))):
+            if key in p and p[key] not in allowed:
+                raise PlanError(f"{where}: precision {key} {p[key]!r} not allowed (one of "
+                                f"{', '.join(allowed)})")
+        if "dtype" in p and bits != 16:
+            raise PlanError(f"{where}: precision dtype is only for 16 bits, bits is {bits}")
+        method = (self.hashing or {}).get("method")
+        if "scalars" in p and method != "memcom":
+            raise PlanError(f"{where}: precision scalars are MEmCom's per-id scalars; the "
+                            "field is not hashed with memcom")
+        quantized = bits != 32 or p.get("scalars", "float32") != "float32"
+        # Refused combinations: QR (two multiplied tables), row masks and element masks
+        # (their compact storage forms are float32 CSR / kept rows) stay float32.
+        for key, on in (("qr hashing", method == "qr"), ("row_mask", self.row_mask is not None),
+                        ("sparse", self.sparse is not None)):
+            if quantized and on:
+                raise PlanError(f"{where}: precision {bits} bits cannot be combined with "
+                                f"{key} (quantized fields are dense, frequency-grouped, "
+                                "hash- or memcom-hashed)")
+
     def _decode(self, key: str, shape: tuple[int, ...]) -> np.ndarray:
         entry = getattr(self, key)
         try:
@@ -166,8 +222,9 @@ class FieldPlan:
     # -- bytes --------------------------------------------------------------------------
     def num_bytes(self, D: int) -> int:
         """Bytes of everything this field stores (tables, scalars, indices, projections)."""
+        p = self.precision
         if self.frequency_groups is not None:
-            return sum(g["rows"] * g["dim"] * FLOAT_BYTES + self._align_bytes(g["dim"], D)
+            return sum(table_bytes(g["rows"], g["dim"], p) + self._align_bytes(g["dim"], D)
                        for g in self.frequency_groups)
         if self.dim == 0:
             return 0
@@ -176,17 +233,17 @@ class FieldPlan:
             m = self.hashing["buckets"]
             method = self.hashing["method"]
             if method == "hash":
-                table = m * d * FLOAT_BYTES
+                table = table_bytes(m, d, p)
             elif method == "qr":
                 table = (math.ceil(n / m) + m) * d * FLOAT_BYTES
             else:  # memcom: shared m x d table + one scalar per id
-                table = (m * d + n) * FLOAT_BYTES
+                table = table_bytes(m, d, p) + scalar_bytes(n, p)
         elif self.row_mask is not None:
             table = row_pruned_bytes(n, d, int(self.row_mask["kept"]))
         elif self.sparse is not None:
             table = sparse_table_bytes(n, d, int(self.sparse["nnz"]))
         else:
-            table = n * d * FLOAT_BYTES
+            table = table_bytes(n, d, p)
         return table + self._align_bytes(d, D)
 
     def _align_bytes(self, d: int, D: int) -> int:
@@ -295,8 +352,11 @@ class DimensionPlan:
                 extra = f"rows kept {f.row_mask['kept']}"
             elif f.sparse:
                 extra = f"nnz {f.sparse['nnz']}"
+            p = normalize_precision(f.precision)
+            bits = (f"{p['bits']}" + (f"/{p['scale']}" if p["bits"] < 16 else "")
+                    + (f" {p['dtype']}" if p["bits"] == 16 else ""))
             rows.append({"field": f.name, "rows": f.vocab_size, "dim": f.dim, "align": f.align,
-                         "compression": extra, "bytes": nb, "share": nb / total})
+                         "bits": bits, "compression": extra, "bytes": nb, "share": nb / total})
         return rows
 
     # -- validation ------------------------------------------------------------------------
@@ -333,7 +393,8 @@ class DimensionPlan:
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": PLAN_FORMAT, "version": PLAN_VERSION, "D": self.D,
-            "schema_fingerprint": self.schema_fingerprint, "dtype": "float32",
+            "schema_fingerprint": self.schema_fingerprint,
+            "dtype": "float32" if all(f.precision is None for f in self.fields) else "mixed",
             "num_bytes": self.num_bytes(), "full_bytes": self.full_bytes(),
             "compression": round(self.compression(), 4), "budget_bytes": self.budget_bytes,
             "searcher": self.searcher, "seed": self.seed, "metrics": self.metrics,
@@ -356,9 +417,13 @@ class DimensionPlan:
             raise PlanError(f"{source}: a plan must be a JSON object")
         if d.get("format", PLAN_FORMAT) != PLAN_FORMAT:
             raise PlanError(f"{source}: format {d.get('format')!r} is not {PLAN_FORMAT!r}")
-        if d.get("version") != PLAN_VERSION:
+        if d.get("version") not in READ_VERSIONS:
             raise PlanError(f"{source}: plan version {d.get('version')!r} is not supported "
-                            f"(this autodim reads version {PLAN_VERSION})")
+                            f"(this autodim reads versions "
+                            f"{', '.join(map(str, READ_VERSIONS))})")
+        if d.get("version") == 1 and any(isinstance(fd, dict) and "precision" in fd
+                                         for fd in d.get("fields") or []):
+            raise PlanError(f"{source}: a version-1 plan has no precision (version 2 does)")
         known = {f for f in FieldPlan.__dataclass_fields__}
         fields = []
         for i, fd in enumerate(d.get("fields") or []):
@@ -462,6 +527,11 @@ def _align(fp: FieldPlan, d: int, D: int) -> Align:
 
 
 def _table(fp: FieldPlan, sparse_threshold: int):
+    table = _float_table(fp, sparse_threshold)
+    return apply_precision(table, fp.precision) if fp.precision is not None else table
+
+
+def _float_table(fp: FieldPlan, sparse_threshold: int):
     n, d = fp.vocab_size, fp.dim
     sparse = n > sparse_threshold
     if fp.hashing is not None:

@@ -26,7 +26,7 @@ from autodim.models import create_backbone
 
 __all__ = ["TrainConfig", "TrainResult", "CTRTask", "TrainingDiverged", "train_plan",
            "make_trainer", "evaluate", "split_parameters", "make_optimizers", "RowWiseAdam",
-           "RestoreBest", "release_optimizers"]
+           "RestoreBest", "release_optimizers", "Distill"]
 
 
 class TrainingDiverged(AutodimError):
@@ -198,8 +198,19 @@ class CTRTask(pl.LightningModule):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.backbone(self.embedding(ids))
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return nn.functional.binary_cross_entropy_with_logits(logits, labels)
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor,
+             ids: torch.Tensor | None = None) -> torch.Tensor:
+        bce = nn.functional.binary_cross_entropy_with_logits(logits, labels)
+        distill = getattr(self, "distill", None)
+        if distill is None or ids is None:
+            return bce
+        # Knowledge distillation (Hinton et al. 2015) for a binary output: BCE towards the
+        # teacher's tempered probability, scaled by T^2 so its gradient keeps its size.
+        teacher, weight, T = distill
+        with torch.no_grad():
+            target = torch.sigmoid(teacher(ids) / T)
+        soft = nn.functional.binary_cross_entropy_with_logits(logits / T, target)
+        return bce + weight * T * T * soft
 
     def configure_optimizers(self):
         return make_optimizers(self, self.lr, self.weight_decay,
@@ -211,7 +222,7 @@ class CTRTask(pl.LightningModule):
         opts = opts if isinstance(opts, list) else [opts]
         for o in opts:
             o.zero_grad()
-        loss = self.loss(self(ids), labels)
+        loss = self.loss(self(ids), labels, ids)
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"training loss became {loss.item()} at epoch "
                                    f"{self.current_epoch}, step {self.global_step}")
@@ -315,6 +326,22 @@ class RestoreBest(Callback):
 def _byte_view(t: torch.Tensor) -> torch.Tensor:
     """The tensor's bytes as a flat uint8 tensor sharing its memory."""
     return t.reshape(-1).view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
+
+
+class Distill(Callback):
+    """Train towards a teacher's probabilities as well as the labels (see ``CTRTask.loss``):
+    ``loss = BCE(y) + weight * T^2 * BCE(sigmoid(teacher / T))``. The teacher stays frozen
+    and is not part of the student's weights."""
+
+    def __init__(self, teacher: nn.Module, *, weight: float = 1.0, temperature: float = 1.0):
+        self.teacher, self.weight, self.temperature = teacher.eval(), weight, temperature
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        # A plain attribute, not a submodule: kept out of the state dict and the optimiser.
+        object.__setattr__(pl_module, "distill", (self.teacher, self.weight, self.temperature))
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        object.__setattr__(pl_module, "distill", None)
 
 
 def make_trainer(config: TrainConfig, callbacks: list[Callback] | None = None,

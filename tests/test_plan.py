@@ -27,7 +27,7 @@ def test_round_trip_and_provenance(tmp_path):
     assert again.dims == {"user": 4, "item": 8}
     assert again.seed == 3 and again.searcher["settings"] == {"a": 1}
     d = json.loads(path.read_text())
-    assert d["version"] == 1 and d["num_bytes"] == plan.num_bytes()
+    assert d["version"] == 2 and d["num_bytes"] == plan.num_bytes()
     assert d["versions"]["torch"] and d["created"]
     assert d["schema_fingerprint"] == SCHEMA.fingerprint()
 

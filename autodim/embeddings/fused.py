@@ -29,6 +29,7 @@ from torch import nn
 
 from autodim.embeddings.compact import FieldwiseEmbedding
 from autodim.embeddings.field import Align, FieldEmbedding, Project, Select
+from autodim.embeddings.quant import FakeQuantEmbedding, QuantizedEmbedding
 from autodim.embeddings.tables import (
     DenseTable,
     HashTable,
@@ -66,6 +67,8 @@ def _kind(module: nn.Module) -> str | None:
         return None
     if any(p.dtype != torch.float32 for p in module.table.parameters()):
         return None  # other precisions keep their own module
+    if any(isinstance(m, (FakeQuantEmbedding, QuantizedEmbedding)) for m in module.modules()):
+        return None  # quantized fields (QAT or packed) keep their own module and byte count
     align = module.align
     if type(align) is Align:
         return "identity"

@@ -26,6 +26,11 @@ def tensor_bytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
+def _emb_bytes(emb: nn.Module) -> int:
+    """A lookup's stored bytes: float32 weights, or a quantized table's own count."""
+    return emb.num_bytes() if hasattr(emb, "num_bytes") else tensor_bytes(emb.weight)
+
+
 def col_index_bytes(dim: int) -> int:
     """Bytes of one column index in a sparse row: uint8 up to 256 columns, else int16."""
     return 1 if dim <= 256 else 2
@@ -68,7 +73,7 @@ class DenseTable(FieldTable):
         return self.embedding(ids)
 
     def num_bytes(self) -> int:
-        return tensor_bytes(self.embedding.weight)
+        return _emb_bytes(self.embedding)
 
 
 class HashTable(FieldTable):
@@ -88,7 +93,7 @@ class HashTable(FieldTable):
         return self.embedding(torch.remainder(ids, self.buckets))
 
     def num_bytes(self) -> int:
-        return tensor_bytes(self.embedding.weight)
+        return _emb_bytes(self.embedding)
 
 
 class QRTable(FieldTable):
@@ -130,7 +135,7 @@ class MEmComTable(FieldTable):
         return self.shared(torch.remainder(ids, self.buckets)) * self.scale(ids)
 
     def num_bytes(self) -> int:
-        return tensor_bytes(self.shared.weight) + tensor_bytes(self.scale.weight)
+        return _emb_bytes(self.shared) + _emb_bytes(self.scale)
 
 
 class RowPrunedTable(FieldTable):

@@ -28,9 +28,10 @@ import yaml
 from autodim.defaults import DEFAULT_LR
 from autodim.errors import ConfigError
 
-__all__ = ["ParamSpec", "MethodSpace", "MemcomSpace", "SearchSpace", "TrainSettings",
-           "PruningSettings", "StudyConfig", "load_study_config", "load_search_space",
-           "OBJECTIVES", "SAMPLERS", "BASELINE_NAMES", "DEFAULT_CANDIDATE_DIMS"]
+__all__ = ["ParamSpec", "MethodSpace", "MemcomSpace", "CompressSpace", "SearchSpace",
+           "TrainSettings", "PruningSettings", "StudyConfig", "load_study_config",
+           "load_search_space", "OBJECTIVES", "SAMPLERS", "BASELINE_NAMES",
+           "DEFAULT_CANDIDATE_DIMS"]
 
 #: Objective name -> Optuna direction.
 OBJECTIVES: dict[str, str] = {"val_auc": "maximize", "val_logloss": "minimize",
@@ -42,7 +43,8 @@ SAMPLERS: dict[str, tuple[str, ...]] = {
 }
 #: Every baseline a study can record. The list is fixed (it is the choice set of the
 #: ``baseline`` parameter, which Optuna requires to stay the same across a study).
-BASELINE_NAMES: tuple[str, ...] = ("full", "uniform", "mde", "hash", "qr", "memcom", "magprune")
+BASELINE_NAMES: tuple[str, ...] = ("full", "uniform", "mde", "hash", "qr", "memcom", "magprune",
+                                   "quant", "mixed-precision")
 DEFAULT_BASELINES: tuple[str, ...] = ("uniform", "mde", "hash", "qr", "memcom", "magprune")
 DEFAULT_CANDIDATE_DIMS: tuple[int, ...] = (0, 1, 2, 4, 8, 16)  # 0: the field is dropped
 
@@ -51,7 +53,9 @@ STUDY_KEYS = ("name", "dataset", "backbone", "D", "methods", "method", "search_s
               "output", "baselines", "train", "search_train", "pruning", "threads")
 TRAIN_KEYS = ("epochs", "batch_size", "lr", "patience", "weight_decay", "limit_train_batches")
 PRUNING_KEYS = ("after_epochs", "margin")
-SPACE_KEYS = ("candidate_dims", "methods", "memcom")
+SPACE_KEYS = ("candidate_dims", "methods", "memcom", "compress")
+COMPRESS_KEYS = ("enabled", "bits", "train", "scale", "scalars", "estimator", "distill",
+                 "temperature")
 METHOD_KEYS = ("params", "candidate_dims")
 MEMCOM_KEYS = ("enabled", "inflate", "ratio", "min_rows")
 PARAM_KEYS = {"int": ("type", "low", "high", "step", "log"),
@@ -264,6 +268,75 @@ class MemcomSpace:
 
 
 @dataclass(frozen=True)
+class CompressSpace:
+    """The compressor (:func:`autodim.compress.compress_plan`) that fits a searched plan
+    into the budget over dims x bits x MEmCom per field. Off by default (then the greedy
+    MEmCom step of ``memcom`` runs). ``bits`` samples a set of allowed precisions, written
+    ``"32,16,8,4"``; ``train`` samples ``qat``/``ptq``, ``scale`` ``row``/``field``. The
+    hashing option uses ``memcom.ratio`` (when ``memcom.enabled``). ``estimator``: ``model``
+    (losses measured on the full-``D`` model, trained once per study) or ``proxy``.
+    ``distill`` (a weight, 0 = off; may be sampled) trains the compact model towards that
+    full model's probabilities at ``temperature`` as well (:class:`autodim.task.Distill`)."""
+
+    enabled: bool = False
+    bits: ParamSpec = ParamSpec(type="fixed", value="32,16,8,4")
+    train: ParamSpec = ParamSpec(type="fixed", value="qat")
+    scale: ParamSpec = ParamSpec(type="fixed", value="row")
+    scalars: str = "float16"
+    estimator: str = "proxy"
+    distill: ParamSpec = ParamSpec(type="fixed", value=0.0)
+    temperature: float = 1.0
+
+    @staticmethod
+    def parse_bits(where: str, value: Any) -> tuple[int, ...]:
+        from autodim.embeddings.quant import ALLOWED_BITS
+
+        try:
+            bits = tuple(int(b) for b in str(value).split(","))
+        except ValueError:
+            bits = ()
+        if not bits or any(b not in ALLOWED_BITS for b in bits):
+            raise ConfigError(f"{where}: {value!r} is not a comma-separated list of bits from "
+                              f"{', '.join(map(str, ALLOWED_BITS))}")
+        return bits
+
+    @classmethod
+    def from_dict(cls, where: str, raw: Any) -> "CompressSpace":
+        raw = _mapping(where, raw)
+        _check_keys(where, raw, COMPRESS_KEYS)
+        d = cls()
+        out = cls(enabled=_bool(f"{where}.enabled", raw.get("enabled", False)),
+                  **{k: ParamSpec.parse(f"{where}.{k}", raw[k]) if k in raw else getattr(d, k)
+                     for k in ("bits", "train", "scale", "distill")},
+                  scalars=str(raw.get("scalars", d.scalars)),
+                  estimator=str(raw.get("estimator", d.estimator)),
+                  temperature=_float(f"{where}.temperature",
+                                     raw.get("temperature", d.temperature)))
+        for v in out.distill.candidates():
+            if _float(f"{where}.distill", v) < 0:
+                raise ConfigError(f"{where}.distill: weight {v!r} must be >= 0")
+        if out.temperature <= 0:
+            raise ConfigError(f"{where}.temperature: must be > 0, got {out.temperature!r}")
+        for v in out.bits.candidates():
+            cls.parse_bits(f"{where}.bits", v)
+        for key, allowed in (("train", ("qat", "ptq")), ("scale", ("row", "field"))):
+            for v in getattr(out, key).candidates():
+                if v not in allowed:
+                    raise ConfigError(f"{where}.{key}: {v!r} is not one of {', '.join(allowed)}")
+        for key, v, allowed in (("scalars", out.scalars, ("float32", "float16", "int8")),
+                                ("estimator", out.estimator, ("model", "proxy"))):
+            if v not in allowed:
+                raise ConfigError(f"{where}.{key}: {v!r} is not one of {', '.join(allowed)}")
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"enabled": self.enabled, "bits": self.bits.to_dict(),
+                "train": self.train.to_dict(), "scale": self.scale.to_dict(),
+                "scalars": self.scalars, "estimator": self.estimator,
+                "distill": self.distill.to_dict(), "temperature": self.temperature}
+
+
+@dataclass(frozen=True)
 class SearchSpace:
     """Per-method hyperparameter ranges, candidate dims and MEmCom settings."""
 
@@ -271,6 +344,7 @@ class SearchSpace:
     methods: dict[str, MethodSpace] = field(default_factory=dict)
     memcom: MemcomSpace = MemcomSpace()
     source: str = "<default>"
+    compress: CompressSpace = CompressSpace()
 
     @classmethod
     def from_dict(cls, raw: Any, *, source: str = "<search space>") -> "SearchSpace":
@@ -306,7 +380,9 @@ class SearchSpace:
                 if not (lo <= x <= hi) or (key == "ratio" and x <= 0):
                     raise ConfigError(f"{source}: memcom.{key}: value {v!r} is out of range "
                                       f"({'>= 1' if key == 'inflate' else 'in (0, 1]'})")
-        return cls(candidate_dims=dims, methods=methods, memcom=memcom, source=source)
+        compress = CompressSpace.from_dict(f"{source}: compress", raw.get("compress"))
+        return cls(candidate_dims=dims, methods=methods, memcom=memcom, source=source,
+                   compress=compress)
 
     def dims_for(self, method: str) -> tuple[int, ...]:
         space = self.methods.get(method)
@@ -340,6 +416,7 @@ class SearchSpace:
                         for m, s in self.methods.items()},
             "memcom": {"enabled": self.memcom.enabled, "inflate": self.memcom.inflate.to_dict(),
                        "ratio": self.memcom.ratio.to_dict(), "min_rows": self.memcom.min_rows},
+            "compress": self.compress.to_dict(),
         }
 
 

@@ -2,7 +2,8 @@
 
 A search trial samples a method and its hyperparameters from the search space, runs the
 searcher under ``inflate x budget``, fits the result into the budget with MEmCom
-(:func:`autodim.study.compact.compact_plan`), retrains the compact model with early stopping
+(:func:`autodim.compress.compact_plan`; with ``compress.enabled``, the dims x bits x hashing
+compressor :func:`autodim.compress.compress_plan`), retrains the compact model with early stopping
 on validation AUC and returns the study's objectives (by default ``(val AUC, bytes)``);
 ``trial.set_constraint("bytes_over_budget", bytes - budget)`` carries feasibility, which
 Optuna 5's samplers read from the trial itself.
@@ -195,10 +196,13 @@ class TrialObjective:
             result = searcher.search(task)
         trial.set_user_attr("search_seconds", sw.seconds)
         plan, info = result.plan, {"memcom": {}, "lowered": {}}
-        if ratio is not None:
+        if ratio is not None or space.compress.enabled:
             try:
-                plan, info = compact_plan(result.plan, self.data.schema, budget, ratio=ratio,
-                                          min_rows=space.memcom.min_rows, candidate_dims=dims)
+                plan, info = (self._compress(trial, result.plan, budget, ratio, dims)
+                              if space.compress.enabled else
+                              compact_plan(result.plan, self.data.schema, budget, ratio=ratio,
+                                           min_rows=space.memcom.min_rows,
+                                           candidate_dims=dims))
             except BudgetError as exc:
                 # Not a failure of the method: this inflate/ratio cannot work for its plan.
                 # Pruned with the violation on record, so the sampler learns to avoid it.
@@ -236,6 +240,58 @@ class TrialObjective:
                                             searcher.model_, budget, t0)
         plan = baseline_plan(name, self.data.schema, cfg.D, budget)
         return self._train_and_record(trial, folder, plan, {}, budget, t0, prune=False)
+
+    # -- the compressor and its full-D model ----------------------------------------------
+    def _compress(self, trial, plan: DimensionPlan, budget: int, ratio: float | None,
+                  dims: Sequence[int]):
+        """dims x bits x MEmCom per field under the budget (:func:`autodim.compress.
+        compress_plan`), with the search space's sampled knobs."""
+        from autodim.compress import ModelLoss, ProxyLoss, compress_plan
+
+        cs = self.config.search_space.compress
+        bits = cs.parse_bits("compress.bits", cs.bits.suggest(trial, "compress.bits"))
+        train = cs.train.suggest(trial, "compress.train")
+        scale = cs.scale.suggest(trial, "compress.scale")
+        self._distill_weight = float(cs.distill.suggest(trial, "compress.distill"))
+        if cs.estimator == "model":
+            teacher = self._teacher()
+            batches = list(self._datamodule(self.config.train.batch_size).val_dataloader())
+            estimator = ModelLoss(teacher, batches, self.data.schema, self.config.D)
+        else:
+            estimator = ProxyLoss(self.data.schema, self.config.D)
+        out, info = compress_plan(plan, self.data.schema, budget, bits=bits, dims=dims,
+                                  ratios=(ratio,) if ratio else (), scale=scale, train=train,
+                                  scalars=cs.scalars,
+                                  min_rows=self.config.search_space.memcom.min_rows,
+                                  estimator=estimator)
+        trial.set_user_attr("compress", _jsonable({"bits": bits, "train": train, "scale": scale,
+                                                   "estimator": info["estimator"],
+                                                   "distill": self._distill_weight,
+                                                   "fields": info["fields"]}))
+        return out, info
+
+    def _teacher(self):
+        """The full-``D`` model, trained once per study and cached in the study folder."""
+        if getattr(self, "_teacher_model", None) is not None:
+            return self._teacher_model
+        from autodim.export import load_model, save_weights
+        from autodim.task import train_plan
+
+        cfg = self.config
+        path = self.folder / "teacher" / "weights.safetensors"
+        plan = DimensionPlan.full(self.data.schema, cfg.D)
+        if path.is_file():
+            model = load_model(plan, path, backbone=cfg.backbone,
+                               backbone_kwargs=dict(cfg.backbone_kwargs))
+        else:
+            model = train_plan(plan, self._datamodule(cfg.train.batch_size),
+                               backbone=cfg.backbone, backbone_kwargs=dict(cfg.backbone_kwargs),
+                               config=cfg.train.config(cfg.seed), test=False).task
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_weights(model, path, plan=plan, backbone=cfg.backbone,
+                         backbone_kwargs=cfg.backbone_kwargs)
+        self._teacher_model = model.eval()
+        return self._teacher_model
 
     # -- duplicates -------------------------------------------------------------------------
     def _skip_if_enqueued_twice(self, trial) -> None:
@@ -305,8 +361,14 @@ class TrialObjective:
                           budget_bytes=budget, candidate_dims=(cfg.D,), backbone=cfg.backbone,
                           backbone_kwargs=dict(cfg.backbone_kwargs),
                           train=cfg.train.config(cfg.seed), seed=cfg.seed)
+        callbacks: list[Callback] = [pruner]
+        if prune and getattr(self, "_distill_weight", 0.0) > 0:
+            from autodim.task import Distill
+
+            callbacks.append(Distill(self._teacher(), weight=self._distill_weight,
+                                     temperature=cfg.search_space.compress.temperature))
         trained = retrain(task, SearchResult(plan=plan, history=history, warm_start=warm_start),
-                          warm_start=warm_start is not None, callbacks=[pruner])
+                          warm_start=warm_start is not None, callbacks=callbacks)
         metrics = dict(trained.metrics)
         trial.set_user_attr("curve", pruner.curve)
         if pruner.pruned is not None:

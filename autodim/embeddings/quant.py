@@ -1,0 +1,423 @@
+"""Precision, the third axis: quantization-aware training, post-training quantization and
+packed inference tables.
+
+A field's plan may carry ``precision = {"bits": b, "scale": "row" | "field", "train":
+"qat" | "ptq", "dtype": "float16" | "bfloat16" (16 bits), "scalars": "float32" | "float16" |
+"int8" (MEmCom's per-id scalars)}``. Storage (what :func:`table_bytes` counts and what
+:class:`QuantizedEmbedding` holds):
+
+- 32 bits: float32; 16 bits: float16 or bfloat16, no scales.
+- 8 / 4 / 2 / 1 bits: unsigned codes ``q`` packed row by row (``ceil(d * b / 8)`` bytes a row,
+  lowest bits first, as fbgemm's row-wise formats), value ``q * scale + offset``. ``row``
+  granularity stores one float16 scale and one float16 offset per row (fbgemm's 4-/2-bit
+  row-wise layout); ``field`` one float16 pair for the whole table.
+
+Training (:class:`FakeQuantEmbedding`, a drop-in ``nn.Embedding``):
+
+- ``qat``: fake quantization with a straight-through gradient for the rounding. For 8 bits
+  the range is each row's (or the table's) min/max. For <= 4 bits the step size is learned
+  as in LSQ (Esser et al., ICLR 2020) together with an offset (LSQ+, Bhalgat et al. 2020).
+  Deviation, on purpose: LSQ learns the step ``s`` itself from a pretrained network; here
+  tables train from scratch and their weights grow by orders of magnitude, so the learned
+  quantities are a log-gain on the min/max step and a shift in steps
+  (``s = s_minmax * exp(a)``, ``offset = mid - s * Qp / 2 + c * s``). Adam's step is then a
+  relative change of the step size, which keeps pace with the weights; the gradients of
+  ``a`` and ``c`` are LSQ's (through the same clamp/round straight-through estimator),
+  scaled by LSQ's ``1 / sqrt(elements * Qp)``.
+- ``ptq``: the table trains in float32; in eval mode it reads the quantized table, whose
+  per-row ranges come from the greedy range search of Guan et al. 2019 (arXiv 1911.02079,
+  section 3: shrink ``[min, max]`` bin by bin from the side that lowers the L2 error most,
+  keep the best; 200 bins, at most 16 % of the range, fbgemm's defaults).
+
+Inference (:class:`QuantizedEmbedding`): packed codes, float16 scales and offsets. 8- and
+4-bit tables are read with torch's quantized embedding-bag kernels
+(``quantized::embedding_bag_byte_rowwise_offsets``/``embedding_bag_4bit_rowwise_offsets``);
+their prepacked buffer is built on first use and is not part of the stored bytes (the 8-bit
+kernel wants float32 scales: the float16 ones widen exactly). 2- and 1-bit tables unpack with
+shifts. :func:`pack_model` turns a trained model's fake-quantized tables into these.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+__all__ = ["ALLOWED_BITS", "SCALE_GRANULARITIES", "TRAIN_MODES", "SCALAR_DTYPES",
+           "normalize_precision", "table_bytes", "scalar_bytes", "row_bytes",
+           "FakeQuantEmbedding", "QuantizedEmbedding", "quantize_tensor", "range_search",
+           "apply_precision", "pack_model", "packed_skeleton", "has_fake_quant",
+           "torchrec_data_type"]
+
+ALLOWED_BITS = (32, 16, 8, 4, 2, 1)
+SCALE_GRANULARITIES = ("row", "field")
+TRAIN_MODES = ("qat", "ptq")
+SCALAR_DTYPES = ("float32", "float16", "int8")
+HALF_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+SCALE_BYTES = 4  # one float16 scale + one float16 offset
+
+
+def normalize_precision(p: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The precision entry with its defaults filled in (``None`` = float32)."""
+    p = dict(p or {})
+    bits = p.get("bits", 32)
+    out = {"bits": bits, "scale": p.get("scale", "row"), "train": p.get("train", "qat"),
+           "scalars": p.get("scalars", "float32" if bits == 32 else "float16")}
+    if bits == 16:
+        out["dtype"] = p.get("dtype", "float16")
+    return out
+
+
+def row_bytes(dim: int, bits: int) -> int:
+    """Bytes of one packed row of ``dim`` values at ``bits`` (no scales)."""
+    return math.ceil(dim * bits / 8)
+
+
+def table_bytes(rows: int, dim: int, precision: Mapping[str, Any] | None) -> int:
+    """Exact stored bytes of a ``rows x dim`` table at ``precision``."""
+    p = normalize_precision(precision)
+    bits = p["bits"]
+    if rows == 0 or dim == 0:
+        return 0
+    if bits >= 16:
+        return rows * dim * bits // 8
+    scales = rows * SCALE_BYTES if p["scale"] == "row" else SCALE_BYTES
+    return rows * row_bytes(dim, bits) + scales
+
+
+def scalar_precision(precision: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The precision of MEmCom's per-id scalars (int8: one float16 pair for the field)."""
+    s = normalize_precision(precision)["scalars"]
+    if s == "int8":
+        return {"bits": 8, "scale": "field", "train": normalize_precision(precision)["train"]}
+    return {"bits": 16, "dtype": "float16"} if s == "float16" else {"bits": 32}
+
+
+def scalar_bytes(rows: int, precision: Mapping[str, Any] | None) -> int:
+    return table_bytes(rows, 1, scalar_precision(precision))
+
+
+def torchrec_data_type(precision: Mapping[str, Any] | None) -> str:
+    """TorchRec ``DataType`` name of a table at ``precision`` (FP32/FP16/BF16/INT8/INT4/INT2;
+    1 bit has no TorchRec type and is shipped as INT2 codes with a note)."""
+    p = normalize_precision(precision)
+    return {32: "FP32", 16: "BF16" if p.get("dtype") == "bfloat16" else "FP16",
+            8: "INT8", 4: "INT4", 2: "INT2", 1: "INT2"}[p["bits"]]
+
+
+# -- quantization arithmetic ------------------------------------------------------------
+def _f16(x: torch.Tensor) -> torch.Tensor:
+    """Round to float16 (what is stored) with a straight-through gradient."""
+    return x + (x.to(torch.float16).to(x.dtype) - x).detach()
+
+
+def _ste_round(x: torch.Tensor) -> torch.Tensor:
+    return x + (torch.round(x) - x).detach()
+
+
+def _grad_scale(x: torch.Tensor, g: float) -> torch.Tensor:
+    """Forward ``x``, backward ``g * grad`` (LSQ's gradient scale)."""
+    return (x - x * g).detach() + x * g
+
+
+def _fake_quant(w: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor, qmax: int
+                ) -> torch.Tensor:
+    """``round(clamp((w - offset) / scale, 0, qmax)) * scale + offset`` with the STE."""
+    q = _ste_round(torch.clamp((w - offset) / scale, 0, qmax))
+    return q * scale + offset
+
+
+def _minmax_qparams(lo: torch.Tensor, hi: torch.Tensor, qmax: int
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """float16-rounded (scale, offset) for the range ``[lo, hi]``."""
+    scale = ((hi - lo) / qmax).to(torch.float16).float()
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # constant rows: q = 0
+    return scale, lo.to(torch.float16).float()
+
+
+def quantize_tensor(w: torch.Tensor, bits: int, scale: torch.Tensor, offset: torch.Tensor
+                    ) -> torch.Tensor:
+    """Integer codes (uint8, one per value) of ``w`` for float16 ``scale``/``offset``
+    (``[rows, 1]`` or ``[1, 1]``)."""
+    qmax = (1 << bits) - 1
+    q = torch.round(torch.clamp((w - offset.float()) / scale.float(), 0, qmax))
+    return q.to(torch.uint8)
+
+
+def _l2(w: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, qmax: int) -> torch.Tensor:
+    scale, offset = _minmax_qparams(lo, hi, qmax)
+    q = torch.round(torch.clamp((w - offset[:, None]) / scale[:, None], 0, qmax))
+    return ((q * scale[:, None] + offset[:, None] - w) ** 2).sum(1)
+
+
+def range_search(w: torch.Tensor, bits: int, *, nbins: int = 200, ratio: float = 0.16
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row ``(lo, hi)`` minimising the L2 quantization error (Guan et al. 2019, greedy).
+
+    ``w`` is ``[rows, d]``; pass ``w.reshape(1, -1)`` for one range over the whole table.
+    """
+    qmax = (1 << bits) - 1
+    w = w.detach().float()
+    lo, hi = w.min(1).values, w.max(1).values
+    step = (hi - lo) / nbins
+    best_err, best_lo, best_hi = _l2(w, lo, hi, qmax), lo.clone(), hi.clone()
+    cur_lo, cur_hi = lo.clone(), hi.clone()
+    for _ in range(int(nbins * ratio)):
+        e_lo = _l2(w, cur_lo + step, cur_hi, qmax)
+        e_hi = _l2(w, cur_lo, cur_hi - step, qmax)
+        take_lo = e_lo < e_hi
+        cur_lo = torch.where(take_lo, cur_lo + step, cur_lo)
+        cur_hi = torch.where(take_lo, cur_hi, cur_hi - step)
+        err = torch.minimum(e_lo, e_hi)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_lo = torch.where(better, cur_lo, best_lo)
+        best_hi = torch.where(better, cur_hi, best_hi)
+    return best_lo, best_hi
+
+
+def pack_codes(q: torch.Tensor, bits: int) -> torch.Tensor:
+    """``[rows, d]`` codes -> ``[rows, ceil(d * bits / 8)]`` uint8, lowest bits first."""
+    per = 8 // bits
+    rows, d = q.shape
+    width = math.ceil(d / per)
+    padded = torch.zeros(rows, width * per, dtype=torch.int32)
+    padded[:, :d] = q.to(torch.int32)
+    shifts = torch.arange(per, dtype=torch.int32) * bits
+    return (padded.view(rows, width, per) << shifts).sum(-1).to(torch.uint8)
+
+
+def unpack_codes(packed: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
+    """Inverse of :func:`pack_codes` (any leading shape)."""
+    per = 8 // bits
+    shifts = torch.arange(per, dtype=torch.int32, device=packed.device) * bits
+    q = (packed.to(torch.int32).unsqueeze(-1) >> shifts) & ((1 << bits) - 1)
+    return q.flatten(-2)[..., :dim]
+
+
+# -- training-time table --------------------------------------------------------------------
+class FakeQuantEmbedding(nn.Embedding):
+    """An ``nn.Embedding`` whose reads are quantized as the plan's precision says (see the
+    module docstring). Keeps float32 master weights; :meth:`export` gives the packed form.
+    ``num_bytes()`` is the packed form's size."""
+
+    def __init__(self, rows: int, dim: int, precision: Mapping[str, Any], *,
+                 sparse: bool = False):
+        super().__init__(rows, dim, sparse=sparse)
+        self.precision = normalize_precision(precision)
+        self.bits = self.precision["bits"]
+        self.row_scale = self.precision["scale"] == "row"
+        self.qat = self.precision["train"] == "qat"
+        self.qmax = (1 << self.bits) - 1 if self.bits <= 8 else 0
+        self.learned = self.qat and self.bits <= 4
+        if self.learned:
+            # log-gain on the min/max step and shift in steps (see the module docstring).
+            if self.row_scale:
+                self.lsq = nn.Embedding(rows, 2, sparse=sparse)
+                nn.init.zeros_(self.lsq.weight)
+            else:
+                self.lsq_field = nn.Parameter(torch.zeros(2))
+        self._ptq_cache: torch.Tensor | None = None
+
+    @classmethod
+    def from_embedding(cls, emb: nn.Embedding, precision: Mapping[str, Any]
+                       ) -> "FakeQuantEmbedding":
+        out = cls(emb.num_embeddings, emb.embedding_dim, precision, sparse=emb.sparse)
+        with torch.no_grad():
+            out.weight.copy_(emb.weight)
+        return out
+
+    def num_bytes(self) -> int:
+        return table_bytes(self.num_embeddings, self.embedding_dim, self.precision)
+
+    def train(self, mode: bool = True):
+        self._ptq_cache = None
+        return super().train(mode)
+
+    # -- the quantizer's parameters ---------------------------------------------------------
+    def _qparams(self, rows: torch.Tensor, ids: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """float16-rounded (scale, offset), broadcastable to ``rows`` (``[..., d]``)."""
+        if self.row_scale:
+            lo = rows.detach().amin(-1, keepdim=True)
+            hi = rows.detach().amax(-1, keepdim=True)
+        else:
+            lo, hi = torch.aminmax(self.weight.detach())
+        step = ((hi - lo) / self.qmax).clamp_min(1e-8)
+        if not self.learned:
+            scale, offset = _minmax_qparams(lo, hi, self.qmax)
+            return scale, offset
+        if self.row_scale:
+            ac = self.lsq(ids) if ids is not None else self.lsq.weight
+            n_per = self.embedding_dim
+        else:
+            ac = self.lsq_field.expand(*rows.shape[:-1], 2)
+            n_per = self.weight.numel()
+        ac = _grad_scale(ac, 1.0 / math.sqrt(n_per * self.qmax))
+        a, c = ac[..., :1], ac[..., 1:]
+        scale = _f16(step * torch.exp(a))
+        offset = _f16((lo + hi) / 2 - scale * (self.qmax / 2) + c * scale)
+        return scale, offset
+
+    def _quantized_rows(self, rows: torch.Tensor, ids: torch.Tensor | None) -> torch.Tensor:
+        if self.bits == 32:
+            return rows
+        if self.bits == 16:
+            half = HALF_DTYPES[self.precision["dtype"]]
+            return rows + (rows.to(half).float() - rows).detach()
+        scale, offset = self._qparams(rows, ids)
+        return _fake_quant(rows, scale, offset, self.qmax)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if not self.qat and self.bits < 32:
+            if self.training:
+                return super().forward(ids)
+            if self._ptq_cache is None:
+                self._ptq_cache = self.dequantized()
+            return nn.functional.embedding(ids, self._ptq_cache)
+        return self._quantized_rows(super().forward(ids), ids)
+
+    # -- the packed form ---------------------------------------------------------------------
+    @torch.no_grad()
+    def export(self) -> dict[str, torch.Tensor]:
+        """The stored tensors: ``weight`` (32/16 bits) or ``codes``, ``scale``, ``offset``."""
+        w = self.weight.detach().float()
+        if self.bits == 32:
+            return {"weight": w.clone()}
+        if self.bits == 16:
+            return {"weight": w.to(HALF_DTYPES[self.precision["dtype"]])}
+        if self.qat:
+            scale, offset = self._qparams(w, None)
+            n = w.shape[0] if self.row_scale else 1  # a field scale is one pair
+            scale = scale.reshape(-1)[:n].reshape(-1, 1)
+            offset = offset.reshape(-1)[:n].reshape(-1, 1)
+        else:
+            flat = w if self.row_scale else w.reshape(1, -1)
+            lo, hi = range_search(flat, self.bits)
+            scale, offset = _minmax_qparams(lo, hi, self.qmax)
+            scale, offset = scale[:, None], offset[:, None]
+        q = quantize_tensor(w, self.bits, scale, offset)
+        return {"codes": pack_codes(q, self.bits), "scale": scale.reshape(-1).half(),
+                "offset": offset.reshape(-1).half()}
+
+    @torch.no_grad()
+    def dequantized(self) -> torch.Tensor:
+        """The float32 table a reader of :meth:`export` sees."""
+        t = self.export()
+        if "weight" in t:
+            return t["weight"].float()
+        q = unpack_codes(t["codes"], self.bits, self.embedding_dim).float()
+        return q * t["scale"].float()[:, None] + t["offset"].float()[:, None]
+
+
+# -- inference-time table -------------------------------------------------------------------
+class QuantizedEmbedding(nn.Module):
+    """A packed table (see the module docstring); ``forward(ids) -> [..., d]`` float32."""
+
+    def __init__(self, rows: int, dim: int, precision: Mapping[str, Any]):
+        super().__init__()
+        self.precision = normalize_precision(precision)
+        self.bits = self.precision["bits"]
+        self.num_embeddings, self.embedding_dim = rows, dim
+        if self.bits >= 16:
+            dtype = torch.float32 if self.bits == 32 else HALF_DTYPES[self.precision["dtype"]]
+            self.register_buffer("weight", torch.zeros(rows, dim, dtype=dtype))
+        else:
+            n_scales = rows if self.precision["scale"] == "row" else 1
+            self.register_buffer("codes", torch.zeros(rows, row_bytes(dim, self.bits),
+                                                      dtype=torch.uint8))
+            self.register_buffer("scale", torch.ones(n_scales, dtype=torch.float16))
+            self.register_buffer("offset", torch.zeros(n_scales, dtype=torch.float16))
+        self._kernel: torch.Tensor | None = None
+        self.register_load_state_dict_post_hook(QuantizedEmbedding._drop_kernel)
+
+    @staticmethod
+    def _drop_kernel(module: "QuantizedEmbedding", _keys: Any) -> None:
+        module._kernel = None  # rebuilt from the loaded tensors on the next read
+
+    def num_bytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self.buffers())
+
+    def _rowwise(self, x: torch.Tensor) -> torch.Tensor:
+        return x.expand(self.num_embeddings) if x.numel() == 1 else x
+
+    def _kernel_weight(self) -> torch.Tensor:
+        """fbgemm's prepacked layout: codes, then scale and bias (float32 for 8 bits,
+        float16 for 4 bits; 4-bit rows padded to an even number of values)."""
+        if self._kernel is None:
+            dt = torch.float32 if self.bits == 8 else torch.float16
+            sb = torch.stack([self._rowwise(self.scale).to(dt),
+                              self._rowwise(self.offset).to(dt)], 1)
+            self._kernel = torch.cat([self.codes, sb.contiguous().view(torch.uint8)], 1)
+        return self._kernel
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.bits >= 16:
+            return nn.functional.embedding(ids, self.weight).float()
+        flat = ids.reshape(-1).contiguous()
+        if self.bits in (8, 4):
+            offsets = torch.arange(flat.numel(), dtype=flat.dtype, device=flat.device)
+            op = (torch.ops.quantized.embedding_bag_byte_rowwise_offsets if self.bits == 8
+                  else torch.ops.quantized.embedding_bag_4bit_rowwise_offsets)
+            out = op(self._kernel_weight(), flat, offsets, mode=0)[:, :self.embedding_dim]
+        else:
+            q = unpack_codes(self.codes[flat], self.bits, self.embedding_dim).float()
+            if self.scale.numel() == 1:
+                out = q * self.scale.float() + self.offset.float()
+            else:
+                out = q * self.scale[flat].float()[:, None] + self.offset[flat].float()[:, None]
+        return out.reshape(*ids.shape, self.embedding_dim)
+
+
+# -- wiring into tables and models ------------------------------------------------------------
+def apply_precision(table: nn.Module, precision: Mapping[str, Any] | None) -> nn.Module:
+    """Make a freshly built table read its weights at ``precision`` (in place).
+
+    Dense and hashed tables quantize their one table; MEmCom quantizes its shared table and
+    stores its per-id scalars as ``precision["scalars"]`` says. Other tables are refused by
+    plan validation before they get here.
+    """
+    from autodim.embeddings.tables import DenseTable, HashTable, MEmComTable
+
+    p = normalize_precision(precision)
+    if isinstance(table, (DenseTable, HashTable)):
+        if p["bits"] != 32:
+            table.embedding = FakeQuantEmbedding.from_embedding(table.embedding, p)
+    elif isinstance(table, MEmComTable):
+        if p["bits"] != 32:
+            table.shared = FakeQuantEmbedding.from_embedding(table.shared, p)
+        sp = scalar_precision(p)
+        if sp["bits"] != 32:
+            table.scale = FakeQuantEmbedding.from_embedding(table.scale, sp)
+    elif p["bits"] != 32 or p["scalars"] != "float32":
+        raise ValueError(f"{type(table).__name__} cannot be quantized")
+    return table
+
+
+def pack_model(model: nn.Module) -> nn.Module:
+    """Replace every :class:`FakeQuantEmbedding` in ``model`` by its packed
+    :class:`QuantizedEmbedding` (in place; returns ``model``)."""
+    for mod in list(model.modules()):
+        for child_name, child in list(mod.named_children()):
+            if isinstance(child, FakeQuantEmbedding):
+                packed = QuantizedEmbedding(child.num_embeddings, child.embedding_dim,
+                                            child.precision)
+                packed.load_state_dict(child.export())
+                setattr(mod, child_name, packed)
+    return model
+
+
+def packed_skeleton(model: nn.Module) -> nn.Module:
+    """Like :func:`pack_model` but with empty packed tables (to load stored tensors into)."""
+    for mod in list(model.modules()):
+        for child_name, child in list(mod.named_children()):
+            if isinstance(child, FakeQuantEmbedding):
+                setattr(mod, child_name, QuantizedEmbedding(
+                    child.num_embeddings, child.embedding_dim, child.precision))
+    return model
+
+
+def has_fake_quant(model: nn.Module) -> bool:
+    return any(isinstance(m, FakeQuantEmbedding) for m in model.modules())

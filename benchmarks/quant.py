@@ -1,0 +1,308 @@
+"""Precision as the third axis: the dims x bits x hashing compressor against each axis alone.
+
+For each split seed of MovieLens-100K (FM, D=16) it trains the full D=16 model once (the
+reference; also the model the compressor measures its losses on and the distillation
+teacher), then at each budget (10x, 40x fewer embedding bytes than the full table) trains:
+
+- ``hybrid``: :func:`autodim.compress.compress_plan` over dims (1..16) x bits (32/16/8/4/2/1,
+  row or field scales) x MEmCom (bucket ratios 0.02..0.5, int8 per-id scalars), QAT;
+- ``hybrid-ptq``: the same plan trained in float32 and quantized after training (range
+  search), i.e. the post-training path;
+- ``hybrid+distill``: the hybrid plan, trained towards the full model's probabilities too
+  (``--distill`` weight, temperature 2);
+- ``hybrid+warm`` (``+distill``): the hybrid plan started from the full model
+  (:func:`autodim.compress.warm_start_embedding`: SVD-narrowed tables and projections,
+  MEmCom from the bucket heads; the FM weights copied), then trained (QAT) as above;
+- the single axes through the same compressor and estimator: ``dims only`` (float32, no
+  hashing), ``bits only`` (full dims, no hashing), ``hashing only`` (full dims, float32,
+  MEmCom);
+- the baselines ``quant`` (full dims, uniform bits) and ``mixed-precision`` (bits by rule).
+
+Every plan is held to the budget exactly (``plan.num_bytes() <= budget``); an axis that
+cannot reach a budget is listed as infeasible. The latency part times the packed inference
+model (float16 / int8 / int4 row-wise, all fields at D=16) against the float32 model,
+interleaved in one process at batch 1, 256 and 4096, and prints the ratios.
+
+Usage::
+
+    python benchmarks/quant.py --quick                 # tiny synthetic data, 1 seed (~1 min)
+    python benchmarks/quant.py --seeds 0,1,2 --ratios 10,40
+    python benchmarks/quant.py --latency-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import time
+import warnings
+from typing import Any
+
+from _common import RESULTS, default_ml100k, write_table
+
+warnings.filterwarnings("ignore")
+logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+
+HASH_RATIOS = (0.02, 0.05, 0.1, 0.2, 0.5)
+ALL_BITS = (32, 16, 8, 4, 2, 1)
+
+
+def _train(plan, data, cfg, seed, *, teacher=None, weight=0.0, warm=False):
+    from lightning.pytorch.callbacks import Callback
+
+    from autodim.compress import warm_start_embedding
+    from autodim.data.datamodule import CTRDataModule
+    from autodim.task import Distill, train_plan
+
+    class CopyBackbone(Callback):
+        def on_fit_start(self, trainer, pl_module):
+            pl_module.backbone.load_state_dict(teacher.backbone.state_dict())
+
+    dm = CTRDataModule(data, batch_size=cfg.batch_size, seed=seed)
+    callbacks = [Distill(teacher, weight=weight, temperature=2.0)] if teacher and weight else []
+    emb = None
+    if warm:
+        emb = warm_start_embedding(plan, teacher, data.schema)
+        callbacks.append(CopyBackbone())
+    return train_plan(plan, dm, config=cfg, callbacks=callbacks, embedding=emb)
+
+
+def _with_train(plan, mode: str):
+    for f in plan.fields:
+        if f.precision and f.precision.get("bits", 32) < 32:
+            f.precision["train"] = mode
+    plan.validate()
+    return plan
+
+
+def run_seed(data, seed: int, ratios, cfg, distill: float, only=None) -> list[dict[str, Any]]:
+    import copy
+
+    from autodim.baselines import baseline_plan
+    from autodim.compress import ModelLoss, compress_plan
+    from autodim.data.datamodule import CTRDataModule
+    from autodim.errors import BudgetError
+    from autodim.plan import DimensionPlan
+
+    rows = []
+    full = DimensionPlan.full(data.schema, 16)
+    t0 = time.perf_counter()
+    ref = _train(full, data, cfg, seed)
+    rows.append({"seed": seed, "ratio": 1, "method": "full", "test_auc": ref.metrics["test_auc"],
+                 "val_auc": ref.metrics["val_auc"], "bytes": full.num_bytes(),
+                 "train_s": time.perf_counter() - t0})
+    print(f"seed {seed} full: test AUC {ref.metrics['test_auc']:.4f}", flush=True)
+    teacher = ref.task.eval()
+    val = list(CTRDataModule(data, batch_size=4096, seed=seed).val_dataloader())
+    est = ModelLoss(teacher, val, data.schema, 16)
+    axes = {
+        "hybrid": dict(bits=ALL_BITS, ratios=HASH_RATIOS),
+        "dims only": dict(bits=(32,), ratios=()),
+        "bits only": dict(bits=ALL_BITS, dims=(16,), ratios=()),
+        "hashing only": dict(bits=(32,), dims=(16,), ratios=HASH_RATIOS),
+    }
+    for ratio in ratios:
+        budget = int(full.num_bytes() // ratio)
+        plans: dict[str, Any] = {}
+        for name, kw in axes.items():
+            try:
+                plans[name] = compress_plan(full, data.schema, budget, estimator=est,
+                                            scale=("row", "field"), scalars="int8",
+                                            min_rows=100, **kw)[0]
+            except BudgetError as exc:
+                plans[name] = exc
+        if not isinstance(plans["hybrid"], Exception):
+            plans["hybrid-ptq"] = _with_train(copy.deepcopy(plans["hybrid"]), "ptq")
+            if distill > 0:
+                plans["hybrid+distill"] = plans["hybrid"]
+            plans["hybrid+warm"] = plans["hybrid"]
+            if distill > 0:
+                plans["hybrid+warm+distill"] = plans["hybrid"]
+        for name in ("quant", "mixed-precision"):
+            try:
+                plans[name] = baseline_plan(name, data.schema, 16, budget)
+            except BudgetError as exc:
+                plans[name] = exc
+        for name, plan in plans.items():
+            if only and name not in only:
+                continue
+            row = {"seed": seed, "ratio": ratio, "method": name, "budget": budget}
+            if isinstance(plan, Exception):
+                row["note"] = f"infeasible: {str(plan).splitlines()[0][:120]}"
+                rows.append(row)
+                continue
+            assert plan.num_bytes() <= budget, (name, plan.num_bytes(), budget)
+            t0 = time.perf_counter()
+            res = _train(plan, data, cfg, seed, teacher=teacher,
+                         weight=distill if name.endswith("distill") else 0.0,
+                         warm="+warm" in name)
+            row.update(test_auc=res.metrics["test_auc"], val_auc=res.metrics["val_auc"],
+                       bytes=plan.num_bytes(), train_s=time.perf_counter() - t0,
+                       plan=_describe(plan))
+            rows.append(row)
+            print(f"seed {seed} {ratio:g}x {name}: test AUC {row['test_auc']:.4f} "
+                  f"({plan.num_bytes():,} B) {row['plan']}", flush=True)
+    return rows
+
+
+def _describe(plan) -> str:
+    parts = []
+    for f in plan.fields:
+        s = f"{f.name}:{f.dim}"
+        if f.bits < 32:
+            s += f"@{f.bits}" + ("f" if (f.precision or {}).get("scale") == "field" else "")
+        if f.hashing:
+            s += f"#{f.hashing['buckets']}"
+        parts.append(s)
+    return " ".join(parts)
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    full = [r["test_auc"] for r in rows if r["method"] == "full"]
+    ref = statistics.mean(full)
+    out = [{"ratio": "1x", "method": "full", "seeds": len(full),
+            "test AUC (mean ± std)": _ms(full), "vs full": "", "bytes": rows[0]["bytes"],
+            "plan (seed 0)": "", "note": ""}]
+    keys = []
+    for r in rows:
+        if r["method"] != "full" and (r["ratio"], r["method"]) not in keys:
+            keys.append((r["ratio"], r["method"]))
+    for ratio, method in keys:
+        rs = [r for r in rows if r["ratio"] == ratio and r["method"] == method]
+        aucs = [r["test_auc"] for r in rs if r.get("test_auc") is not None]
+        note = next((r["note"] for r in rs if r.get("note")), "")
+        out.append({"ratio": f"{ratio:g}x", "method": method, "seeds": len(aucs),
+                    "test AUC (mean ± std)": _ms(aucs) if aucs else "infeasible",
+                    "vs full": (f"{100 * (statistics.mean(aucs) / ref - 1):+.2f} %"
+                                if aucs else ""),
+                    "bytes": max((r.get("bytes") or 0) for r in rs) or "",
+                    "plan (seed 0)": rs[0].get("plan", ""), "note": note})
+    return out
+
+
+def _ms(values) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+# -- latency ---------------------------------------------------------------------------------
+def latency(data, *, reps: int, batches=(1, 256, 4096)) -> list[dict[str, Any]]:
+    import copy
+
+    import numpy as np
+    import torch
+
+    from autodim.embeddings.quant import pack_model
+    from autodim.export import build_model
+    from autodim.plan import DimensionPlan
+
+    torch.manual_seed(0)
+    base = DimensionPlan.full(data.schema, 16)
+    variants = {"float32": None, "float16": {"bits": 16}, "int8": {"bits": 8},
+                "int4": {"bits": 4}}
+    models = {}
+    for name, prec in variants.items():
+        plan = copy.deepcopy(base)
+        for f in plan.fields:
+            f.precision = copy.deepcopy(prec)
+        model = build_model(plan, "fm")
+        with torch.no_grad():
+            for p in model.parameters():
+                p.normal_(0, 0.1)
+        models[name] = pack_model(model).eval()
+    test = torch.as_tensor(np.asarray(data.test.ids))
+    rows = []
+    with torch.inference_mode():
+        for bs in batches:
+            idx = torch.randint(0, test.shape[0], (bs,))
+            x = test[idx].long().contiguous()
+            for m in models.values():  # warm-up (builds the kernels' prepacked buffers)
+                m(x)
+            times: dict[str, list[float]] = {k: [] for k in models}
+            n_inner = max(1, 4096 // bs) * 2
+            for _ in range(reps):
+                for name, m in models.items():  # interleaved
+                    t0 = time.perf_counter()
+                    for _ in range(n_inner):
+                        m(x)
+                    times[name].append((time.perf_counter() - t0) / n_inner)
+            f32 = statistics.median(times["float32"])
+            row = {"batch": bs, "float32 ms": round(f32 * 1e3, 4)}
+            for name in ("float16", "int8", "int4"):
+                row[f"{name} / float32"] = round(statistics.median(times[name]) / f32, 3)
+            rows.append(row)
+            print(row, flush=True)
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny synthetic data, one seed")
+    ap.add_argument("--ml100k", default=None, help="MovieLens-100K folder")
+    ap.add_argument("--seeds", default="0", help="split (and training) seeds, e.g. 0,1,2")
+    ap.add_argument("--ratios", default="10,40", help="budgets as compression ratios")
+    ap.add_argument("--distill", type=float, default=0.5, help="distillation weight (0: off)")
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--latency-only", action="store_true")
+    ap.add_argument("--no-latency", action="store_true")
+    ap.add_argument("--reps", type=int, default=15, help="latency repetitions")
+    ap.add_argument("--only", default="", help="comma-separated methods to run (full always)")
+    ap.add_argument("--stem", default=None, help="results file stem")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from autodim.task import TrainConfig
+
+    torch.set_num_threads(1)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    ratios = [float(r) for r in args.ratios.split(",")]
+    if args.quick:
+        from autodim.data.synthetic import make_planted
+
+        def load(seed):
+            return make_planted("tiny", rows=3000, seed=seed)
+        seeds, ratios = seeds[:1], ratios[:1]
+        cfg = TrainConfig(max_epochs=2, batch_size=256, lr=3e-3, patience=2)
+        stem = "quant_quick"
+    else:
+        folder = args.ml100k or default_ml100k()
+        if not folder:
+            print("MovieLens-100K not found: pass --ml100k DIR", file=sys.stderr)
+            return 2
+        from autodim.data import load_data
+
+        def load(seed):
+            return load_data(folder, seed=seed)
+        cfg = TrainConfig(max_epochs=args.epochs, batch_size=1024, lr=3e-3, patience=2)
+        stem = "quant"
+    stem = args.stem or stem
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    if not args.latency_only:
+        rows = []
+        for seed in seeds:
+            rows += run_seed(load(seed), seed, ratios, replace_seed(cfg, seed), args.distill,
+                             [m for m in args.only.split(",") if m])
+        write_table(rows, f"{stem}_runs")
+        print(write_table(summarize(rows), stem,
+                          title=f"{'tiny' if args.quick else 'ml100k'}, FM, D=16, split seeds "
+                                f"{seeds}"))
+    if not args.no_latency:
+        lat = latency(load(seeds[0]), reps=3 if args.quick else args.reps)
+        print(write_table(lat, f"{stem}_latency",
+                          title="packed inference latency vs float32 (FM, D=16, 1 thread, "
+                                "median of interleaved repetitions)"))
+    return 0
+
+
+def replace_seed(cfg, seed: int):
+    from dataclasses import replace
+
+    return replace(cfg, seed=seed)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

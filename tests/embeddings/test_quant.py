@@ -1,0 +1,207 @@
+"""Precision: byte accounting, fake quantization, range search, packed tables and kernels."""
+
+import copy
+import json
+
+import pytest
+import torch
+
+from autodim.data.schema import Field, Schema
+from autodim.embeddings.quant import (
+    FakeQuantEmbedding,
+    QuantizedEmbedding,
+    pack_codes,
+    pack_model,
+    range_search,
+    table_bytes,
+    unpack_codes,
+)
+from autodim.errors import PlanError
+from autodim.plan import DimensionPlan
+
+SCHEMA = Schema([Field("u", vocab_size=1000), Field("i", vocab_size=300),
+                 Field("c", vocab_size=20)])
+
+
+def _ids(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.randint(0, f.vocab_size, (n,), generator=g)
+                        for f in SCHEMA.fields], 1)
+
+
+def _plan(bits, scale="row", train="qat", memcom=True, scalars="int8"):
+    plan = DimensionPlan.from_dims(SCHEMA, 8, {"u": 5, "i": 8, "c": 3})
+    for f in plan.fields:
+        f.precision = {"bits": bits, "scale": scale, "train": train}
+    if memcom:
+        plan.fields[0].hashing = {"method": "memcom", "buckets": 100}
+        plan.fields[0].precision["scalars"] = scalars
+    plan.validate()
+    return plan
+
+
+def test_table_bytes_formula():
+    assert table_bytes(10, 5, None) == 200
+    assert table_bytes(10, 5, {"bits": 16}) == 100
+    assert table_bytes(10, 5, {"bits": 8}) == 10 * (5 + 4)
+    assert table_bytes(10, 5, {"bits": 4}) == 10 * (3 + 4)
+    assert table_bytes(10, 5, {"bits": 4, "scale": "field"}) == 10 * 3 + 4
+    assert table_bytes(10, 5, {"bits": 2}) == 10 * (2 + 4)
+    assert table_bytes(10, 9, {"bits": 1, "scale": "field"}) == 10 * 2 + 4
+
+
+@pytest.mark.parametrize("bits", [32, 16, 8, 4, 2, 1])
+@pytest.mark.parametrize("scale", ["row", "field"])
+@pytest.mark.parametrize("train", ["qat", "ptq"])
+def test_plan_module_and_packed_bytes_agree_and_outputs_match(bits, scale, train):
+    plan = _plan(bits, scale, train)
+    emb = plan.build()
+    with torch.no_grad():
+        for p in emb.parameters():
+            p.mul_(30)  # spread the weights so quantization is visible
+    emb.eval()
+    ids = _ids()
+    a = emb(ids)
+    packed = pack_model(copy.deepcopy(emb))
+    assert plan.num_bytes() == emb.num_bytes() == packed.num_bytes()
+    stored = sum(b.numel() * b.element_size() for m in packed.fields
+                 for b in m.state_dict().values())
+    assert stored == plan.num_bytes()  # the packed tensors are exactly what is counted
+    torch.testing.assert_close(packed(ids), a, atol=1e-5, rtol=1e-5)
+    if bits < 32:
+        assert not any(isinstance(m, FakeQuantEmbedding) for m in packed.modules())
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2, 1])
+def test_fake_quant_has_few_levels_per_row_and_straight_through_grad(bits):
+    emb = FakeQuantEmbedding(50, 16, {"bits": bits})
+    ids = torch.arange(50)
+    out = emb(ids)
+    levels = max(len(torch.unique(r)) for r in out.detach())
+    assert levels <= 2 ** bits
+    out.sum().backward()
+    assert emb.weight.grad is not None and emb.weight.grad.abs().sum() > 0
+    if bits <= 4:  # the learned step (LSQ) gets a gradient too
+        assert emb.lsq.weight.grad is not None and emb.lsq.weight.grad.abs().sum() > 0
+
+
+def test_learned_step_lowers_quantization_error():
+    torch.manual_seed(0)
+    w = torch.randn(200, 16)
+    w[:, 0] *= 8  # an outlier column: min/max wastes most levels on it
+    emb = FakeQuantEmbedding(200, 16, {"bits": 2})
+    with torch.no_grad():
+        emb.weight.copy_(w)
+    emb.weight.requires_grad_(False)
+    opt = torch.optim.Adam(emb.lsq.parameters(), lr=0.05)
+    ids = torch.arange(200)
+    first = None
+    for _ in range(100):
+        opt.zero_grad()
+        err = ((emb(ids) - w) ** 2).mean()
+        first = first if first is not None else float(err.detach())
+        err.backward()
+        opt.step()
+    assert float(err) < 0.8 * first
+
+
+def test_range_search_beats_minmax_and_matches_fbgemm():
+    torch.manual_seed(0)
+    w = torch.randn(300, 16)
+    w[torch.arange(300), torch.randint(0, 16, (300,))] *= 6  # one outlier per row
+    lo, hi = range_search(w, 4)
+    mm_lo, mm_hi = w.min(1).values, w.max(1).values
+    from autodim.embeddings.quant import _l2
+    ours = float(_l2(w, lo, hi, 15).sum())
+    minmax = float(_l2(w, mm_lo, mm_hi, 15).sum())
+    assert ours < 0.9 * minmax
+    fb = torch.ops.quantized.embedding_bag_4bit_prepack(w, optimized_qparams=True)
+    fb_err = float(((torch.ops.quantized.embedding_bag_4bit_unpack(fb) - w) ** 2).sum())
+    assert ours <= 1.1 * fb_err
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2, 1])
+def test_pack_unpack_roundtrip(bits):
+    q = torch.randint(0, 2 ** bits, (7, 11), dtype=torch.uint8)
+    packed = pack_codes(q, bits)
+    assert packed.shape == (7, -(-11 * bits // 8))
+    assert torch.equal(unpack_codes(packed, bits, 11).to(torch.uint8), q)
+
+
+def test_4bit_kernel_layout_matches_torch_prepack():
+    torch.manual_seed(1)
+    w = torch.randn(20, 6)
+    fb = torch.ops.quantized.embedding_bag_4bit_prepack(w)
+    sb = fb[:, 3:].contiguous().view(torch.float16)
+    qe = QuantizedEmbedding(20, 6, {"bits": 4})
+    qe.load_state_dict({"codes": fb[:, :3].clone(), "scale": sb[:, 0].clone(),
+                        "offset": sb[:, 1].clone()})
+    ids = torch.tensor([[3], [0], [19]])
+    ref = torch.ops.quantized.embedding_bag_4bit_unpack(fb)[ids[:, 0]]
+    torch.testing.assert_close(qe(ids)[:, 0], ref)
+
+
+def test_precision_json_roundtrip_and_version1_reads_as_float32():
+    plan = _plan(4, "field")
+    back = DimensionPlan.from_json(plan.to_json())
+    assert back.num_bytes() == plan.num_bytes() and back.fields[1].bits == 4
+    d = json.loads(DimensionPlan.from_dims(SCHEMA, 8, {"u": 5}).to_json())
+    d["version"] = 1
+    old = DimensionPlan.from_dict(d)
+    assert all(f.bits == 32 for f in old.fields)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda f: f.update(precision={"bits": 3}), "bits 3 not allowed"),
+    (lambda f: f.update(precision={"bits": 4, "scale": "col"}), "scale 'col'"),
+    (lambda f: f.update(precision={"bits": 8, "dtype": "float16"}), "only for 16 bits"),
+    (lambda f: f.update(precision={"bits": 4, "scalars": "int8"}), "not hashed with memcom"),
+    (lambda f: f.update(precision={"bits": 4}, hashing={"method": "qr", "buckets": 10}),
+     "qr hashing"),
+])
+def test_precision_validation_names_the_field(change, message):
+    d = json.loads(DimensionPlan.from_dims(SCHEMA, 8, {"u": 5}).to_json())
+    change(d["fields"][1])
+    d.pop("num_bytes")
+    with pytest.raises(PlanError, match=rf"field 'i'.*{message}"):
+        DimensionPlan.from_dict(d)
+
+
+def test_frequency_groups_compose_with_precision():
+    plan = DimensionPlan.from_dims(SCHEMA, 8, {"u": 8})
+    plan.fields[0].frequency_groups = [{"rows": 100, "dim": 8}, {"rows": 900, "dim": 2}]
+    plan.fields[0].precision = {"bits": 4}
+    plan.validate()
+    emb = plan.build()
+    assert emb.num_bytes() == plan.num_bytes() == pack_model(copy.deepcopy(emb)).num_bytes()
+    assert plan.fields[0].num_bytes(8) == 100 * (4 + 4) + 900 * (1 + 4) + 2 * 8 * 4
+
+
+def test_export_file_bytes_equal_num_bytes_and_load_model_matches(tmp_path):
+    from safetensors import safe_open
+
+    from autodim.export import build_model, load_model, save_weights, torchrec_tables
+
+    plan = _plan(4, "row", "qat")
+    plan.fields[2].precision = {"bits": 8}
+    plan.fields[1].precision = {"bits": 16, "dtype": "bfloat16"}
+    model = build_model(plan, "fm")
+    with torch.no_grad():
+        for p in model.embedding.parameters():
+            p.mul_(30)
+    model.eval()
+    ids = _ids()
+    qat_out = model(ids)
+    path = save_weights(model, tmp_path / "w.safetensors", plan=plan, backbone="fm")
+    with safe_open(str(path), "pt") as f:
+        emb_bytes = sum(f.get_tensor(k).numel() * f.get_tensor(k).element_size()
+                        for k in f.keys() if k.startswith("embedding."))
+    assert emb_bytes == plan.num_bytes()
+    loaded = load_model(plan, path)
+    assert any(isinstance(m, QuantizedEmbedding) for m in loaded.modules())
+    # Stated tolerance: the packed model reads the same codes, scales and offsets.
+    torch.testing.assert_close(loaded(ids), qat_out, atol=1e-5, rtol=1e-5)
+    types = {t["config"]["name"]: t["config"]["data_type"]
+             for t in torchrec_tables(plan)["tables"]}
+    assert types == {"t_u_memcom_shared": "INT4", "t_u_memcom_scale": "INT8",
+                     "t_i": "BF16", "t_c": "INT8"}

@@ -1,0 +1,210 @@
+"""The compressor: dims x bits x hashing per field under the budget, and its study wiring."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from autodim.baselines import baseline_plan
+from autodim.compress import ModelLoss, ProxyLoss, compress_plan
+from autodim.errors import BudgetError, ConfigError
+from autodim.plan import DimensionPlan
+from autodim.study.config import StudyConfig
+from autodim.study.runner import run_study
+
+torch.set_num_threads(1)
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+
+@pytest.mark.parametrize("ratio", [4, 10, 30])
+def test_compressed_plan_fits_and_uses_every_axis_allowed(tiny_data, ratio):
+    full = DimensionPlan.full(tiny_data.schema, 16)
+    budget = full.num_bytes() // ratio
+    plan, info = compress_plan(full, tiny_data.schema, budget, bits=(32, 16, 8, 4, 2),
+                               ratios=(0.05, 0.2), scale=("row", "field"), scalars="int8",
+                               min_rows=100)
+    assert plan.num_bytes() <= budget
+    assert plan.num_bytes() == plan.build().num_bytes()
+    assert any(f.bits < 32 for f in plan.fields)
+    # Exactness: no single-field change to a cheaper-loss option that still fits exists.
+    assert info["bytes_after"] == plan.num_bytes()
+    assert set(info["fields"]) == set(tiny_data.schema.names)
+
+
+def test_axes_can_be_restricted(tiny_data):
+    full = DimensionPlan.full(tiny_data.schema, 16)
+    budget = full.num_bytes() // 4
+    dims_only, _ = compress_plan(full, tiny_data.schema, budget, bits=(32,))
+    assert all(f.bits == 32 and f.hashing is None for f in dims_only.fields)
+    assert any(f.dim < 16 for f in dims_only.fields)
+    bits_only, _ = compress_plan(full, tiny_data.schema, budget, bits=(32, 16, 8, 4, 2),
+                                 dims=(16,))
+    assert all(f.dim == 16 for f in bits_only.fields)
+    assert any(f.bits < 32 for f in bits_only.fields)
+    with pytest.raises(BudgetError):
+        compress_plan(full, tiny_data.schema, 10, bits=(32,))
+
+
+def test_knapsack_follows_the_estimated_losses(tiny_data):
+    """A field whose measured loss is high keeps more bytes than one whose loss is nil."""
+    full = DimensionPlan.full(tiny_data.schema, 8)
+
+    class Fake(ProxyLoss):
+        name = "fake"
+
+        def narrow(self, fp, dim):
+            return (8 - dim) * (10.0 if fp.name == "f01" else 0.0)
+
+        def quant(self, fp, bits, scale):
+            return (32 - bits) * (10.0 if fp.name == "f01" else 0.0)
+
+    plan, _ = compress_plan(full, tiny_data.schema, full.num_bytes() // 3, bits=(32, 8, 4),
+                            estimator=Fake(tiny_data.schema, 8))
+    assert plan["f01"].dim == 8 and plan["f01"].bits == 32
+    others = [n for n in tiny_data.schema.names if n != "f01"]
+    assert sum(plan[n].num_bytes(8) for n in others) < sum(full[n].num_bytes(8) for n in others)
+
+
+def test_model_loss_measures_each_axis(tiny_data, tiny_dm):
+    from autodim.task import TrainConfig, train_plan
+
+    full = DimensionPlan.full(tiny_data.schema, 8)
+    model = train_plan(full, tiny_dm, config=TrainConfig(max_epochs=5, batch_size=256, lr=1e-2),
+                       test=False).task
+    est = ModelLoss(model, list(tiny_dm.val_dataloader()), tiny_data.schema, 8)
+    fp = full["f02"]  # a signal field (rank 8)
+    assert est.narrow(fp, 8) == 0.0
+    assert est.narrow(fp, 0) > est.narrow(fp, 2) > est.narrow(fp, 4) >= 0.0
+    assert est.quant(fp, 1, "row") > est.quant(fp, 8, "row") >= 0.0
+    assert est.hash(fp, 5) > 0.0
+    noise = full["f03"]  # a pure-noise field: dropping it costs (almost) nothing
+    assert est.narrow(fp, 0) > 10 * est.narrow(noise, 0)
+    # The model is left as it was.
+    assert ModelLoss(model, list(tiny_dm.val_dataloader()), tiny_data.schema, 8).base == est.base
+
+
+@pytest.mark.parametrize("name", ["quant", "mixed-precision"])
+def test_precision_baselines_fit_and_keep_dims(tiny_data, name):
+    full = DimensionPlan.full(tiny_data.schema, 16)
+    for ratio in (2, 4, 10):
+        budget = full.num_bytes() // ratio
+        plan = baseline_plan(name, tiny_data.schema, 16, budget)
+        assert plan.num_bytes() <= budget and all(f.dim == 16 for f in plan.fields)
+        bits = [f.bits for f in plan.fields]
+        if name == "quant":
+            assert len(set(bits)) == 1
+    mixed = baseline_plan("mixed-precision", tiny_data.schema, 16, full.num_bytes() // 4)
+    rows = [f.vocab_size for f in mixed.fields]
+    bits = [f.bits for f in mixed.fields]
+    # The rule gives the smaller field at least the bits of the larger one.
+    order = sorted(range(len(rows)), key=lambda i: rows[i])
+    assert [bits[i] for i in order] == sorted(bits, reverse=True)
+    with pytest.raises(BudgetError, match="quant"):
+        baseline_plan("quant", tiny_data.schema, 16, 100)
+
+
+def test_compress_space_is_validated(tmp_path):
+    from autodim.study.config import SearchSpace
+
+    space = SearchSpace.from_dict({"compress": {"enabled": True, "bits": {
+        "type": "categorical", "choices": ["32,8,4", "8,4,2"]}}})
+    assert space.compress.enabled and space.compress.parse_bits("x", "8,4,2") == (8, 4, 2)
+    with pytest.raises(ConfigError, match="compress.bits"):
+        SearchSpace.from_dict({"compress": {"bits": "32,3"}})
+    with pytest.raises(ConfigError, match="compress.train"):
+        SearchSpace.from_dict({"compress": {"train": "fast"}})
+    with pytest.raises(ConfigError, match="unknown key 'bitz'"):
+        SearchSpace.from_dict({"compress": {"bitz": "8"}})
+
+
+@pytest.mark.slow
+def test_study_with_the_compressor_and_distillation(tmp_path, tiny_data):
+    from tests.test_study import write_study
+
+    space = {"candidate_dims": [1, 2, 4, 8],
+             "methods": {"blackbox": {"params": {"n_candidates": 2, "epochs": 1,
+                                                 "max_batches": 4}}},
+             "memcom": {"inflate": 3.0, "ratio": 0.2, "min_rows": 100},
+             "compress": {"enabled": True, "bits": {"type": "categorical",
+                                                    "choices": ["32,16,8,4", "8,4,2"]},
+                          "train": {"type": "categorical", "choices": ["qat", "ptq"]},
+                          "estimator": "model", "distill": 0.5}}
+    cfg = StudyConfig.load(write_study(tmp_path, space=space, baselines=["quant"], n_trials=2,
+                                       budget="6x"))
+    res = run_study(cfg, data=tiny_data)
+    done = [t for t in res.study.get_trials(states=(TrialState.COMPLETE,))]
+    search = [t for t in done if t.user_attrs["kind"] == "search"]
+    assert search and all(t.user_attrs["feasible"] for t in done)
+    assert all("compress.bits" in t.params for t in search)
+    assert all(t.user_attrs["compress"]["estimator"] == "model" for t in search)
+    assert (res.folder / "teacher" / "weights.safetensors").is_file()
+    for t in search:
+        plan = res.plan(t.number)
+        model = res.model(t.number)
+        assert model.embedding.num_bytes() == plan.num_bytes()
+        if any(f.bits < 32 for f in plan.fields):  # loaded back as packed tables
+            from autodim.embeddings.quant import QuantizedEmbedding
+
+            assert any(isinstance(m, QuantizedEmbedding) for m in model.modules())
+
+
+def test_distillation_pulls_towards_the_teacher(tiny_data, tiny_dm):
+    from autodim.export import build_model
+    from autodim.task import Distill
+
+    full = DimensionPlan.full(tiny_data.schema, 4)
+    teacher, student = build_model(full, "fm"), build_model(full, "fm")
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.normal_(0, 1.0)
+    ids, labels = next(iter(tiny_dm.train_dataloader()))
+    plain = student.loss(student(ids), labels, ids)
+    cb = Distill(teacher, weight=1.0, temperature=2.0)
+    cb.on_fit_start(None, student)
+    mixed = student.loss(student(ids), labels, ids)
+    assert float(mixed) > float(plain)  # the teacher disagrees with the untrained student
+    assert "distill" not in dict(student.named_modules()) and not any(
+        k.startswith("distill") for k in student.state_dict())
+    # The soft term's minimum is the teacher itself: a student equal to it loses nothing more.
+    cb2 = Distill(teacher, weight=1.0, temperature=2.0)
+    cb2.on_fit_start(None, teacher)
+    soft_self = float(teacher.loss(teacher(ids), labels, ids)) - float(
+        torch.nn.functional.binary_cross_entropy_with_logits(teacher(ids), labels))
+    t = torch.sigmoid(teacher(ids) / 2.0)
+    entropy = float(torch.nn.functional.binary_cross_entropy(t, t)) * 4.0
+    assert soft_self == pytest.approx(entropy, rel=1e-4)
+    cb.on_fit_end(None, student)
+    assert float(student.loss(student(ids), labels, ids)) == pytest.approx(float(plain))
+
+
+def test_warm_start_reproduces_what_the_estimator_scored(tiny_data, tiny_dm):
+    from dataclasses import replace
+
+    from autodim.compress import warm_start_embedding
+    from autodim.export import build_model
+
+    full = DimensionPlan.full(tiny_data.schema, 8)
+    teacher = build_model(full, "fm")
+    with torch.no_grad():
+        for p in teacher.embedding.parameters():
+            p.normal_(0, 0.5)
+    teacher.eval()
+    ids, _ = next(iter(tiny_dm.val_dataloader()))
+    same = warm_start_embedding(full, teacher, tiny_data.schema)
+    torch.testing.assert_close(same(ids), teacher.embedding(ids))
+    # f02 narrowed to 3 dims (projection), f04 hashed with MEmCom: the warm start equals the
+    # table the estimator substitutes (rank-3 SVD; heaviest-id rows times LSQ scalars).
+    plan = full.replace(fields=[replace(f, dim=3) if f.name == "f02" else
+                                replace(f, hashing={"method": "memcom", "buckets": 50})
+                                if f.name == "f04" else f for f in full.fields])
+    warm = warm_start_embedding(plan, teacher, tiny_data.schema)
+    est = ModelLoss(teacher, [(ids, torch.zeros(len(ids)))], tiny_data.schema, 8)
+    E = est._tables["f02"][1]
+    U, S, Vh = torch.linalg.svd(E, full_matrices=False)
+    k = tiny_data.schema.names.index("f02")
+    col = ids[:, k:k + 1]
+    torch.testing.assert_close(warm.fields[k](col), ((U[:, :3] * S[:3]) @ Vh[:3])[col[:, 0]],
+                               atol=1e-5, rtol=1e-4)
+    assert warm.num_bytes() == plan.num_bytes()
