@@ -40,6 +40,8 @@ class TrainConfig:
     patience: int = 2
     seed: int = 0
     accelerator: str = "cpu"
+    devices: int | str | list[int] = 1
+    strategy: str = "auto"
     max_steps: int = -1
     limit_train_batches: int | float = 1.0
     restore_best: bool = True
@@ -201,15 +203,67 @@ def make_trainer(config: TrainConfig, callbacks: list[Callback] | None = None,
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")  # in-memory batches
     kwargs: dict[str, Any] = dict(
         max_epochs=config.max_epochs, max_steps=config.max_steps,
-        accelerator=config.accelerator, devices=1, logger=False,
+        accelerator=config.accelerator, devices=config.devices, strategy=config.strategy,
+        logger=False,
         enable_checkpointing=False, enable_model_summary=False,
         enable_progress_bar=config.progress, num_sanity_val_steps=0,
         deterministic="warn", callbacks=callbacks or [],
     )
     if config.limit_train_batches != 1.0:
         kwargs["limit_train_batches"] = config.limit_train_batches
+    from autodim.progress import epoch_callback
+
+    shown = epoch_callback()  # epochs on the command line's progress display, if any
+    if shown is not None:
+        kwargs["callbacks"] = [*kwargs["callbacks"], shown]
     kwargs.update(overrides)
-    return pl.Trainer(**kwargs)
+    try:
+        return pl.Trainer(**kwargs)
+    except (ValueError, RuntimeError) as exc:  # MisconfigurationException is a ValueError
+        if not any(w in str(exc).lower() for w in ("accelerator", "device", "strategy", "gpu")):
+            raise
+        raise AutodimError(f"train: accelerator={config.accelerator!r}, devices="
+                           f"{config.devices!r}, strategy={config.strategy!r}: "
+                           f"{str(exc).splitlines()[0]}") from None
+
+
+def _check_distributed(config: TrainConfig, embedding: nn.Module) -> None:
+    """Sparse-gradient tables cannot be all-reduced by DDP: refuse them with the way out."""
+    multi = config.devices not in (1, "1", [0]) and str(config.strategy).startswith("ddp")
+    if multi and any(isinstance(m, nn.Embedding) and m.sparse for m in embedding.modules()):
+        raise AutodimError(
+            f"train: strategy {config.strategy!r} on devices={config.devices!r} cannot "
+            f"train sparse-gradient tables (fields with more than {config.sparse_threshold:,} "
+            "rows use them); raise TrainConfig.sparse_threshold or train on one device")
+
+
+class _SeesInterrupt(Callback):
+    """Notes a Ctrl-C inside ``fit``: Lightning catches it and calls ``sys.exit(1)``."""
+
+    interrupted = False
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if isinstance(exception, KeyboardInterrupt):
+            self.interrupted = True
+
+
+def _fit(trainer: pl.Trainer, task: CTRTask, datamodule) -> None:
+    """``trainer.fit`` with Ctrl-C raised as KeyboardInterrupt (so callers can exit 130 and
+    record the trial as interrupted) instead of Lightning's silent exit code 1."""
+    import signal
+
+    seen = _SeesInterrupt()
+    trainer.callbacks.append(seen)
+    try:
+        trainer.fit(task, datamodule=datamodule)
+    except SystemExit:
+        if not seen.interrupted:
+            raise
+        # Lightning ignores SIGINT from there on (to shut down in peace): restore it.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        raise KeyboardInterrupt from None
+    finally:
+        trainer.callbacks.remove(seen)
 
 
 @dataclass
@@ -261,9 +315,10 @@ def train_plan(plan, datamodule: CTRDataModule, *, backbone: str = "fm",
     if config.restore_best:
         all_callbacks.append(best)
     all_callbacks.extend(callbacks)
+    _check_distributed(config, emb)
     trainer = make_trainer(config, all_callbacks)
     t0 = time.perf_counter()
-    trainer.fit(task, datamodule=datamodule)
+    _fit(trainer, task, datamodule)
     seconds = time.perf_counter() - t0
     metrics: dict[str, float] = {"val_auc": best.best if config.restore_best else
                                  float(trainer.callback_metrics.get("val_auc", math.nan))}
