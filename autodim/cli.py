@@ -500,6 +500,10 @@ def pareto(
     all_trials: bool = typer.Option(False, "--all", help="List every complete trial, not "
                                                          "only the front."),
     no_html: bool = typer.Option(False, "--no-html", help="Do not write the figure."),
+    png: bool = typer.Option(False, "--png", help="Also write the figure as PNG beside the "
+                                                   "HTML (needs the [static] extra)."),
+    svg: bool = typer.Option(False, "--svg", help="Also write the figure as SVG beside the "
+                                                   "HTML (needs the [static] extra)."),
 ):
     """Print a study's Pareto front and write an interactive plot (AUC vs bytes).
 
@@ -514,13 +518,32 @@ def pareto(
     """
     from autodim.study.result import load_study
 
+    formats = _static_formats(png, svg)
     result = load_study(study, storage=storage)
     typer.echo(result.front_table(all_trials=all_trials))
     _print_front_extras(result)
     paths = result.write_pareto()
     if not no_html:
         paths.append(result.write_html(html))
+    if formats:
+        from autodim.viz.static import write_images
+
+        stem = Path(html) if html is not None else result.folder / "pareto.html"
+        fig = result.figure()
+        with _progress_status("rendering images"):
+            paths += write_images([fig] * len(formats),
+                                  [stem.with_suffix(f".{f}") for f in formats])
     echo("written: " + ", ".join(str(p) for p in paths))
+
+
+def _static_formats(png: bool, svg: bool) -> list[str]:
+    """The image formats asked for; checks kaleido and a browser before any work."""
+    formats = [f for f, on in (("png", png), ("svg", svg)) if on]
+    if formats:
+        from autodim.viz.static import check_static
+
+        check_static()
+    return formats
 
 
 @app.command()
@@ -590,6 +613,10 @@ def report(
                                               "the study's first budget)."),
     storage: Optional[str] = typer.Option(None, help="Storage URL if not the folder's "
                                                      "journal file."),
+    png: bool = typer.Option(False, "--png", help="Also write every figure as PNG into "
+                                                   "<report>_figures/ ([static] extra)."),
+    svg: bool = typer.Option(False, "--svg", help="Also write every figure as SVG into "
+                                                   "<report>_figures/ ([static] extra)."),
 ):
     """Write one self-contained HTML report of a study (opens offline).
 
@@ -607,8 +634,19 @@ def report(
     from autodim.study.result import load_study
     from autodim.viz.report import choose_trial, write_report
 
+    formats = _static_formats(png, svg)
     result = load_study(study, storage=storage)
     path = write_report(result, out, budget=budget)
+    if formats:
+        from autodim.viz.report import report_sections
+        from autodim.viz.static import figure_file_names, write_images
+
+        figs = [f for sec in report_sections(result, budget=budget) for f in sec.figures]
+        folder = path.with_name(path.stem + "_figures")
+        targets = [folder / n for f in formats for n in figure_file_names(figs, f)]
+        with _progress_status(f"rendering {len(targets)} images"):
+            write_images(figs * len(formats), targets)
+        echo(f"{len(targets)} image(s) written to {folder}")
     chosen = choose_trial(result, budget)
     if chosen is not None:
         echo(f"chosen plan: trial {chosen} ({result.trial(chosen).user_attrs.get('method')})")

@@ -201,6 +201,8 @@ def make_trainer(config: TrainConfig, callbacks: list[Callback] | None = None,
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*treespec.*")  # lightning vs torch 2.13 pytree
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")  # in-memory batches
+    # Under DDP every rank evaluates the whole val/test split, so there is nothing to sync.
+    warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
     kwargs: dict[str, Any] = dict(
         max_epochs=config.max_epochs, max_steps=config.max_steps,
         accelerator=config.accelerator, devices=config.devices, strategy=config.strategy,
