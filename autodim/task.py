@@ -13,6 +13,7 @@ from typing import Any, Iterable
 
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 from torch import nn
 from torchmetrics.functional.classification import binary_auroc
@@ -221,8 +222,9 @@ def make_trainer(config: TrainConfig, callbacks: list[Callback] | None = None,
     kwargs.update(overrides)
     try:
         return pl.Trainer(**kwargs)
-    except (ValueError, RuntimeError) as exc:  # MisconfigurationException is a ValueError
-        if not any(w in str(exc).lower() for w in ("accelerator", "device", "strategy", "gpu")):
+    except (MisconfigurationException, ValueError, RuntimeError, ImportError) as exc:
+        words = ("accelerator", "device", "strategy", "gpu", "cuda", "mps", "xla", "tpu")
+        if not isinstance(exc, ImportError) and not any(w in str(exc).lower() for w in words):
             raise
         raise AutodimError(f"train: accelerator={config.accelerator!r}, devices="
                            f"{config.devices!r}, strategy={config.strategy!r}: "
