@@ -2,8 +2,8 @@
 
 The study's folder (``<output>/<name>/``) holds everything: ``study.journal`` (the default
 storage), ``study.json`` (what the study is, so a folder can be loaded on its own),
-``trials/<n>/`` (plan, searcher history and retrained weights of each trial, written
-atomically) and ``pareto.csv`` / ``pareto.json``, rewritten after every trial.
+``trials/00007/`` (per trial, its number in 5 digits: plan, searcher history and retrained
+weights, written atomically) and ``pareto.csv`` / ``pareto.json``, rewritten after every trial.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Each searcher documents the keys it fills (``Searcher.history_keys``); the figures read
 those keys and nothing else, so a history loaded back from a study's
-``trials/<n>/history.json`` draws the same as the live one:
+``trials/00007/history.json`` draws the same as the live one:
 
 ==========================  ============================================================
 searcher                    figure
