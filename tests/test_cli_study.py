@@ -125,7 +125,7 @@ def test_dashboard_names_the_objectives_and_feasibility(study_file):
 
 
 def test_search_shows_trial_progress_when_asked(study_file, capsys):
-    """Last in this file: it adds a trial to the shared study."""
+    """Adds trials to the shared study: tests after it do not count trials."""
     import re
 
     assert main(["search", str(study_file), "--resume", "--n-trials", "5", "--progress"]) == 0
@@ -137,3 +137,27 @@ def test_search_shows_trial_progress_when_asked(study_file, capsys):
     # the trial lines keep their columns with the [i/n] tag
     lines = [x for x in captured.out.splitlines() if x.startswith("trial ")]
     assert lines and len({x.index(":") for x in lines if "[" in x}) == 1
+
+
+def _static_ready() -> bool:
+    try:
+        import kaleido  # noqa: F401
+    except ImportError:
+        return False
+    from autodim.viz.static import browser_path
+
+    return browser_path() is not None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _static_ready(), reason="needs kaleido ([static]) and chromium")
+def test_pareto_and_report_write_images(study_file, tmp_path):
+    html = tmp_path / "front.html"
+    assert main(["-q", "pareto", str(study_file), "--html", str(html), "--png", "--svg"]) == 0
+    assert (tmp_path / "front.png").read_bytes()[:4] == b"\x89PNG"
+    assert "<svg" in (tmp_path / "front.svg").read_text()[:2000]
+    out = tmp_path / "rep.html"
+    assert main(["-q", "report", str(study_file), "--out", str(out), "--svg"]) == 0
+    figs = sorted((tmp_path / "rep_figures").glob("*.svg"))
+    n = int(out.read_text().split("name='autodim-figures' content='")[1].split("'")[0])
+    assert len(figs) == n and figs[0].name.startswith("01-")
