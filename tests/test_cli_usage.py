@@ -157,3 +157,17 @@ def test_data_opt_errors_in_the_cli_words(tmp_path, capsys):
     spec.write_text(yaml.safe_dump({"label": "label", "fields": {"a": {"kind": "categorical"}}}))
     assert main(["data", "info", str(csv), "--spec", str(spec), "--data-opt", "bogus=1"]) == 2
     assert "unknown --data-opt key 'bogus'" in _one_line(capsys.readouterr().err)
+
+
+def test_train_threads(capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert main(["-q", "train", "--data", "synthetic:tiny", "--epochs", "1", "--dim", "8",
+                     "--threads", "2"]) == 0
+        assert torch.get_num_threads() == 2
+        assert main(["train", "--threads", "0"]) == 2  # below the minimum: a usage error
+        assert "--threads" in _one_line(capsys.readouterr().err)
+    finally:
+        torch.set_num_threads(before)
