@@ -804,6 +804,30 @@ def _os_error_line(exc: OSError) -> str:
     return f"error: {what}"
 
 
+class _QuietInterrupt:
+    """A logging filter for Optuna's trial runner: after Ctrl-C it would log the
+    KeyboardInterrupt's traceback (from a searcher's inner study) and "failed with value
+    None"; the command says ``interrupted`` instead."""
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def filter(self, record) -> bool:
+        exc = record.exc_info[0] if record.exc_info else None
+        if exc is not None and issubclass(exc, KeyboardInterrupt):
+            self.seen = True
+            return False
+        return not (self.seen and "failed with value None" in record.getMessage())
+
+
+def _quiet_interrupts() -> None:
+    import logging
+
+    logger = logging.getLogger("optuna.study._optimize")
+    if not any(isinstance(f, _QuietInterrupt) for f in logger.filters):
+        logger.addFilter(_QuietInterrupt())
+
+
 def _eof_line(exc: EOFError) -> str:
     return f"error: unexpected end of input, a truncated file? ({exc or 'EOFError'})"
 
@@ -823,6 +847,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one except per e
         # A DDP worker process Lightning started by re-running this command: rank 0 speaks.
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
     cx = _click_exceptions()
+    if not debug:
+        _quiet_interrupts()
     # Typer's own Exit/Abort are Click's in older Typers and its own classes in newer ones.
     exits = (typer.Exit, getattr(cx, "Exit", typer.Exit))
     aborts = (typer.Abort, getattr(cx, "Abort", typer.Abort))
