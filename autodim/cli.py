@@ -386,6 +386,10 @@ def search(
     if data_opt:
         config = replace(config, dataset={**config.dataset, **_parse_data_opts(data_opt)})
     dev = _device_settings(accelerator, devices, strategy)
+    if "devices" in dev:
+        from autodim.study.config import check_one_device
+
+        check_one_device("--devices", dev["devices"])
     if dev:
         config = replace(config, train=replace(config.train, **dev),
                          search_train=replace(config.search_train, **dev))

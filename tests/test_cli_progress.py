@@ -78,11 +78,14 @@ def test_study_file_train_devices(tmp_path):
     from autodim.study.config import StudyConfig
 
     base = {"dataset": "synthetic:tiny", "methods": "blackbox", "budget": "10x"}
-    cfg = StudyConfig.from_dict({**base, "train": {"accelerator": "gpu", "devices": [0, 1],
+    cfg = StudyConfig.from_dict({**base, "train": {"accelerator": "gpu", "devices": [1],
                                                    "strategy": "ddp"}})
     tc = cfg.train.config(seed=0)
-    assert (tc.accelerator, tc.devices, tc.strategy) == ("gpu", [0, 1], "ddp")
-    assert StudyConfig.from_dict({**base, "train": {"devices": "auto"}}).train.devices == "auto"
+    assert (tc.accelerator, tc.devices, tc.strategy) == ("gpu", [1], "ddp")
+    # several devices per trial: DDP would re-run the whole study per device
+    for many in (2, "auto", [0, 1], -1):
+        with pytest.raises(ConfigError, match=r"train.devices: a study trains on one device"):
+            StudyConfig.from_dict({**base, "train": {"devices": many}})
     with pytest.raises(ConfigError, match=r"train.accelerator: unknown accelerator 'gpuu'"):
         StudyConfig.from_dict({**base, "train": {"accelerator": "gpuu"}})
     with pytest.raises(ConfigError, match=r"train.devices: must be >= 1"):

@@ -414,6 +414,17 @@ class TrainSettings:
                            else self.devices)
 
 
+def check_one_device(where: str, devices: Any) -> None:
+    """A study trains many models in one process: one device each. With more, Lightning's
+    DDP would re-run the whole ``autodim search`` per device."""
+    if devices == 1 or (isinstance(devices, tuple) and len(devices) == 1):
+        return
+    raise ConfigError(f"{where}: a study trains on one device per worker, got {devices!r}; "
+                      "for several GPUs start one worker per device on the same storage "
+                      "(CUDA_VISIBLE_DEVICES=0 autodim search STUDY --resume, then =1, ...); "
+                      "multi-device DDP is for `autodim train`")
+
+
 def parse_devices(where: str, value: Any) -> int | str | tuple[int, ...]:
     """Lightning's ``devices``: a count (``2``), ``"auto"``, ``-1`` (all) or device
     indices (``[0, 1]`` or ``"0,1"``)."""
@@ -638,6 +649,8 @@ class StudyConfig:
         cfg.search_train = TrainSettings.parse(f"{source}: search_train",
                                                raw.get("search_train"),
                                                TrainSettings(epochs=2, patience=1))
+        for key, ts in (("train", cfg.train), ("search_train", cfg.search_train)):
+            check_one_device(f"{source}: {key}.devices", ts.devices)
         cfg.threads = _int(f"{source}: threads", raw.get("threads", 1), minimum=1)
         pr = raw.get("pruning", {})
         if pr is False or pr is None:
