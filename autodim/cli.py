@@ -892,6 +892,12 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one except per e
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         return 130
+    except SystemExit:
+        task = sys.modules.get("autodim.task")
+        if task is not None and task.interrupted_by_user():  # Lightning's sys.exit(1)
+            typer.echo("interrupted", err=True)
+            return 130
+        raise
     except AutodimError as exc:
         if debug:
             raise

@@ -216,9 +216,10 @@ def make_trainer(config: TrainConfig, callbacks: list[Callback] | None = None,
         kwargs["limit_train_batches"] = config.limit_train_batches
     from autodim.progress import epoch_callback
 
+    _INTERRUPT["seen"] = False  # a new run: an old Ctrl-C is not this one's
     shown = epoch_callback()  # epochs on the command line's progress display, if any
-    if shown is not None:
-        kwargs["callbacks"] = [*kwargs["callbacks"], shown]
+    kwargs["callbacks"] = [*kwargs["callbacks"], _SeesInterrupt(),
+                           *([shown] if shown is not None else [])]
     kwargs.update(overrides)
     try:
         return pl.Trainer(**kwargs)
@@ -241,33 +242,37 @@ def _check_distributed(config: TrainConfig, embedding: nn.Module) -> None:
             "rows use them); raise TrainConfig.sparse_threshold or train on one device")
 
 
-class _SeesInterrupt(Callback):
-    """Notes a Ctrl-C inside ``fit``: Lightning catches it and calls ``sys.exit(1)``."""
+_INTERRUPT = {"seen": False}
 
-    interrupted = False
+
+def interrupted_by_user() -> bool:
+    """Whether a Ctrl-C stopped a ``fit`` in this process (Lightning turns it into
+    ``sys.exit(1)``; the command line then exits 130 with ``interrupted``)."""
+    return _INTERRUPT["seen"]
+
+
+class _SeesInterrupt(Callback):
+    """Notes a Ctrl-C inside ``fit`` (every Trainer of :func:`make_trainer` has one)."""
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if isinstance(exception, KeyboardInterrupt):
-            self.interrupted = True
+            import signal
+
+            _INTERRUPT["seen"] = True
+            # Lightning ignores SIGINT from here on (to shut down in peace): a second Ctrl-C
+            # should still stop the process.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _fit(trainer: pl.Trainer, task: CTRTask, datamodule) -> None:
     """``trainer.fit`` with Ctrl-C raised as KeyboardInterrupt (so callers can exit 130 and
     record the trial as interrupted) instead of Lightning's silent exit code 1."""
-    import signal
-
-    seen = _SeesInterrupt()
-    trainer.callbacks.append(seen)
     try:
         trainer.fit(task, datamodule=datamodule)
     except SystemExit:
-        if not seen.interrupted:
+        if not _INTERRUPT["seen"]:
             raise
-        # Lightning ignores SIGINT from there on (to shut down in peace): restore it.
-        signal.signal(signal.SIGINT, signal.default_int_handler)
         raise KeyboardInterrupt from None
-    finally:
-        trainer.callbacks.remove(seen)
 
 
 @dataclass

@@ -171,3 +171,39 @@ def test_train_threads(capsys):
         assert "--threads" in _one_line(capsys.readouterr().err)
     finally:
         torch.set_num_threads(before)
+
+
+def test_ctrl_c_in_a_searchers_own_trainer_exits_130(monkeypatch, capsys, tiny_data):
+    """Searchers call make_trainer(...).fit themselves: Lightning's sys.exit(1) after a
+    Ctrl-C there is still `interrupted` and 130."""
+    import signal
+
+    import autodim.cli as cli
+    from autodim.data.datamodule import CTRDataModule
+    from autodim.plan import DimensionPlan
+    from autodim.task import CTRTask, TrainConfig, make_trainer
+
+    def interrupt(self):
+        raise KeyboardInterrupt
+
+    def searcher_like(_ds):
+        plan = DimensionPlan.full(tiny_data.schema, 8)
+        from autodim.models import create_backbone
+
+        task = CTRTask(plan.build(), create_backbone("fm", tiny_data.schema.num_fields, 8))
+        make_trainer(TrainConfig(max_epochs=2)).fit(
+            task, datamodule=CTRDataModule(tiny_data, batch_size=512))
+
+    import autodim.task
+
+    monkeypatch.setitem(autodim.task._INTERRUPT, "seen", True)  # an old Ctrl-C ...
+    make_trainer(TrainConfig())
+    assert not autodim.task.interrupted_by_user()  # ... is forgotten by the next Trainer
+    monkeypatch.setattr(CTRTask, "on_train_epoch_end", interrupt, raising=False)
+    monkeypatch.setattr(cli, "_print_schema", searcher_like)
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        assert main(["data", "info", "synthetic:tiny"]) == 130
+        assert capsys.readouterr().err.strip().splitlines()[-1] == "interrupted"
+    finally:
+        signal.signal(signal.SIGINT, before)
