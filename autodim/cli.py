@@ -6,6 +6,7 @@ value at fault and exits with status 2 (``--debug`` shows the traceback instead)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
 data_app = typer.Typer(no_args_is_help=True, help="Encode data sources and show schemas.")
 app.add_typer(data_app, name="data")
 
-_STATE: dict[str, Any] = {"debug": False, "quiet": False}
+_STATE: dict[str, Any] = {"debug": False, "quiet": False, "progress": None}
 
 
 def echo(msg: str = "") -> None:
@@ -30,10 +31,29 @@ def echo(msg: str = "") -> None:
         typer.echo(msg)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from autodim import __version__
+
+        typer.echo(f"autodim {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
-          quiet: bool = typer.Option(False, "--quiet", "-q", help="Print results only.")):
-    _STATE["debug"], _STATE["quiet"] = debug, quiet
+          quiet: bool = typer.Option(False, "--quiet", "-q",
+                                     help="Print results only (no progress); also accepted "
+                                          "after the command."),
+          progress: Optional[bool] = typer.Option(
+              None, "--progress/--no-progress",
+              help="Show progress (trials, epochs, data preparation). Default: on when stdout "
+                   "is a terminal; --progress elsewhere prints progress lines on stderr."),
+          version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")):
+    _STATE["debug"] = _STATE["debug"] or debug
+    _STATE["quiet"] = _STATE["quiet"] or quiet
+    if progress is not None:
+        _STATE["progress"] = progress
 
 
 # -- shared options ------------------------------------------------------------------------
@@ -42,22 +62,97 @@ DATA_HELP = ("Data source: 'synthetic' (built-in planted data; 'synthetic:tiny',
              "or a CSV/Parquet file with --spec.")
 
 
-def _data_options(rows: int | None, spec: Path | None, data_seed: int | None) -> dict[str, Any]:
-    opts: dict[str, Any] = {}
-    if rows is not None:
-        opts["rows"] = rows
-    if spec is not None:
-        opts["spec"] = str(spec)
-    if data_seed is not None:
-        opts["seed"] = data_seed
+DATA_OPT_HELP = ("A loader option KEY=VALUE (repeatable), the keys of a study's 'dataset:' "
+                 "(e.g. seed=7, rows=5000, min_count=2, split.val=0.1).")
+
+
+def _parse_data_opts(items: list[str] | None) -> dict[str, Any]:
+    """``--data-opt KEY=VALUE`` items -> loader options (values read as YAML scalars;
+    ``a.b=v`` sets ``{"a": {"b": v}}``)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--data-opt {item!r}: expected KEY=VALUE (e.g. --data-opt seed=7)")
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else value
+        except yaml.YAMLError:
+            parsed = value
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--data-opt {item!r}: {part!r} is already set to a value")
+        node[leaf] = parsed
+    return out
+
+
+def _data_options(rows: int | None, spec: Path | None, data_seed: int | None,
+                  data_opt: list[str] | None = None) -> dict[str, Any]:
+    opts = _parse_data_opts(data_opt)
+    for key, flag, value in (("rows", "--rows", rows), ("spec", "--spec", spec),
+                             ("seed", "--seed", data_seed)):
+        if value is None:
+            continue
+        if key in opts and opts[key] != value:
+            raise ConfigError(f"{flag} {value} and --data-opt {key}={opts[key]} disagree")
+        opts[key] = str(value) if key == "spec" else value
     return opts
 
 
-def load_source(source: str, rows: int | None = None, spec: Path | None = None,
-                data_seed: int | None = None, refresh: bool = False):
-    from autodim.data import load_data
+def _cli_words(msg: str) -> str:
+    """A loader's message in the command line's terms (its API says ``spec=...``)."""
+    return (msg.replace("pass spec=...", "pass --spec SPEC.yaml")
+               .replace("(spec=... or", "(--spec SPEC.yaml or")
+               .replace("unknown data option", "unknown --data-opt key"))
 
-    return load_data(source, refresh=refresh, **_data_options(rows, spec, data_seed))
+
+def load_source(source: str, rows: int | None = None, spec: Path | None = None,
+                data_seed: int | None = None, refresh: bool = False,
+                data_opt: list[str] | None = None):
+    from autodim.data import load_data
+    from autodim.errors import DataError
+
+    opts = _data_options(rows, spec, data_seed, data_opt)
+    with _progress_status(f"preparing data {source}"):
+        try:
+            return load_data(source, refresh=refresh, **opts)
+        except DataError as exc:
+            raise DataError(_cli_words(str(exc))) from None
+        except TypeError as exc:  # make_planted(**options) with a key it does not know
+            raise DataError(f"data source {source!r}: bad --data-opt ({exc})") from None
+
+
+ACCELERATOR_HELP = "Lightning accelerator: cpu, gpu (cuda), mps or auto."
+DEVICES_HELP = "Devices: a count (2), 'auto', -1 (all) or indices '0,1'."
+STRATEGY_HELP = "Lightning strategy: auto, ddp, ddp_spawn, ... (ddp on CPU uses gloo)."
+
+
+@contextlib.contextmanager
+def _progress_display():
+    """The command's progress display (see autodim.progress), active for the block."""
+    from autodim import progress
+
+    display = progress.choose(quiet=_STATE["quiet"], asked=_STATE["progress"])
+    with progress.activate(display):
+        yield display
+
+
+@contextlib.contextmanager
+def _progress_status(text: str):
+    """A spinner/line for ``text`` on the active display, or a display of its own."""
+    from autodim import progress
+
+    if progress.current().enabled:
+        with progress.current().status(text):
+            yield
+        return
+    with _progress_display() as display, display.status(text):
+        yield
 
 
 def _plan_from_arg(arg: str, schema, D: int, budget: str | None):
@@ -108,7 +203,12 @@ def train(
     seed: int = typer.Option(0, help="Seed of initialisation and shuffling."),
     rows: Optional[int] = typer.Option(None, help="Rows to generate (synthetic data)."),
     spec: Optional[Path] = typer.Option(None, help="Field spec YAML for CSV/Parquet data."),
-    progress: bool = typer.Option(False, help="Show Lightning's progress bar."),
+    data_opt: Optional[list[str]] = typer.Option(None, "--data-opt", help=DATA_OPT_HELP),
+    accelerator: str = typer.Option("cpu", help=ACCELERATOR_HELP),
+    devices: str = typer.Option("1", help=DEVICES_HELP),
+    strategy: str = typer.Option("auto", help=STRATEGY_HELP),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1,
+                                          help="torch CPU threads (default: torch's)."),
     save_weights: Optional[Path] = typer.Option(None, help="Write the trained weights "
                                                 "(safetensors) here."),
 ):
@@ -121,24 +221,35 @@ def train(
       autodim train --data ~/.cache/autodim/ml-100k --plan mde --budget 10x
 
       autodim train --data clicks.csv --spec clicks.yaml --plan plan.json
+
+      autodim train --data synthetic --accelerator gpu --devices 2 --strategy ddp
     """
     from autodim.data.datamodule import CTRDataModule
+    from autodim.study.config import parse_devices
     from autodim.task import TrainConfig, train_plan
 
-    ds = load_source(data, rows, spec)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    dev = parse_devices("--devices", devices)
+    ds = load_source(data, rows, spec, data_opt=data_opt)
     p = _plan_from_arg(plan, ds.schema, dim, budget)
     dm = CTRDataModule(ds, batch_size=batch_size, seed=seed)
     cfg = TrainConfig(max_epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
-                      seed=seed, progress=progress)
+                      seed=seed, accelerator=accelerator.lower(), strategy=strategy,
+                      devices=list(dev) if isinstance(dev, tuple) else dev)
     echo(f"training {backbone} on {data}: {ds.schema.num_fields} fields, {len(ds.train):,} train "
          f"rows, plan {p.searcher.get('name')} ({p.num_bytes():,} B)")
-    result = train_plan(p, dm, backbone=backbone, config=cfg)
+    with _progress_display():
+        result = train_plan(p, dm, backbone=backbone, config=cfg)
     m = result.metrics
     typer.echo(f"test AUC {m['test_auc']:.4f}")
     typer.echo(f"test logloss {m['test_logloss']:.4f}")
     typer.echo(f"val AUC {m['val_auc']:.4f}")
     typer.echo(f"bytes {int(m['num_bytes']):,}")
     typer.echo(f"compression {m['compression']:.2f}x")
+    typer.echo(f"epochs {int(m['epochs'])}/{epochs}")
     if "bayes_auc" in ds.meta:
         typer.echo(f"bayes AUC {ds.meta['bayes_auc']:.4f}")
     if save_weights is not None:
@@ -234,6 +345,12 @@ def search(
     seed: int = typer.Option(0, help="Single run: seed."),
     rows: Optional[int] = typer.Option(None, help="Single run: rows (synthetic data)."),
     spec: Optional[Path] = typer.Option(None, help="Single run: field spec for CSV/Parquet."),
+    data_opt: Optional[list[str]] = typer.Option(
+        None, "--data-opt", help=DATA_OPT_HELP + " With a STUDY: overrides its 'dataset:'."),
+    accelerator: Optional[str] = typer.Option(None, help=ACCELERATOR_HELP + " With a STUDY: "
+                                              "overrides train.accelerator."),
+    devices: Optional[str] = typer.Option(None, help=DEVICES_HELP),
+    strategy: Optional[str] = typer.Option(None, help=STRATEGY_HELP),
 ):
     """Run a budget-constrained study (or one searcher) and print the Pareto front.
 
@@ -256,8 +373,11 @@ def search(
 
             torch.set_num_threads(threads)
         _search_once(method, data, budget, out, retrain, setting, quick, backbone, dim, dims,
-                     epochs, retrain_epochs, lr, batch_size, seed, rows, spec)
+                     epochs, retrain_epochs, lr, batch_size, seed, rows, spec, data_opt,
+                     _device_settings(accelerator, devices, strategy))
         return
+    from dataclasses import replace
+
     from autodim.study.config import StudyConfig
     from autodim.study.runner import run_study
 
@@ -268,9 +388,20 @@ def search(
         raise ConfigError(f"--out-dir {out_dir}: is a file; give a folder (it is created if "
                           "missing)")
     config = StudyConfig.load(study)
-    result = run_study(config, n_trials=n_trials, storage=storage, resume=resume,
-                       methods=list(method) if method else None, out_dir=out_dir,
-                       echo=echo, warn=_warn, threads=threads)
+    if data_opt:
+        config = replace(config, dataset={**config.dataset, **_parse_data_opts(data_opt)})
+    dev = _device_settings(accelerator, devices, strategy)
+    if "devices" in dev:
+        from autodim.study.config import check_one_device
+
+        check_one_device("--devices", dev["devices"])
+    if dev:
+        config = replace(config, train=replace(config.train, **dev),
+                         search_train=replace(config.search_train, **dev))
+    with _progress_display():
+        result = run_study(config, n_trials=n_trials, storage=storage, resume=resume,
+                           methods=list(method) if method else None, out_dir=out_dir,
+                           echo=echo, warn=_warn, threads=threads)
     echo()
     echo(f"Pareto front of study {result.name!r} (feasible trials; bytes <= budget):")
     typer.echo(result.front_table())
@@ -298,8 +429,24 @@ def _print_front_extras(result) -> None:
                  f"({100 * (best['test_auc'] / fa - 1):+.2f}%)")
 
 
+def _device_settings(accelerator: str | None, devices: str | None,
+                     strategy: str | None) -> dict[str, Any]:
+    """The ``--accelerator/--devices/--strategy`` given, as TrainSettings fields."""
+    from autodim.study.config import parse_devices
+
+    out: dict[str, Any] = {}
+    if accelerator is not None:
+        out["accelerator"] = accelerator.lower()
+    if devices is not None:
+        out["devices"] = parse_devices("--devices", devices)
+    if strategy is not None:
+        out["strategy"] = strategy
+    return out
+
+
 def _search_once(method, data, budget, out, retrain, setting, quick, backbone, dim, dims,
-                 epochs, retrain_epochs, lr, batch_size, seed, rows, spec) -> None:
+                 epochs, retrain_epochs, lr, batch_size, seed, rows, spec, data_opt,
+                 device) -> None:
     from dataclasses import replace
 
     from autodim.budget import full_bytes, parse_budget
@@ -320,25 +467,30 @@ def _search_once(method, data, budget, out, retrain, setting, quick, backbone, d
         cand = tuple(int(x) for x in dims.split(",") if x.strip())
     except ValueError:
         raise ConfigError(f"--dims {dims!r}: expected integers like 1,2,4,8,16") from None
-    ds = load_source(data, rows, spec, seed if rows is not None else None)
+    ds = load_source(data, rows, spec, seed if rows is not None else None, data_opt=data_opt)
     dm = CTRDataModule(ds, batch_size=batch_size, seed=seed)
     nbytes = parse_budget(budget, full_bytes(ds.schema, dim))
-    cfg = TrainConfig(max_epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, patience=1)
+    if isinstance(device.get("devices"), tuple):
+        device["devices"] = list(device["devices"])
+    cfg = TrainConfig(max_epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, patience=1,
+                      **device)
     task = SearchTask(data=dm, D=dim, budget_bytes=nbytes, candidate_dims=cand,
                       backbone=backbone, train=cfg, seed=seed)
     echo(f"{name} on {data}: {ds.schema.num_fields} fields, budget {budget} = {nbytes:,} B")
-    result = create_searcher(name, **settings).search(task)
-    plan = result.plan
-    if retrain:
-        if cls.retrain:
-            trained = retrain_plan(task, result, warm_start=result.warm_start is not None,
-                                   config=replace(cfg, max_epochs=retrain_epochs, patience=2))
-            m = trained.metrics
-        else:
-            m = dict(result.history.get("eval") or {})
-        plan = plan.replace(metrics={**plan.metrics, **{
-            k: float(m[k]) for k in ("val_auc", "val_logloss", "test_auc", "test_logloss")
-            if k in m}})
+    with _progress_display():
+        result = create_searcher(name, **settings).search(task)
+        plan = result.plan
+        if retrain:
+            if cls.retrain:
+                trained = retrain_plan(task, result, warm_start=result.warm_start is not None,
+                                       config=replace(cfg, max_epochs=retrain_epochs,
+                                                      patience=2))
+                m = trained.metrics
+            else:
+                m = dict(result.history.get("eval") or {})
+            plan = plan.replace(metrics={**plan.metrics, **{
+                k: float(m[k]) for k in ("val_auc", "val_logloss", "test_auc", "test_logloss")
+                if k in m}})
     plan.save(out)
     _print_plan(plan)
     if plan.metrics:
@@ -357,6 +509,10 @@ def pareto(
     all_trials: bool = typer.Option(False, "--all", help="List every complete trial, not "
                                                          "only the front."),
     no_html: bool = typer.Option(False, "--no-html", help="Do not write the figure."),
+    png: bool = typer.Option(False, "--png", help="Also write the figure as PNG beside the "
+                                                   "HTML (needs the [static] extra)."),
+    svg: bool = typer.Option(False, "--svg", help="Also write the figure as SVG beside the "
+                                                   "HTML (needs the [static] extra)."),
 ):
     """Print a study's Pareto front and write an interactive plot (AUC vs bytes).
 
@@ -371,13 +527,32 @@ def pareto(
     """
     from autodim.study.result import load_study
 
+    formats = _static_formats(png, svg)
     result = load_study(study, storage=storage)
     typer.echo(result.front_table(all_trials=all_trials))
     _print_front_extras(result)
     paths = result.write_pareto()
     if not no_html:
         paths.append(result.write_html(html))
+    if formats:
+        from autodim.viz.static import write_images
+
+        stem = Path(html) if html is not None else result.folder / "pareto.html"
+        fig = result.figure()
+        with _progress_status("rendering images"):
+            paths += write_images([fig] * len(formats),
+                                  [stem.with_suffix(f".{f}") for f in formats])
     echo("written: " + ", ".join(str(p) for p in paths))
+
+
+def _static_formats(png: bool, svg: bool) -> list[str]:
+    """The image formats asked for; checks kaleido and a browser before any work."""
+    formats = [f for f, on in (("png", png), ("svg", svg)) if on]
+    if formats:
+        from autodim.viz.static import check_static
+
+        check_static()
+    return formats
 
 
 @app.command()
@@ -488,6 +663,10 @@ def report(
                                               "the study's first budget)."),
     storage: Optional[str] = typer.Option(None, help="Storage URL if not the folder's "
                                                      "journal file."),
+    png: bool = typer.Option(False, "--png", help="Also write every figure as PNG into "
+                                                   "<report>_figures/ ([static] extra)."),
+    svg: bool = typer.Option(False, "--svg", help="Also write every figure as SVG into "
+                                                   "<report>_figures/ ([static] extra)."),
 ):
     """Write one self-contained HTML report of a study (opens offline).
 
@@ -505,12 +684,61 @@ def report(
     from autodim.study.result import load_study
     from autodim.viz.report import choose_trial, write_report
 
+    formats = _static_formats(png, svg)
     result = load_study(study, storage=storage)
     path = write_report(result, out, budget=budget)
+    if formats:
+        from autodim.viz.report import report_sections
+        from autodim.viz.static import figure_file_names, write_images
+
+        figs = [f for sec in report_sections(result, budget=budget) for f in sec.figures]
+        folder = path.with_name(path.stem + "_figures")
+        targets = [folder / n for f in formats for n in figure_file_names(figs, f)]
+        with _progress_status(f"rendering {len(targets)} images"):
+            write_images(figs * len(formats), targets)
+        echo(f"{len(targets)} image(s) written to {folder}")
     chosen = choose_trial(result, budget)
     if chosen is not None:
         echo(f"chosen plan: trial {chosen} ({result.trial(chosen).user_attrs.get('method')})")
     typer.echo(f"report written to {path}")
+
+
+STARTER_FILES = ("study.yaml", "search_space.yaml")
+
+
+@app.command()
+def init(
+    folder: Path = typer.Argument(Path("."), help="Where to write the starter files "
+                                                  "(created if missing)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite files already there."),
+):
+    """Write a starter study (study.yaml) and search space (search_space.yaml) to edit.
+
+    The starter runs as it is (a few minutes on the built-in planted data); its comments
+    say how to point it at your own CSV/Parquet, RecBole or Criteo data.
+
+    Example:
+
+    \b
+      autodim init my_study
+      autodim search my_study/study.yaml
+    """
+    from importlib import resources
+
+    from autodim._io import atomic_write_text
+
+    targets = [folder / name for name in STARTER_FILES]
+    there = [str(p) for p in targets if p.exists()]
+    if there and not force:
+        raise ConfigError(f"{', '.join(there)}: already there (pass --force to overwrite)")
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{folder}: not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    starter = resources.files("autodim") / "starter"
+    for name, path in zip(STARTER_FILES, targets):
+        atomic_write_text(path, (starter / name).read_text(encoding="utf-8"))
+        echo(f"wrote {path}")
+    typer.echo(f"next: autodim search {folder / 'study.yaml'}")
 
 
 @data_app.command("prepare")
@@ -519,6 +747,7 @@ def data_prepare(
     spec: Optional[Path] = typer.Option(None, help="Field spec YAML for CSV/Parquet."),
     rows: Optional[int] = typer.Option(None, help="Rows (synthetic data)."),
     refresh: bool = typer.Option(False, help="Re-encode even if a cache exists."),
+    data_opt: Optional[list[str]] = typer.Option(None, "--data-opt", help=DATA_OPT_HELP),
 ):
     """Encode a source into the cache (ids as .npy, schema and encoders as JSON).
 
@@ -526,7 +755,7 @@ def data_prepare(
 
       autodim data prepare ~/.cache/autodim/ml-100k
     """
-    ds = load_source(source, rows, spec, refresh=refresh)
+    ds = load_source(source, rows, spec, refresh=refresh, data_opt=data_opt)
     _print_schema(ds)
 
 
@@ -535,6 +764,7 @@ def data_info(
     source: str = typer.Argument(..., help=DATA_HELP),
     spec: Optional[Path] = typer.Option(None, help="Field spec YAML for CSV/Parquet."),
     rows: Optional[int] = typer.Option(None, help="Rows (synthetic data)."),
+    data_opt: Optional[list[str]] = typer.Option(None, "--data-opt", help=DATA_OPT_HELP),
 ):
     """Print a source's schema: fields, kinds, vocabulary sizes, split sizes.
 
@@ -542,7 +772,7 @@ def data_info(
 
       autodim data info synthetic
     """
-    _print_schema(load_source(source, rows, spec))
+    _print_schema(load_source(source, rows, spec, data_opt=data_opt))
 
 
 def _print_schema(ds) -> None:
@@ -565,32 +795,180 @@ def _print_schema(ds) -> None:
         typer.echo(f"bayes AUC (test) {ds.meta['bayes_auc']:.4f}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Console entry point: run the app, turning user errors into one line and exit code 2."""
-    import click
+# Options that belong to the program, not to one command: accepted anywhere before "--".
+_GLOBAL_FLAGS = {"-q": ("quiet", True), "--quiet": ("quiet", True), "--debug": ("debug", True),
+                 "--progress": ("progress", True), "--no-progress": ("progress", False)}
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv or os.environ.get("AUTODIM_DEBUG") == "1"
+
+def _split_global_flags(argv: list[str]) -> tuple[list[str], dict[str, bool]]:
+    """Take ``-q``/``--quiet``/``--debug``/``--[no-]progress`` out of ``argv`` wherever they
+    stand (Click only knows them before the command), so ``autodim train -q`` works like
+    ``autodim -q train``."""
+    flags: dict[str, Any] = {"quiet": False, "debug": False, "progress": None}
+    rest: list[str] = []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            rest += argv[i:]
+            break
+        if arg in _GLOBAL_FLAGS:
+            key, value = _GLOBAL_FLAGS[arg]
+            flags[key] = value
+        else:
+            rest.append(arg)
+    return rest, flags
+
+
+def _click_exceptions():
+    """The exceptions module of the Click that the installed Typer runs on (Typer >= 0.24
+    bundles its own copy as ``typer._click``; older ones use the ``click`` package)."""
+    import importlib
+
+    core = next(c for c in typer.core.TyperCommand.__mro__ if c.__name__ == "Command")
+    return importlib.import_module(core.__module__.rsplit(".", 1)[0] + ".exceptions")
+
+
+def _usage_line(exc, command, argv: list[str]) -> str:
+    """A Click usage error as one line, keeping the ``--help`` hint."""
+    ctx = getattr(exc, "ctx", None)
+    msg = " ".join(exc.format_message().split()).rstrip(".")
+    if ctx is not None:
+        path = ctx.command_path
+    else:  # some parser errors carry no context: the command named in argv
+        names = ["autodim"]
+        for arg in argv:
+            sub = getattr(command, "commands", {}).get(arg)
+            if sub is None:
+                if not arg.startswith("-"):
+                    break
+                continue
+            names.append(arg)
+            command = sub
+        path = " ".join(names)
+    return f"error: {msg}; see '{path} --help'"
+
+
+def _os_error_line(exc: OSError) -> str:
+    what = exc.strerror or str(exc) or type(exc).__name__
+    if exc.filename is not None:
+        return f"error: {what}: {exc.filename}"
+    return f"error: {what}"
+
+
+class _QuietInterrupt:
+    """A logging filter for Optuna's trial runner: after Ctrl-C it would log the
+    KeyboardInterrupt's traceback (from a searcher's inner study) and "failed with value
+    None"; the command says ``interrupted`` instead."""
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def filter(self, record) -> bool:
+        exc = record.exc_info[0] if record.exc_info else None
+        if exc is not None and issubclass(exc, KeyboardInterrupt):
+            self.seen = True
+            return False
+        return not (self.seen and "failed with value None" in record.getMessage())
+
+
+def _quiet_interrupts() -> None:
+    import logging
+
+    logger = logging.getLogger("optuna.study._optimize")
+    if not any(isinstance(f, _QuietInterrupt) for f in logger.filters):
+        logger.addFilter(_QuietInterrupt())
+
+
+def _eof_line(exc: EOFError) -> str:
+    return f"error: unexpected end of input, a truncated file? ({exc or 'EOFError'})"
+
+
+def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one except per error kind
+    """Console entry point: run the app, turning user errors into one line and exit code 2.
+
+    Usage errors (unknown option or command, bad value, missing argument), autodim's own
+    errors and the operating system's (files, disk, memory) print one ``error: ...`` line
+    and exit 2; Ctrl-C prints ``interrupted`` and exits 130. ``--debug`` (or
+    ``AUTODIM_DEBUG=1``) re-raises instead, for the traceback.
+    """
+    argv, flags = _split_global_flags(list(sys.argv[1:] if argv is None else argv))
+    debug = flags["debug"] or os.environ.get("AUTODIM_DEBUG") == "1"
+    _STATE.update(debug=debug, quiet=flags["quiet"], progress=flags["progress"])
+    if os.environ.get("LOCAL_RANK", "0") != "0":
+        # A DDP worker process Lightning started by re-running this command: rank 0 speaks.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
+    cx = _click_exceptions()
+    if not debug:
+        _quiet_interrupts()
+    # Typer's own Exit/Abort are Click's in older Typers and its own classes in newer ones.
+    exits = (typer.Exit, getattr(cx, "Exit", typer.Exit))
+    aborts = (typer.Abort, getattr(cx, "Abort", typer.Abort))
     command = typer.main.get_command(app)
+    if not argv:  # bare `autodim`: the overview, as a usage error (exit 2)
+        typer.echo(command.get_help(command.make_context("autodim", ["--help"],
+                                                         resilient_parsing=True)))
+        return 2
     try:
-        command.main(args=argv, prog_name="autodim", standalone_mode=False)
-    except click.exceptions.Exit as exc:
+        rv = command.main(args=argv, prog_name="autodim", standalone_mode=False)
+        if isinstance(rv, int) and rv == 130:  # Typer turns Ctrl-C into Exit(130)
+            typer.echo("interrupted", err=True)
+            return 130
+    except exits as exc:
         return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
+    except cx.NoArgsIsHelpError as exc:  # `autodim data`: that group's help
+        typer.echo(exc.format_message())
+        return 2
+    except cx.UsageError as exc:
+        if debug:
+            raise
+        typer.echo(_usage_line(exc, command, argv), err=True)
         return exc.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except aborts as exc:
+        if isinstance(exc.__cause__, EOFError):  # Click's wrapping of an EOFError
+            if debug:
+                raise exc.__cause__ from None
+            typer.echo(_eof_line(exc.__cause__), err=True)
+            return 2
         typer.echo("interrupted", err=True)
         return 130
+    except cx.ClickException as exc:
+        if debug:
+            raise
+        typer.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
+        return 2
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        return 130
+    except SystemExit:
+        task = sys.modules.get("autodim.task")
+        if task is not None and task.interrupted_by_user():  # Lightning's sys.exit(1)
+            typer.echo("interrupted", err=True)
+            return 130
+        raise
     except AutodimError as exc:
         if debug:
             raise
         typer.echo(f"error: {exc}", err=True)
         return 2
-    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+    except OSError as exc:
         if debug:
             raise
-        typer.echo(f"error: {exc.strerror}: {exc.filename}", err=True)
+        typer.echo(_os_error_line(exc), err=True)
+        return 2
+    except EOFError as exc:
+        if debug:
+            raise
+        typer.echo(_eof_line(exc), err=True)
+        return 2
+    except RecursionError:
+        if debug:
+            raise
+        typer.echo("error: input nested too deeply (recursion limit reached)", err=True)
+        return 2
+    except MemoryError:
+        if debug:
+            raise
+        typer.echo("error: out of memory (try fewer rows, a smaller batch or smaller "
+                   "tables)", err=True)
         return 2
     return 0
 

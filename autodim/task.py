@@ -14,6 +14,7 @@ from typing import Any, Iterable
 
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 from torch import nn
 from torchmetrics.functional.classification import binary_auroc
@@ -44,6 +45,8 @@ class TrainConfig:
     patience: int = 2
     seed: int = 0
     accelerator: str = "cpu"
+    devices: int | str | list[int] = 1
+    strategy: str = "auto"
     max_steps: int = -1
     limit_train_batches: int | float = 1.0
     restore_best: bool = True
@@ -362,17 +365,77 @@ def make_trainer(config: TrainConfig, callbacks: list[Callback] | None = None,
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*treespec.*")  # lightning vs torch 2.13 pytree
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")  # in-memory batches
+    # Under DDP every rank evaluates the whole val/test split, so there is nothing to sync.
+    warnings.filterwarnings("ignore", message=".*sync_dist=True.*")
     kwargs: dict[str, Any] = dict(
         max_epochs=config.max_epochs, max_steps=config.max_steps,
-        accelerator=config.accelerator, devices=1, logger=False,
+        accelerator=config.accelerator, devices=config.devices, strategy=config.strategy,
+        logger=False,
         enable_checkpointing=False, enable_model_summary=False,
         enable_progress_bar=config.progress, num_sanity_val_steps=0,
         deterministic="warn", callbacks=callbacks or [],
     )
     if config.limit_train_batches != 1.0:
         kwargs["limit_train_batches"] = config.limit_train_batches
+    from autodim.progress import epoch_callback
+
+    _INTERRUPT["seen"] = False  # a new run: an old Ctrl-C is not this one's
+    shown = epoch_callback()  # epochs on the command line's progress display, if any
+    kwargs["callbacks"] = [*kwargs["callbacks"], _SeesInterrupt(),
+                           *([shown] if shown is not None else [])]
     kwargs.update(overrides)
-    return pl.Trainer(**kwargs)
+    try:
+        return pl.Trainer(**kwargs)
+    except (MisconfigurationException, ValueError, RuntimeError, ImportError) as exc:
+        words = ("accelerator", "device", "strategy", "gpu", "cuda", "mps", "xla", "tpu")
+        if not isinstance(exc, ImportError) and not any(w in str(exc).lower() for w in words):
+            raise
+        raise AutodimError(f"train: accelerator={config.accelerator!r}, devices="
+                           f"{config.devices!r}, strategy={config.strategy!r}: "
+                           f"{str(exc).splitlines()[0]}") from None
+
+
+def _check_distributed(config: TrainConfig, embedding: nn.Module) -> None:
+    """Sparse-gradient tables cannot be all-reduced by DDP: refuse them with the way out."""
+    multi = config.devices not in (1, "1", [0]) and str(config.strategy).startswith("ddp")
+    if multi and any(isinstance(m, nn.Embedding) and m.sparse for m in embedding.modules()):
+        raise AutodimError(
+            f"train: strategy {config.strategy!r} on devices={config.devices!r} cannot "
+            f"train sparse-gradient tables (fields with more than {config.sparse_threshold:,} "
+            "rows use them); raise TrainConfig.sparse_threshold or train on one device")
+
+
+_INTERRUPT = {"seen": False}
+
+
+def interrupted_by_user() -> bool:
+    """Whether a Ctrl-C stopped a ``fit`` in this process (Lightning turns it into
+    ``sys.exit(1)``; the command line then exits 130 with ``interrupted``)."""
+    return _INTERRUPT["seen"]
+
+
+class _SeesInterrupt(Callback):
+    """Notes a Ctrl-C inside ``fit`` (every Trainer of :func:`make_trainer` has one)."""
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if isinstance(exception, KeyboardInterrupt):
+            import signal
+
+            _INTERRUPT["seen"] = True
+            # Lightning ignores SIGINT from here on (to shut down in peace): a second Ctrl-C
+            # should still stop the process.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _fit(trainer: pl.Trainer, task: CTRTask, datamodule) -> None:
+    """``trainer.fit`` with Ctrl-C raised as KeyboardInterrupt (so callers can exit 130 and
+    record the trial as interrupted) instead of Lightning's silent exit code 1."""
+    try:
+        trainer.fit(task, datamodule=datamodule)
+    except SystemExit:
+        if not _INTERRUPT["seen"]:
+            raise
+        raise KeyboardInterrupt from None
 
 
 @dataclass
@@ -427,9 +490,10 @@ def train_plan(plan, datamodule: CTRDataModule, *, backbone: str = "fm",
     if config.restore_best:
         all_callbacks.append(best)
     all_callbacks.extend(callbacks)
+    _check_distributed(config, emb)
     trainer = make_trainer(config, all_callbacks)
     t0 = time.perf_counter()
-    trainer.fit(task, datamodule=datamodule)
+    _fit(trainer, task, datamodule)
     seconds = time.perf_counter() - t0
     release_optimizers(trainer)
     metrics: dict[str, float] = {"val_auc": best.best if config.restore_best else

@@ -20,5 +20,5 @@ if ! python -c "import torch" 2>/dev/null; then
   echo "setup: no torch found; installing torch==2.13.0 (CPU build)" >&2
   python -m pip install --quiet "torch==2.13.0"
 fi
-python -m pip install --quiet -e ".[dev,postgres,fuxictr]"
+python -m pip install --quiet -e ".[dev,postgres,fuxictr,static]"
 touch "$stamp"

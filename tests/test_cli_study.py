@@ -111,3 +111,53 @@ def test_exporting_a_failed_trial_exits_2(study_file, tmp_path, capsys):
     assert f"trial {trial.number}" in _one_line_error(capsys)
     assert main(["export", str(study_file), "--out", str(tmp_path / "x")]) == 2
     assert "exactly one of" in _one_line_error(capsys)
+
+
+def test_dashboard_names_the_objectives_and_feasibility(study_file):
+    from optuna.trial import TrialState
+
+    res = optuna.load_study(study_name="cli", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(
+            str(study_file.parent / "out" / "cli" / "study.journal"))))
+    assert res.metric_names == ["val_auc", "bytes"]
+    done = res.get_trials(states=(TrialState.COMPLETE,))
+    assert done and all(isinstance(t.user_attrs.get("feasible"), bool) for t in done)
+
+
+def test_search_shows_trial_progress_when_asked(study_file, capsys):
+    """Adds trials to the shared study: tests after it do not count trials."""
+    import re
+
+    assert main(["search", str(study_file), "--resume", "--n-trials", "5", "--progress"]) == 0
+    captured = capsys.readouterr()
+    shown = re.findall(r"progress: trials (\d+)/5, ETA ([^,\s]+)(.*)", captured.err)
+    assert shown[0][1] == "-" and int(shown[0][0]) < 5  # no pace before a trial ends here
+    assert shown[-1][:2] == ("5", "0:00") and "best val AUC" in shown[-1][2]
+    assert "progress: epoch 1/1" in captured.err
+    # the trial lines keep their columns with the [i/n] tag
+    lines = [x for x in captured.out.splitlines() if x.startswith("trial ")]
+    assert lines and len({x.index(":") for x in lines if "[" in x}) == 1
+
+
+def _static_ready() -> bool:
+    try:
+        import kaleido  # noqa: F401
+    except ImportError:
+        return False
+    from autodim.viz.static import browser_path
+
+    return browser_path() is not None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _static_ready(), reason="needs kaleido ([static]) and chromium")
+def test_pareto_and_report_write_images(study_file, tmp_path):
+    html = tmp_path / "front.html"
+    assert main(["-q", "pareto", str(study_file), "--html", str(html), "--png", "--svg"]) == 0
+    assert (tmp_path / "front.png").read_bytes()[:4] == b"\x89PNG"
+    assert "<svg" in (tmp_path / "front.svg").read_text()[:2000]
+    out = tmp_path / "rep.html"
+    assert main(["-q", "report", str(study_file), "--out", str(out), "--svg"]) == 0
+    figs = sorted((tmp_path / "rep_figures").glob("*.svg"))
+    n = int(out.read_text().split("name='autodim-figures' content='")[1].split("'")[0])
+    assert len(figs) == n and figs[0].name.startswith("01-")

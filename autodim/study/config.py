@@ -51,7 +51,9 @@ DEFAULT_CANDIDATE_DIMS: tuple[int, ...] = (0, 1, 2, 4, 8, 16)  # 0: the field is
 STUDY_KEYS = ("name", "dataset", "backbone", "D", "methods", "method", "search_space",
               "budget", "budgets", "objectives", "n_trials", "sampler", "seed", "storage",
               "output", "baselines", "train", "search_train", "pruning", "threads")
-TRAIN_KEYS = ("epochs", "batch_size", "lr", "patience", "weight_decay", "limit_train_batches")
+TRAIN_KEYS = ("epochs", "batch_size", "lr", "patience", "weight_decay", "limit_train_batches",
+              "accelerator", "devices", "strategy")
+ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "tpu", "auto")
 PRUNING_KEYS = ("after_epochs", "margin")
 SPACE_KEYS = ("candidate_dims", "methods", "memcom", "compress")
 COMPRESS_KEYS = ("enabled", "bits", "train", "scale", "scalars", "estimator", "distill",
@@ -437,6 +439,9 @@ class TrainSettings:
     patience: int = 2
     weight_decay: float = 0.0
     limit_train_batches: int | float = 1.0
+    accelerator: str = "cpu"
+    devices: int | str | tuple[int, ...] = 1
+    strategy: str = "auto"
 
     @classmethod
     def parse(cls, where: str, raw: Any, default: "TrainSettings") -> "TrainSettings":
@@ -463,6 +468,16 @@ class TrainSettings:
             if num <= 0:
                 raise ConfigError(f"{where}.limit_train_batches: must be > 0, got {v!r}")
             out = replace(out, limit_train_batches=int(num) if num > 1 else num)
+        if "accelerator" in raw:
+            acc = _str(f"{where}.accelerator", raw["accelerator"]).lower()
+            if acc not in ACCELERATORS:
+                raise ConfigError(f"{where}.accelerator: unknown accelerator {acc!r}"
+                                  f"{_hint(acc, ACCELERATORS)}; one of {', '.join(ACCELERATORS)}")
+            out = replace(out, accelerator=acc)
+        if "devices" in raw:
+            out = replace(out, devices=parse_devices(f"{where}.devices", raw["devices"]))
+        if "strategy" in raw:
+            out = replace(out, strategy=_str(f"{where}.strategy", raw["strategy"]))
         return out
 
     def config(self, seed: int):
@@ -471,7 +486,46 @@ class TrainSettings:
 
         return TrainConfig(max_epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                            patience=self.patience, weight_decay=self.weight_decay, seed=seed,
-                           limit_train_batches=self.limit_train_batches)
+                           limit_train_batches=self.limit_train_batches,
+                           accelerator=self.accelerator, strategy=self.strategy,
+                           devices=list(self.devices) if isinstance(self.devices, tuple)
+                           else self.devices)
+
+
+def check_one_device(where: str, devices: Any) -> None:
+    """A study trains many models in one process: one device each. With more, Lightning's
+    DDP would re-run the whole ``autodim search`` per device."""
+    if devices == 1 or (isinstance(devices, tuple) and len(devices) == 1):
+        return
+    raise ConfigError(f"{where}: a study trains on one device per worker, got {devices!r}; "
+                      "for several GPUs start one worker per device on the same storage "
+                      "(CUDA_VISIBLE_DEVICES=0 autodim search STUDY --resume, then =1, ...); "
+                      "multi-device DDP is for `autodim train`")
+
+
+def parse_devices(where: str, value: Any) -> int | str | tuple[int, ...]:
+    """Lightning's ``devices``: a count (``2``), ``"auto"``, ``-1`` (all) or device
+    indices (``[0, 1]`` or ``"0,1"``)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: expected a device count, 'auto' or a list of indices, "
+                          f"got {value!r}")
+    if isinstance(value, int):
+        if value == 0 or value < -1:
+            raise ConfigError(f"{where}: must be >= 1 (or -1 for all), got {value}")
+        return value
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == "auto":
+            return "auto"
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        if parts and all(p.lstrip("-").isdigit() for p in parts):
+            return parse_devices(where, int(parts[0])) if len(parts) == 1 and "," not in text \
+                else parse_devices(where, [int(p) for p in parts])
+    if isinstance(value, (list, tuple)) and value and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
+        return tuple(value)
+    raise ConfigError(f"{where}: expected a device count, 'auto' or a list of indices, got "
+                      f"{value!r}")
 
 
 @dataclass(frozen=True)
@@ -673,6 +727,8 @@ class StudyConfig:
         cfg.search_train = TrainSettings.parse(f"{source}: search_train",
                                                raw.get("search_train"),
                                                TrainSettings(epochs=2, patience=1))
+        for key, ts in (("train", cfg.train), ("search_train", cfg.search_train)):
+            check_one_device(f"{source}: {key}.devices", ts.devices)
         cfg.threads = _int(f"{source}: threads", raw.get("threads", 1), minimum=1)
         pr = raw.get("pruning", {})
         if pr is False or pr is None:

@@ -171,6 +171,11 @@ class StudyResult:
         if not df.empty:
             df = df[df["state"] == "COMPLETE"] if all_trials else df[df["pareto"]]
             df = df.sort_values(["bytes", "trial"])
+            if not all_trials:  # the same plan with the same result is one row of the front
+                same = [(r.method, r.bytes, r.val_auc, json.dumps(r.params, sort_keys=True,
+                                                                  default=str))
+                        for r in df.itertuples()]
+                df = df[[k not in same[:i] for i, k in enumerate(same)]]
         rows = [{"trial": int(r.trial), "method": r.method, "budget": r.budget,
                  "val AUC": _plain(r.val_auc), "test AUC": _plain(r.test_auc),
                  "bytes": _plain(r.bytes),

@@ -2,8 +2,8 @@
 
 The study's folder (``<output>/<name>/``) holds everything: ``study.journal`` (the default
 storage), ``study.json`` (what the study is, so a folder can be loaded on its own),
-``trials/<n>/`` (plan, searcher history and retrained weights of each trial, written
-atomically) and ``pareto.csv`` / ``pareto.json``, rewritten after every trial.
+``trials/00007/`` (per trial, its number in 5 digits: plan, searcher history and retrained
+weights, written atomically) and ``pareto.csv`` / ``pareto.json``, rewritten after every trial.
 """
 
 from __future__ import annotations
@@ -36,9 +36,12 @@ def load_study_data(config: StudyConfig):
     from autodim.data import load_data
 
     options = {k: v for k, v in config.dataset.items() if k != "source"}
+    from autodim.progress import current
+
     where = f"{config.path or '<study>'}: dataset"
     try:
-        return load_data(config.dataset["source"], **options)
+        with current().status(f"preparing data {config.dataset['source']}"):
+            return load_data(config.dataset["source"], **options)
     except (DataError, ConfigError) as exc:
         raise DataError(f"{where}: {exc}") from None
     except TypeError as exc:
@@ -247,8 +250,11 @@ def trial_line(t, done: int | None = None, total: int | None = None) -> str:
 
     a = t.user_attrs
     head = f"trial {t.number:>3}"
-    if done is not None and total is not None and a.get("kind", "search") == "search":
-        head += f" [{done}/{total}]"
+    if done is not None and total is not None:
+        # Baseline lines get blanks of the tag's width, so the columns stay aligned.
+        width = 2 * len(str(total)) + 3
+        tag = f"[{done}/{total}]" if a.get("kind", "search") == "search" else ""
+        head += f" {tag:<{width}}"
     what = a.get("method") or a.get("kind", "?")
     if len(what) > 18:
         what = what[:17] + "…"
@@ -318,6 +324,7 @@ def _run_study(config: StudyConfig, *, n_trials, storage, resume, methods, out_d
     from optuna.storages import JournalStorage
     from optuna.trial import TrialState
 
+    from autodim.progress import current as current_progress
     from autodim.study.objective import TrialObjective
     from autodim.study.result import StudyResult
     from autodim.study.storage import display_url, open_storage, recover_trials
@@ -362,6 +369,10 @@ def _run_study(config: StudyConfig, *, n_trials, storage, resume, methods, out_d
                               f"differ from {config.objectives}")
         snap = _snapshot(config, data, budgets)
         _check_resumable(study, snap, config.name)
+        if list(study.metric_names or []) != list(config.objectives):
+            with warnings.catch_warnings():  # "experimental" in Optuna: noise here
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(list(config.objectives))  # named in optuna-dashboard
         if not study.user_attrs.get("autodim_space"):
             study.set_user_attr("autodim_space", snap)
             study.set_user_attr("autodim_config", config.to_dict())
@@ -383,6 +394,8 @@ def _run_study(config: StudyConfig, *, n_trials, storage, resume, methods, out_d
             + f"; {config.n_trials} search trial(s) ({done} done) + {waiting} queued; "
               f"storage {where}")
         ran: list[Any] = []
+        shown = current_progress()
+        shown.start_trials(config.n_trials, min(done, config.n_trials))
         while True:
             while waiting > 0 or done + running < config.n_trials:
                 if waiting == 0 and len(labels) > 1:
@@ -393,6 +406,7 @@ def _run_study(config: StudyConfig, *, n_trials, storage, resume, methods, out_d
                 result.write_pareto()
                 if ran:
                     say(trial_line(ran.pop(), done, config.n_trials))
+                shown.trial_done(min(done, config.n_trials), _best_so_far(study))
             if journal or not _wait_for_others(study):
                 break
             done, running, waiting = _counts(study)
@@ -406,6 +420,23 @@ def _run_study(config: StudyConfig, *, n_trials, storage, resume, methods, out_d
             raise AutodimError(f"all {len(failed)} search trial(s) of study {config.name!r} "
                                f"failed; first reason: {failed[0].user_attrs.get('fail_reason')}")
     return result
+
+
+def _best_so_far(study) -> str | None:
+    """The best feasible search trial so far, for the progress display."""
+    from optuna.trial import TrialState
+
+    best = None
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        a = t.user_attrs
+        if a.get("kind") == "search" and a.get("feasible") and a.get("val_auc") is not None:
+            if best is None or a["val_auc"] > best.user_attrs["val_auc"]:
+                best = t
+    if best is None:
+        return None
+    a = best.user_attrs
+    return (f"val AUC {a['val_auc']:.4f} at {format_bytes(int(a.get('bytes', 0)))} "
+            f"(trial {best.number})")
 
 
 def _write_manifest(folder: Path, config: StudyConfig, url: str | None,

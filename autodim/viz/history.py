@@ -2,7 +2,7 @@
 
 Each searcher documents the keys it fills (``Searcher.history_keys``); the figures read
 those keys and nothing else, so a history loaded back from a study's
-``trials/<n>/history.json`` draws the same as the live one:
+``trials/00007/history.json`` draws the same as the live one:
 
 ==========================  ============================================================
 searcher                    figure
@@ -99,7 +99,14 @@ def alpha_figure(history: Mapping[str, Any], *, fields: Sequence[str] | None = N
                 line={"color": PALETTE[k % len(PALETTE)]},
                 hovertemplate=f"{slot}, d = {d}: α %{{y:.3f}} at step %{{x}}<extra></extra>"),
                 row=r, col=c)
-    fig.update_yaxes(range=[0, 1.02])
+    # The y range follows the data (not fixed to 0-1): weights moving within a few
+    # hundredths would otherwise look flat.
+    vals = [v for slot in slots for row in history["alpha"][slot] for v in row
+            if v is not None and math.isfinite(v)]
+    if vals:
+        lo, hi = min(vals), max(vals)
+        pad = max(0.1 * (hi - lo), 0.005)
+        fig.update_yaxes(range=[max(0.0, lo - pad), hi + pad])
     # Titles only on the bottom panel of each column: between rows they would collide
     # with the next row's panel titles.
     for i in range(len(slots)):

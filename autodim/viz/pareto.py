@@ -48,49 +48,11 @@ def pareto_frame(result):
     return df
 
 
-def pareto_figure(result, *, title: str | None = None):
-    """A plotly figure of every complete trial (AUC vs bytes, log x axis)."""
-    import plotly.graph_objects as go
-
-    df = pareto_frame(result)
-    fig = go.Figure()
-    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
-               "#7f7f7f", "#bcbd22", "#17becf"]
-    if not df.empty:
-        for i, (method, grp) in enumerate(sorted(df.groupby("method"), key=lambda g: g[0])):
-            base = bool(grp["is_baseline"].iloc[0])
-            custom = list(zip(grp["trial"], grp["budget"].fillna(""), grp["test_auc"],
-                              grp["compression"], grp["feasible"], grp["hover"]))
-            fig.add_trace(go.Scatter(
-                x=grp["bytes"], y=grp["val_auc"], mode="markers", name=method,
-                marker={"size": 12 if base else 9, "symbol": "diamond" if base else "circle",
-                        "color": palette[i % len(palette)],
-                        "line": {"width": 1.5 if base else 0.5, "color": "black"},
-                        "opacity": [1.0 if f else 0.45 for f in grp["feasible"]]},
-                customdata=custom,
-                hovertemplate=("<b>trial %{customdata[0]}</b> " + method
-                               + " (budget %{customdata[1]})<br>val AUC %{y:.4f}, test AUC "
-                               "%{customdata[2]:.4f}<br>%{x:,} B, %{customdata[3]:.1f}x, "
-                               "feasible %{customdata[4]}<br>%{customdata[5]}<extra></extra>")))
-        front = df[df["pareto"]].sort_values("bytes")
-        if not front.empty:
-            fig.add_trace(go.Scatter(x=front["bytes"], y=front["val_auc"], mode="lines",
-                                     line={"shape": "hv", "color": "black", "width": 1.5},
-                                     name="Pareto front (feasible)", hoverinfo="skip"))
-    for label, nbytes in result.budgets.items():
-        fig.add_vline(x=nbytes, line_dash="dash", line_color="crimson",
-                      annotation_text=f"budget {label}", annotation_position="top left")
-    if result.full_bytes:
-        fig.add_vline(x=result.full_bytes, line_dash="dot", line_color="gray",
-                      annotation_text="full model", annotation_position="bottom right")
-    if result.bayes_auc:
-        fig.add_hline(y=result.bayes_auc, line_dash="dot", line_color="green",
-                      annotation_text="Bayes AUC", annotation_position="bottom left")
-    fig.update_layout(title=title or f"Study {result.name}: validation AUC vs embedding bytes",
-                      xaxis={"title": "embedding bytes", "type": "log"},
-                      yaxis={"title": "validation AUC"}, template="plotly_white",
-                      legend={"title": "method"}, hovermode="closest")
-    return fig
+def pareto_figure(result, *, title: str | None = None, chosen: int | None = None):
+    """The study's Pareto figure (AUC vs bytes, log x axis): :func:`study_pareto_figure`,
+    the one code path that ``autodim pareto``, ``StudyResult.figure()`` and the report
+    share."""
+    return study_pareto_figure(result, chosen=chosen, title=title)
 
 
 def write_pareto_html(result, path: str | os.PathLike) -> Path:
@@ -149,6 +111,7 @@ def pareto_figure_from_frame(df, *, budgets: dict[str, int] | None = None,
     if "hover" not in df:
         df["hover"] = [plan_hover({"dims": d}) if isinstance(d, dict) else ""
                        for d in (df["dims"] if "dims" in df else [None] * len(df))]
+    df = _merge_identical(df, metric)
     if "pareto" not in df:
         ok = df[df["feasible"]]
         ranks = nondominated_ranks([[float(a), float(b)] for a, b in
@@ -232,6 +195,33 @@ def study_pareto_figure(result, *, chosen: int | None = None, metric: str = "val
         pareto_frame(result), budgets=result.budgets, full_bytes=result.full_bytes,
         bayes_auc=result.bayes_auc, chosen=chosen, metric=metric,
         title=title or f"Study {result.name}: {_metric_label(metric)} vs embedding bytes")
+
+
+def _merge_identical(df, metric: str):
+    """One point per distinct plan: trials with the same plan and the same result (a
+    re-run of the same parameters, a baseline recorded twice) are drawn once, the point's
+    hover naming the others."""
+    if df.empty or "hover" not in df or not df["hover"].astype(bool).any():
+        return df
+    keys = [(m, int(b), round(float(v), 9), h) for m, b, v, h in
+            zip(df["method"], df["bytes"], df[metric], df["hover"])]
+    first: dict[Any, int] = {}
+    also: dict[int, list[int]] = {}
+    keep = []
+    for pos, (key, trial) in enumerate(zip(keys, df["trial"])):
+        if key[3] and key in first:
+            also.setdefault(first[key], []).append(int(trial))
+            continue
+        first[key] = pos
+        keep.append(pos)
+    if not also:
+        return df
+    df = df.copy()
+    hover = list(df["hover"])
+    for pos, others in also.items():
+        hover[pos] += "<br>same plan as trial(s) " + ", ".join(str(t) for t in others)
+    df["hover"] = hover
+    return df.iloc[keep]
 
 
 def _metric_label(metric: str) -> str:

@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import TYPE_CHECKING, Sequence
 
@@ -97,7 +98,10 @@ def optimization_history_figure(study: "optuna.Study", *, objective: int | str =
     fig = plot_optimization_history(sub, target_name=_LABELS.get(name, name))
     fig.update_layout(title=f"Optimisation history: {_LABELS.get(name, name)} per search trial",
                       template="plotly_white")
-    fig.update_xaxes(title_text="search trial (in order)")
+    # Trials are counted: integer ticks (plotly would put some at 0.5 for a few trials).
+    n = len(sub.trials)
+    fig.update_xaxes(title_text="search trial (in order)", tickmode="linear", tick0=0,
+                     dtick=max(1, math.ceil(n / 10)))
     fig.update_yaxes(title_text=_LABELS.get(name, name))
     return fig
 
