@@ -784,15 +784,32 @@ def load_shipped(folder: str | os.PathLike) -> ShippedModel:
 
 
 # -- export folders -----------------------------------------------------------------------
-def check_export_target(out: Path) -> None:
-    """An export target must be a folder or not exist (nor any file on its way)."""
+# What an export folder may hold (the CLI adds pareto.* beside a trial's files): an
+# existing folder is replaced whole, so one holding anything else is refused.
+EXPORT_NAMES = frozenset({"plan.json", "weights.safetensors", "model.json", ENCODERS_NAME,
+                          "torchrec.json", "fuxictr.yaml", "fuxictr_feature_map.json",
+                          "pareto.csv", "pareto.json", "pareto.html"})
+
+
+def check_export_target(out: str | os.PathLike) -> None:
+    """An export target must not exist, or be an empty folder or an earlier export (it is
+    replaced whole); a file there (or on the way to it) is a one-line error."""
+    out = Path(out)
     for p in (out, *out.parents):
         if p.exists():
             if not p.is_dir():
                 what = "is a file" if p == out else f"lies under the file {p}"
                 raise ConfigError(f"export target {out} {what}; give a folder (it is "
                                   "created if missing)")
-            return
+            break
+    if out.is_dir():
+        other = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_NAMES)
+        if other:
+            shown = ", ".join(other[:5]) + (f" and {len(other) - 5} more" if len(other) > 5
+                                             else "")
+            raise ConfigError(f"export target {out} holds files that are not part of an "
+                              f"autodim export ({shown}); an export replaces its folder "
+                              "whole, so give a new or empty folder, or an earlier export")
 
 
 def _install_folder(tmp: Path, out: Path) -> None:
