@@ -439,6 +439,7 @@ def torchrec_tables(plan) -> dict[str, Any]:
     return {"format": "autodim.torchrec", "version": 2, "D": plan.D, "tables": tables,
             "features": features, "combine": combine,
             "projections": projections, "weights": "weights.safetensors",
+            "weight_keys": {t["config"]["name"]: t["weight"] for t in tables},
             "warnings": warnings}
 
 
