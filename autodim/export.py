@@ -911,8 +911,18 @@ def export_trial(result, number: int, out_dir: str | os.PathLike) -> dict[str, A
     weights = result.weights_path(number)
     meta = weights_metadata(weights)
     kwargs = json.loads(meta["backbone_kwargs"]) if meta.get("backbone_kwargs") else {}
-    return export_plan(plan, out_dir, weights=weights, backbone=meta.get("backbone", "fm"),
-                       backbone_kwargs=kwargs, encoders=_study_encoders(result, plan))
+    from autodim.errors import AutodimError
+
+    try:
+        encoders, why = _study_encoders(result, plan), None
+    except AutodimError as exc:  # data moved or changed: ship the model, say what is missing
+        encoders, why = None, str(exc)
+    paths = export_plan(plan, out_dir, weights=weights, backbone=meta.get("backbone", "fm"),
+                        backbone_kwargs=kwargs, encoders=encoders)
+    if why:
+        paths["warnings"].append(f"the study's dataset could not be read for its encoders: "
+                                 f"{why}")
+    return paths
 
 
 def _study_encoders(result, plan) -> dict[str, Any] | None:
