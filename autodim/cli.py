@@ -592,7 +592,9 @@ def export(
     if out is not None:
         from autodim.export import check_export_target
 
-        check_export_target(out)  # a file there is a one-line error, before any work
+        # A file there is a one-line error, before any work (--pareto: the trial folders
+        # go under --out, and each is checked as it is written).
+        check_export_target(out / "trial_0" if pareto_front else out)
     result = load_study(study, storage=storage)
     base = out if out is not None else result.folder / "export"
     if pareto_front:

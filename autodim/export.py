@@ -463,6 +463,7 @@ def torchrec_tables(plan) -> dict[str, Any]:
     return {"format": "autodim.torchrec", "version": 2, "D": plan.D, "tables": tables,
             "features": features, "combine": combine,
             "projections": projections, "weights": "weights.safetensors",
+            "weight_keys": {t["config"]["name"]: t["weight"] for t in tables},
             "warnings": warnings}
 
 
@@ -808,15 +809,32 @@ def load_shipped(folder: str | os.PathLike) -> ShippedModel:
 
 
 # -- export folders -----------------------------------------------------------------------
-def check_export_target(out: Path) -> None:
-    """An export target must be a folder or not exist (nor any file on its way)."""
+# What an export folder may hold (the CLI adds pareto.* beside a trial's files): an
+# existing folder is replaced whole, so one holding anything else is refused.
+EXPORT_NAMES = frozenset({"plan.json", "weights.safetensors", "model.json", ENCODERS_NAME,
+                          "torchrec.json", "fuxictr.yaml", "fuxictr_feature_map.json",
+                          "pareto.csv", "pareto.json", "pareto.html"})
+
+
+def check_export_target(out: str | os.PathLike) -> None:
+    """An export target must not exist, or be an empty folder or an earlier export (it is
+    replaced whole); a file there (or on the way to it) is a one-line error."""
+    out = Path(out)
     for p in (out, *out.parents):
         if p.exists():
             if not p.is_dir():
                 what = "is a file" if p == out else f"lies under the file {p}"
                 raise ConfigError(f"export target {out} {what}; give a folder (it is "
                                   "created if missing)")
-            return
+            break
+    if out.is_dir():
+        other = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_NAMES)
+        if other:
+            shown = ", ".join(other[:5]) + (f" and {len(other) - 5} more" if len(other) > 5
+                                             else "")
+            raise ConfigError(f"export target {out} holds files that are not part of an "
+                              f"autodim export ({shown}); an export replaces its folder "
+                              "whole, so give a new or empty folder, or an earlier export")
 
 
 def _install_folder(tmp: Path, out: Path) -> None:
@@ -917,8 +935,18 @@ def export_trial(result, number: int, out_dir: str | os.PathLike) -> dict[str, A
     weights = result.weights_path(number)
     meta = weights_metadata(weights)
     kwargs = json.loads(meta["backbone_kwargs"]) if meta.get("backbone_kwargs") else {}
-    return export_plan(plan, out_dir, weights=weights, backbone=meta.get("backbone", "fm"),
-                       backbone_kwargs=kwargs, encoders=_study_encoders(result, plan))
+    from autodim.errors import AutodimError
+
+    try:
+        encoders, why = _study_encoders(result, plan), None
+    except AutodimError as exc:  # data moved or changed: ship the model, say what is missing
+        encoders, why = None, str(exc)
+    paths = export_plan(plan, out_dir, weights=weights, backbone=meta.get("backbone", "fm"),
+                        backbone_kwargs=kwargs, encoders=encoders)
+    if why:
+        paths["warnings"].append(f"the study's dataset could not be read for its encoders: "
+                                 f"{why}")
+    return paths
 
 
 def _study_encoders(result, plan) -> dict[str, Any] | None:

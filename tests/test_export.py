@@ -148,6 +148,28 @@ def test_export_study_trial_round_trip(study, tmp_path):
     assert plan.metrics["val_auc"] == study.trial(n).user_attrs["val_auc"]
 
 
+def test_export_trial_ships_the_encoders_or_says_why_not(study, tmp_path, monkeypatch):
+    import autodim.data
+    from autodim.errors import DataError
+
+    n = study.best_under("6x")
+    paths = study.export(n, tmp_path / "with")
+    assert Path(paths["encoders"]).is_file()
+    model = load_model(tmp_path / "with")
+    ids = study_data_ids(study)
+    with torch.no_grad():
+        assert torch.equal(model(torch.from_numpy(ids).long()),
+                           study.model(n)(torch.from_numpy(ids).long()))
+
+    def gone(*a, **k):
+        raise DataError("data.csv: no such file")
+
+    monkeypatch.setattr(autodim.data, "load_data", gone)
+    paths = study.export(n, tmp_path / "without")
+    assert paths["encoders"] is None and (tmp_path / "without" / "weights.safetensors").is_file()
+    assert any("data.csv: no such file" in w for w in paths["warnings"])
+
+
 def study_data_ids(study):
     from autodim.data.synthetic import make_planted
 

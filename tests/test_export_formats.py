@@ -150,6 +150,7 @@ def test_every_weight_key_is_in_the_weights_file(exported):
     plan, _, paths = exported
     tensors, _ = load_weights(paths["weights"])
     out = torchrec_tables(plan)
+    assert out["weight_keys"] == {t["config"]["name"]: t["weight"] for t in out["tables"]}
     for t in out["tables"]:
         assert t["weight"] in tensors, t["weight"]
         if t["weight"].endswith(".weight"):

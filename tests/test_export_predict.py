@@ -222,3 +222,25 @@ def test_raw_criteo_rows_are_bucketised_as_in_training(tmp_path):
     row = {c: (float(v) if v else None) for c, v in zip(INT_FIELDS, first[:13])}
     row.update({c: (v or None) for c, v in zip(CAT_FIELDS, first[13:])})
     np.testing.assert_array_equal(model.encode([row])[0], data.train.ids[0])
+
+
+@pytest.mark.realdata
+def test_movielens_rows_score_as_the_cached_ids(tmp_path):
+    """MovieLens-100K's own files (joined .user/.item, 'class' renamed to genres) through
+    a shipped model give the cached test ids and scores."""
+    import os
+
+    folder = os.environ.get("AUTODIM_ML100K")
+    if not folder:
+        pytest.skip("AUTODIM_ML100K is not set (run fetch-ml100k DEST and point it there)")
+    data = load_data(folder)
+    plan = DimensionPlan.full(data.schema, 4)
+    model = plan.build_model("fm").eval()
+    w = save_weights(model, tmp_path / "w.safetensors", plan=plan)
+    export_plan(plan, tmp_path / "shipped", weights=w, data=data)
+    shipped = load_model(tmp_path / "shipped")
+    test_rows = random_split_indices(len(data.train) + len(data.val) + len(data.test),
+                                     (0.8, 0.1, 0.1), 0)[2]
+    np.testing.assert_array_equal(shipped.encode(folder)[test_rows], data.test.ids)
+    np.testing.assert_allclose(shipped.predict(folder)[test_rows[:500]],
+                               _scores(model, data.test.ids[:500]), atol=1e-6)

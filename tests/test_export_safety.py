@@ -83,6 +83,21 @@ def test_export_to_a_file_is_a_one_line_error(tmp_path, tiny_data):
     assert target.read_text() == "keep me"
 
 
+def test_a_folder_with_other_files_is_never_replaced(tmp_path, tiny_data):
+    plan = DimensionPlan.full(tiny_data.schema, 4)
+    mine = tmp_path / "my_project"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    with pytest.raises(Exception, match=r"holds files that are not part of an autodim export "
+                                        r"\(notes\.txt\)"):
+        export_plan(plan, mine)
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    rc, line = _cli(["export", str(tmp_path), "--trial", "0", "--out", str(mine)])
+    assert rc == 2 and "notes.txt" in line and "\n" not in line
+    export_plan(plan, tmp_path / "empty")  # new, empty or earlier-export folders are fine
+    export_plan(plan, tmp_path / "empty")
+
+
 # -- weights checked against the plan ----------------------------------------------------
 @pytest.fixture()
 def saved(tmp_path, tiny_data):
