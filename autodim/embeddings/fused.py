@@ -368,6 +368,7 @@ class FusedEmbedding(FieldwiseEmbedding):
     # IS the fused state; loading into those views writes into the groups in place.
     @staticmethod
     def _to_fieldwise_keys(module, state, prefix, local_metadata):
+        module._rebind()  # after a device move the old views point at the old storage
         for key in [k for k in state if k.startswith(prefix + "groups.")]:
             del state[key]
         for i in module.fused_fields:
