@@ -18,8 +18,10 @@ exported with :mod:`autodim.export` (``save_weights`` + ``export_plan``), loaded
   must store: kept values and indices of masked tables, not dense training copies).
   ``extra tensors in file`` names any dense copy or mask buffer that should not be there.
 
-``load_model`` expands masked tables back to their in-memory layout (dense rows + mask), so
-the latency is that of the module autodim serves from the file.
+``load_model`` serves through the fused layer (one table per width; masks of element-pruned
+tables baked into the weights, so a lookup reads no mask); masked tables are held as dense
+rows there (``resident emb bytes`` counts every tensor the loaded embedding holds), so the
+latency is that of the module autodim serves from the file.
 
 The data is planted with Criteo Kaggle's 26 cardinalities divided by ``--div`` (default 10:
 3.4M ids, a 216 MB full table, so gathers leave the CPU caches as in serving); weights are
@@ -133,6 +135,16 @@ def export_and_load(plan, backbone: str, folder: Path):
     return loaded.eval(), Path(paths["weights"])
 
 
+def resident_bytes(module) -> int:
+    """Bytes of every distinct tensor storage the module holds (parameters and buffers,
+    persistent or not; views of one storage count once)."""
+    seen: dict[int, int] = {}
+    for t in list(module.parameters()) + list(module.buffers()):
+        st = t.untyped_storage()
+        seen[st.data_ptr()] = st.nbytes()
+    return sum(seen.values())
+
+
 def time_models(models: dict, batches: dict[int, list], repeats: dict[int, int]
                 ) -> dict[str, dict[int, float]]:
     """Median seconds per call of each model per batch size, interleaved round by round."""
@@ -203,18 +215,20 @@ def main(argv: list[str] | None = None) -> int:
         for name, plan in plans.items():
             model, wpath = export_and_load(plan, args.backbone, Path(tmp) / name)
             models[name] = model
-            layouts[name] = (wpath.stat().st_size, safetensors_layout(wpath))
+            layouts[name] = (wpath.stat().st_size, safetensors_layout(wpath),
+                             resident_bytes(model.embedding))
         times = time_models(models, batches, repeats)
 
     for name, plan in plans.items():
-        size, lay = layouts[name]
+        size, lay, resident = layouts[name]
         emb = sum(v for k, v in lay["tensors"].items() if k.startswith("embedding."))
         other = sum(v for k, v in lay["tensors"].items() if not k.startswith("embedding."))
         nb = plan.num_bytes()
         row = {"model": name, "plan bytes": nb, "compression": round(plan.compression(), 2),
                "file bytes": size, "header": lay["header"], "backbone": other,
                "embedding in file": emb, "file emb / plan": round(emb / nb, 3) if nb else None,
-               "bytes match": emb == nb}
+               "bytes match": emb == nb, "resident emb bytes": resident,
+               "resident / plan": round(resident / nb, 3) if nb else None}
         for bs in sizes:
             t = times[name][bs]
             row[f"ms @{bs}"] = round(t * 1e3, 4)

@@ -8,8 +8,8 @@
   is one gather (one ``embedding_bag`` with per-sample weights when a sequence field is
   averaged) instead of a Python loop of per-field modules, and one backward scatter;
 - the fields of one group that project (MDE) do it in one batched matmul
-  (``[B, n, d] x [n, d, D]``), fields that select columns (SSEDS) one more with fixed 0/1
-  maps; prefix-padded fields pad once;
+  (``[n, B, d] x [n, d, D]``), fields that select columns (SSEDS) one scatter; prefix-padded
+  fields pad once;
 - QR and MEmCom fields of one width fuse their two tables each (two gathers for the group);
 - every other field (frequency groups, dropped, non-float32 precision) keeps its own module.
 
@@ -179,8 +179,8 @@ class _Group(nn.Module):
         self.all_identity = all(k == "identity" for k in kinds)
         self.all_pad = all(k == "pad" for k in kinds)
         # Output parts, each a set of the group's fields: projected ones (one batched matmul
-        # with the stacked d x D maps), selected ones (placed at their columns by a fixed 0/1
-        # matrix: exact, each output is one input times 1 plus zeros) and padded/identity ones.
+        # with the stacked d x D maps), selected ones (one scatter to their columns) and
+        # padded/identity ones.
         by_kind = {k: [j for j, kk in enumerate(kinds) if kk == k]
                    for k in ("project", "select")}
         by_kind["pad"] = [j for j, k in enumerate(kinds) if k in ("pad", "identity")]
@@ -192,11 +192,8 @@ class _Group(nn.Module):
         self.register_buffer("part_order", torch.tensor(
             [j for k in self.parts for j in by_kind[k]]).argsort(), persistent=False)
         if by_kind["select"]:
-            sel = torch.zeros(len(by_kind["select"]), out_dim, dim)
-            for n, j in enumerate(by_kind["select"]):
-                cols = members[j][1].align.columns
-                sel[n, cols, torch.arange(dim)] = 1.0
-            self.register_buffer("select_map", sel, persistent=False)
+            self.register_buffer("select_cols", torch.stack(
+                [members[j][1].align.columns for j in by_kind["select"]]), persistent=False)
         if self.proj_local:
             with torch.no_grad():
                 w = torch.stack([members[j][1].align.linear.weight
@@ -285,10 +282,13 @@ class _Group(nn.Module):
         outs = []
         for k in self.parts:
             xk = x if len(self.parts) == 1 else x.index_select(1, getattr(self, f"{k}_index"))
-            if k == "project":
-                outs.append(torch.einsum("bnd,nkd->bnk", xk, self.proj))
-            elif k == "select":
-                outs.append(torch.einsum("bnd,nkd->bnk", xk, self.select_map))
+            if k == "project":  # [n, B, d] x [n, d, D], one bmm (einsum costs more here)
+                outs.append(torch.bmm(xk.transpose(0, 1), self.proj.transpose(1, 2))
+                            .transpose(0, 1))
+            elif k == "select":  # each stored column to its output column, zeros elsewhere
+                cols = self.select_cols.unsqueeze(0).expand(xk.shape[0], -1, -1)
+                outs.append(xk.new_zeros(xk.shape[0], xk.shape[1], self.out_dim)
+                            .scatter_(2, cols, xk))
             else:
                 outs.append(nn.functional.pad(xk, (0, self.out_dim - self.dim)))
         if len(outs) == 1:
@@ -371,6 +371,7 @@ class FusedEmbedding(FieldwiseEmbedding):
     # IS the fused state; loading into those views writes into the groups in place.
     @staticmethod
     def _to_fieldwise_keys(module, state, prefix, local_metadata):
+        module._rebind()  # after a device move the old views point at the old storage
         for key in [k for k in state if k.startswith(prefix + "groups.")]:
             del state[key]
         for i in module.fused_fields:

@@ -177,3 +177,14 @@ def test_loaded_model_is_fused_baked_and_equal(tmp_path):
 
     a, b = load_weights(path)[0], load_weights(again)[0]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_state_dict_follows_the_fused_tensors_after_they_are_replaced():
+    # a device move (or any .data swap) gives the groups new storage: the per-field keys
+    # must still read the current values
+    _, fused = _pair("full")
+    g = fused.groups[0]
+    g.table.weight.data = g.table.weight.data + 1.0
+    lo, hi = g.bounds[0]
+    key = f"fields.{g.field_index[0]}.table.embedding.weight"
+    assert torch.equal(fused.state_dict()[key], g.table.weight.data[lo:hi])
