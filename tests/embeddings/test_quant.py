@@ -204,28 +204,3 @@ def test_export_file_bytes_equal_num_bytes_and_load_model_matches(tmp_path):
     types = {t["name"]: t["data_type"] for t in torchrec_tables(plan)["tables"]}
     assert types == {"t_u_memcom_shared": "INT4", "t_u_memcom_scale": "INT8",
                      "t_i": "BF16", "t_c": "INT8"}
-
-
-def test_inspect_shows_bits_and_bytes_per_field(tmp_path, capsys):
-    from autodim.cli import main
-
-    plan = _plan(4, "field")
-    path = plan.save(tmp_path / "plan.json")
-    assert main(["inspect", str(path)]) == 0
-    out = capsys.readouterr().out
-    assert "bits" in out.splitlines()[1] and "4/field" in out
-    line = next(ln for ln in out.splitlines() if ln.lstrip().startswith("i "))
-    assert f"{plan.fields[1].num_bytes(8):,}" in line
-
-
-def test_bad_precision_in_a_plan_file_exits_2(tmp_path, capsys):
-    from autodim.cli import main
-
-    d = json.loads(_plan(4).to_json())
-    d["fields"][2]["precision"]["bits"] = 5
-    d.pop("num_bytes")
-    path = tmp_path / "bad.json"
-    path.write_text(json.dumps(d))
-    assert main(["inspect", str(path)]) == 2
-    err = capsys.readouterr().err
-    assert "error:" in err and "field 'c'" in err and "bits 5" in err
