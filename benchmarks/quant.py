@@ -17,7 +17,8 @@ teacher), then at each budget (10x, 40x fewer embedding bytes than the full tabl
   hashing), ``bits only`` (full dims, no hashing), ``hashing only`` (full dims, float32,
   MEmCom);
 - the baselines ``quant`` (full dims, uniform bits), ``mixed-precision`` (bits by rule) and
-  ``memcom`` (hashing at full dims, float32).
+  ``memcom`` (hashing at full dims, float32);
+- on request (``--only "dims only+warm,..."``) any of the above warm-started like the hybrid.
 
 Every plan is held to the budget exactly (``plan.num_bytes() <= budget``); an axis that
 cannot reach a budget is listed as infeasible. The latency part times the packed inference
@@ -129,6 +130,10 @@ def run_seed(data, seed: int, ratios, cfg, distill: float, only=None) -> list[di
                 plans[name] = baseline_plan(name, data.schema, 16, budget)
             except BudgetError as exc:
                 plans[name] = exc
+        # Warm-started single axes (and baselines) on request, for a like-for-like check.
+        for name in list(plans):
+            if only and f"{name}+warm" in only and not name.startswith("hybrid"):
+                plans[f"{name}+warm"] = plans[name]
         for name, plan in plans.items():
             if only and name not in only:
                 continue
