@@ -18,7 +18,8 @@ teacher), then at each budget (10x, 40x fewer embedding bytes than the full tabl
   MEmCom);
 - the baselines ``quant`` (full dims, uniform bits), ``mixed-precision`` (bits by rule) and
   ``memcom`` (hashing at full dims, float32);
-- on request (``--only "dims only+warm,..."``) any of the above warm-started like the hybrid.
+- on request (``--only "dims only+warm,bits only+distill,..."``) any of the above
+  warm-started or distilled like the hybrid.
 
 Every plan is held to the budget exactly (``plan.num_bytes() <= budget``); an axis that
 cannot reach a budget is listed as infeasible. The latency part times the packed inference
@@ -132,8 +133,9 @@ def run_seed(data, seed: int, ratios, cfg, distill: float, only=None) -> list[di
                 plans[name] = exc
         # Warm-started single axes (and baselines) on request, for a like-for-like check.
         for name in list(plans):
-            if only and f"{name}+warm" in only and not name.startswith("hybrid"):
-                plans[f"{name}+warm"] = plans[name]
+            for suffix in ("+warm", "+distill"):
+                if only and f"{name}{suffix}" in only and not name.startswith("hybrid"):
+                    plans[f"{name}{suffix}"] = plans[name]
         for name, plan in plans.items():
             if only and name not in only:
                 continue
