@@ -313,6 +313,11 @@ class FakeQuantEmbedding(nn.Embedding):
 
 
 # -- inference-time table -------------------------------------------------------------------
+# Resolved once (an attribute lookup on torch.ops per call costs microseconds); kept out of
+# the modules so that they stay picklable.
+_KERNELS = {8: torch.ops.quantized.embedding_bag_byte_rowwise_offsets.default,
+            4: torch.ops.quantized.embedding_bag_4bit_rowwise_offsets.default}
+
 class QuantizedEmbedding(nn.Module):
     """A packed table (see the module docstring); ``forward(ids) -> [..., d]`` float32."""
 
@@ -332,10 +337,6 @@ class QuantizedEmbedding(nn.Module):
             self.register_buffer("offset", torch.zeros(n_scales, dtype=torch.float16))
         self._kernel: torch.Tensor | None = None
         self._offsets: torch.Tensor | None = None
-        self._op = (torch.ops.quantized.embedding_bag_byte_rowwise_offsets.default
-                    if self.bits == 8 else
-                    torch.ops.quantized.embedding_bag_4bit_rowwise_offsets.default
-                    if self.bits == 4 else None)
         self.register_load_state_dict_post_hook(QuantizedEmbedding._drop_kernel)
 
     @staticmethod
@@ -372,7 +373,7 @@ class QuantizedEmbedding(nn.Module):
                 offsets = self._offsets = torch.arange(n, dtype=flat.dtype)
             # (weight, indices, offsets, scale_grad_by_freq, mode=sum, pruned_weights,
             #  per_sample_weights, compressed_indices_mapping, include_last_offset)
-            out = self._op(kernel, flat, offsets, False, 0, False, None, None, False)
+            out = _KERNELS[self.bits](kernel, flat, offsets, False, 0, False, None, None, False)
             if out.shape[1] != self.embedding_dim:  # odd dims at 4 bits pad one column
                 out = out[:, :self.embedding_dim]
             if ids.dim() == 2:

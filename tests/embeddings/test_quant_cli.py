@@ -39,3 +39,17 @@ def test_bad_precision_in_a_plan_file_exits_2(tmp_path, capsys):
     assert main(["inspect", str(path)]) == 2
     err = capsys.readouterr().err
     assert "error:" in err and "field 'c'" in err and "bits 5" in err
+
+
+def test_packed_model_pickles(tmp_path):
+    import pickle
+
+    import torch
+
+    from autodim.embeddings.quant import pack_model
+
+    emb = pack_model(_plan(4).build()).eval()
+    ids = torch.tensor([[1, 2, 3], [4, 5, 6]])
+    out = emb(ids)
+    back = pickle.loads(pickle.dumps(emb))
+    torch.testing.assert_close(back(ids), out)
