@@ -130,7 +130,7 @@ def test_study_with_the_compressor_and_distillation(tmp_path, tiny_data):
              "compress": {"enabled": True, "bits": {"type": "categorical",
                                                     "choices": ["32,16,8,4", "8,4,2"]},
                           "train": {"type": "categorical", "choices": ["qat", "ptq"]},
-                          "estimator": "model", "distill": 0.5}}
+                          "estimator": "model", "distill": 0.5, "warm_start": True}}
     cfg = StudyConfig.load(write_study(tmp_path, space=space, baselines=["quant"], n_trials=2,
                                        budget="6x"))
     res = run_study(cfg, data=tiny_data)

@@ -313,6 +313,11 @@ class FakeQuantEmbedding(nn.Embedding):
 
 
 # -- inference-time table -------------------------------------------------------------------
+# Resolved once (an attribute lookup on torch.ops per call costs microseconds); kept out of
+# the modules so that they stay picklable.
+_KERNELS = {8: torch.ops.quantized.embedding_bag_byte_rowwise_offsets.default,
+            4: torch.ops.quantized.embedding_bag_4bit_rowwise_offsets.default}
+
 class QuantizedEmbedding(nn.Module):
     """A packed table (see the module docstring); ``forward(ids) -> [..., d]`` float32."""
 
@@ -331,6 +336,7 @@ class QuantizedEmbedding(nn.Module):
             self.register_buffer("scale", torch.ones(n_scales, dtype=torch.float16))
             self.register_buffer("offset", torch.zeros(n_scales, dtype=torch.float16))
         self._kernel: torch.Tensor | None = None
+        self._offsets: torch.Tensor | None = None
         self.register_load_state_dict_post_hook(QuantizedEmbedding._drop_kernel)
 
     @staticmethod
@@ -358,10 +364,20 @@ class QuantizedEmbedding(nn.Module):
             return nn.functional.embedding(ids, self.weight).float()
         flat = ids.reshape(-1).contiguous()
         if self.bits in (8, 4):
-            offsets = torch.arange(flat.numel(), dtype=flat.dtype, device=flat.device)
-            op = (torch.ops.quantized.embedding_bag_byte_rowwise_offsets if self.bits == 8
-                  else torch.ops.quantized.embedding_bag_4bit_rowwise_offsets)
-            out = op(self._kernel_weight(), flat, offsets, mode=0)[:, :self.embedding_dim]
+            # One id per bag; the op, the prepacked table and the offsets are cached (the
+            # per-call Python overhead is what decides small-batch latency).
+            kernel = self._kernel if self._kernel is not None else self._kernel_weight()
+            n = flat.shape[0]
+            offsets = self._offsets
+            if offsets is None or offsets.shape[0] != n or offsets.dtype != flat.dtype:
+                offsets = self._offsets = torch.arange(n, dtype=flat.dtype)
+            # (weight, indices, offsets, scale_grad_by_freq, mode=sum, pruned_weights,
+            #  per_sample_weights, compressed_indices_mapping, include_last_offset)
+            out = _KERNELS[self.bits](kernel, flat, offsets, False, 0, False, None, None, False)
+            if out.shape[1] != self.embedding_dim:  # odd dims at 4 bits pad one column
+                out = out[:, :self.embedding_dim]
+            if ids.dim() == 2:
+                return out.view(ids.shape[0], ids.shape[1], out.shape[1])
         else:
             q = unpack_codes(self.codes[flat], self.bits, self.embedding_dim).float()
             if self.scale.numel() == 1:

@@ -57,7 +57,7 @@ ACCELERATORS = ("cpu", "gpu", "cuda", "mps", "tpu", "auto")
 PRUNING_KEYS = ("after_epochs", "margin")
 SPACE_KEYS = ("candidate_dims", "methods", "memcom", "compress")
 COMPRESS_KEYS = ("enabled", "bits", "train", "scale", "scalars", "estimator", "distill",
-                 "temperature")
+                 "temperature", "warm_start")
 METHOD_KEYS = ("params", "candidate_dims")
 MEMCOM_KEYS = ("enabled", "inflate", "ratio", "min_rows")
 PARAM_KEYS = {"int": ("type", "low", "high", "step", "log"),
@@ -278,7 +278,9 @@ class CompressSpace:
     hashing option uses ``memcom.ratio`` (when ``memcom.enabled``). ``estimator``: ``model``
     (losses measured on the full-``D`` model, trained once per study) or ``proxy``.
     ``distill`` (a weight, 0 = off; may be sampled) trains the compact model towards that
-    full model's probabilities at ``temperature`` as well (:class:`autodim.task.Distill`)."""
+    full model's probabilities at ``temperature`` as well (:class:`autodim.task.Distill`).
+    ``warm_start`` starts the compact model from that full model
+    (:func:`autodim.compress.warm_start_embedding`, backbone copied)."""
 
     enabled: bool = False
     bits: ParamSpec = ParamSpec(type="fixed", value="32,16,8,4")
@@ -288,6 +290,7 @@ class CompressSpace:
     estimator: str = "proxy"
     distill: ParamSpec = ParamSpec(type="fixed", value=0.0)
     temperature: float = 1.0
+    warm_start: bool = False
 
     @staticmethod
     def parse_bits(where: str, value: Any) -> tuple[int, ...]:
@@ -313,7 +316,8 @@ class CompressSpace:
                   scalars=str(raw.get("scalars", d.scalars)),
                   estimator=str(raw.get("estimator", d.estimator)),
                   temperature=_float(f"{where}.temperature",
-                                     raw.get("temperature", d.temperature)))
+                                     raw.get("temperature", d.temperature)),
+                  warm_start=_bool(f"{where}.warm_start", raw.get("warm_start", False)))
         for v in out.distill.candidates():
             if _float(f"{where}.distill", v) < 0:
                 raise ConfigError(f"{where}.distill: weight {v!r} must be >= 0")
@@ -335,7 +339,8 @@ class CompressSpace:
         return {"enabled": self.enabled, "bits": self.bits.to_dict(),
                 "train": self.train.to_dict(), "scale": self.scale.to_dict(),
                 "scalars": self.scalars, "estimator": self.estimator,
-                "distill": self.distill.to_dict(), "temperature": self.temperature}
+                "distill": self.distill.to_dict(), "temperature": self.temperature,
+                "warm_start": self.warm_start}
 
 
 @dataclass(frozen=True)

@@ -169,6 +169,7 @@ class TrialObjective:
         from autodim.searchers import SearchTask, Stopwatch, create_searcher, get_searcher
 
         cfg, space = self.config, self.config.search_space
+        self._distill_weight, self._warm_backbone = 0.0, False
         method = trial.suggest_categorical("method", cfg.methods)
         trial.set_user_attr("method", method)
         mspace = space.methods.get(method)
@@ -217,6 +218,11 @@ class TrialObjective:
             return self._record_unretrained(trial, folder, plan, result.history,
                                             searcher.model_, budget, t0)
         warm = result.warm_start if plan is result.plan else None
+        self._warm_backbone = space.compress.enabled and space.compress.warm_start
+        if self._warm_backbone:
+            from autodim.compress import warm_start_embedding
+
+            warm = warm_start_embedding(plan, self._teacher(), self.data.schema).state_dict()
         return self._train_and_record(trial, folder, plan, result.history, budget, t0,
                                       warm_start=warm)
 
@@ -362,6 +368,8 @@ class TrialObjective:
                           backbone_kwargs=dict(cfg.backbone_kwargs),
                           train=cfg.train.config(cfg.seed), seed=cfg.seed)
         callbacks: list[Callback] = [pruner]
+        if prune and getattr(self, "_warm_backbone", False):
+            callbacks.append(_CopyBackbone(self._teacher()))
         if prune and getattr(self, "_distill_weight", 0.0) > 0:
             from autodim.task import Distill
 
@@ -441,6 +449,16 @@ class TrialObjective:
         if not all(math.isfinite(v) for v in out):
             raise TrainingDiverged(f"objective values {out} are not finite")
         return out
+
+
+class _CopyBackbone(Callback):
+    """A compressed plan warm-started from the full model starts from its backbone too."""
+
+    def __init__(self, teacher) -> None:
+        self.teacher = teacher
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        pl_module.backbone.load_state_dict(self.teacher.backbone.state_dict())
 
 
 def _jsonable(obj: Any) -> Any:
