@@ -93,10 +93,17 @@ def column_saliency(model: CTRTask, batches, *, max_batches: int | None = None) 
 
 @torch.no_grad()
 def truncation_losses(model: CTRTask, batches, orders: list[list[int]], cands: list[int], *,
-                      max_batches: int | None = None) -> np.ndarray:
+                      max_batches: int | None = None, subspace: bool = False
+                      ) -> tuple[np.ndarray, list[torch.Tensor] | None]:
     """``float64[F, C]``: validation loss of ``model`` when field ``f`` keeps only its first
     ``cands[c]`` columns of ``orders[f]`` (the other fields whole), one masked forward per
-    (field, candidate) over the same batches (embeddings looked up once)."""
+    (field, candidate) over the same batches (embeddings looked up once).
+
+    With ``subspace``, field ``f`` keeps instead the span of its top ``cands[c]`` principal
+    directions (right singular vectors of its embeddings on these rows, so frequent ids
+    weigh more): exactly what a ``project`` plan of that dim can hold without retraining
+    (table ``W·V_d``, projection ``V_dᵀ``). Returns the losses and, then, per field the
+    ``[D, D]`` matrix ``V`` of directions (columns, most important first)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -109,17 +116,29 @@ def truncation_losses(model: CTRTask, batches, orders: list[list[int]], cands: l
     if not embs:
         raise ConfigError("sseds needs at least one validation batch")
     F, D = len(orders), embs[0].shape[-1]
+    bases = None
+    if subspace:
+        stacked = torch.cat(embs).double()
+        bases = [torch.linalg.svd(stacked[:, f], full_matrices=False)[2].T.float()
+                 for f in range(F)]
     out = np.zeros((F, len(cands)))
     for f in range(F):
         for c, d in enumerate(cands):
-            mask = torch.ones(F, D, device=device)
-            mask[f] = 0.0
-            mask[f, orders[f][:d]] = 1.0
-            total = sum(float(model.loss(model.backbone(e * mask), y)) * len(y)
-                        for e, y in zip(embs, labels))
+            total = 0.0
+            for e, y in zip(embs, labels):
+                if bases is None:
+                    mask = torch.ones(F, D, device=device)
+                    mask[f] = 0.0
+                    mask[f, orders[f][:d]] = 1.0
+                    e = e * mask
+                else:
+                    v = bases[f][:, :d]
+                    e = e.clone()
+                    e[:, f] = e[:, f] @ v @ v.T
+                total += float(model.loss(model.backbone(e), y)) * len(y)
             out[f, c] = total / sum(len(y) for y in labels)
     model.train(was_training)
-    return out
+    return out, bases
 
 
 # -- the searcher -------------------------------------------------------------------------
@@ -212,10 +231,15 @@ class SSEDSSearcher(Searcher):
                 # over saliency dropped the signal fields and kept the noise (test AUC
                 # 0.669-0.695 at 4x against mde 0.727). The measured loss of truncating
                 # a field is what the knapsack should trade against bytes.
-                losses = truncation_losses(model, task.data.val_dataloader(), orders, cands,
-                                           max_batches=self.max_batches)
+                # Under `project` a field of dim d can hold the best rank-d subspace of its
+                # trained embedding, so that is what is measured; under `select` its d
+                # most salient columns.
+                losses, bases = truncation_losses(model, task.data.val_dataloader(), orders,
+                                                  cands, max_batches=self.max_batches,
+                                                  subspace=self.align == "project")
                 values = -losses
             else:
+                bases = None
                 values = np.stack([np.concatenate([[0.0], np.cumsum(saliency[i, o])])[cands]
                                    for i, o in enumerate(orders)])
             columns = self._choose(task, values, orders, cands)
@@ -225,7 +249,8 @@ class SSEDSSearcher(Searcher):
             else:
                 plan = self.make_plan(task, {n: len(c) for n, c in columns.items()},
                                       align="project", metrics=val)
-            warm = self._warm(plan, full_tables(model), columns) if self.warm_retrain else None
+            warm = (self._warm(plan, full_tables(model), columns, bases)
+                    if self.warm_retrain else None)
         history = {
             "fields": list(schema.names),
             "saliency": saliency.tolist(),
@@ -233,6 +258,7 @@ class SSEDSSearcher(Searcher):
             "kept_columns": {n: columns[n] for n in schema.names},
             "candidate_dims": cands,
             "values": values.tolist(),
+            "subspaces": None if bases is None else [b.tolist() for b in bases],
             "dims": plan.dims,
             "num_bytes": plan.num_bytes(),
             "full_model": {k: float(v) for k, v in metrics.items()},
@@ -257,9 +283,23 @@ class SSEDSSearcher(Searcher):
                 for i, (f, k) in enumerate(zip(task.schema.fields, chosen))}
 
     def _warm(self, plan: DimensionPlan, tables: Mapping[str, torch.Tensor],
-              columns: Mapping[str, list[int]]) -> dict[str, torch.Tensor]:
+              columns: Mapping[str, list[int]], bases: list[torch.Tensor] | None = None
+              ) -> dict[str, torch.Tensor]:
         """The trained kept columns; under ``project`` the projection starts as the 0/1
-        matrix that puts each kept column back at its place (the full model's output)."""
+        matrix that puts each kept column back at its place (the full model's output), or,
+        with the measured ``bases``, table ``W·V_d`` and projection ``V_dᵀ`` (the full
+        model's output on the kept subspace)."""
+        if bases is not None:
+            names = list(columns)
+            D = plan.D  # a field at dim D has no projection: it keeps W as it is
+            state = embedding_state(plan, {
+                n: tables[n] if len(columns[n]) == D else tables[n] @ bases[i][:, :len(columns[n])]
+                for i, n in enumerate(names)})
+            for k, fp in enumerate(plan.fields):
+                key = f"fields.{k}.align.linear.weight"
+                if key in state:
+                    state[key] = bases[k][:, :fp.dim].clone()
+            return state
         state = embedding_state(plan, {n: tables[n][:, columns[n]] for n in columns})
         if self.align == "project":
             for k, fp in enumerate(plan.fields):
