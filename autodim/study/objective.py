@@ -121,21 +121,29 @@ class TrialObjective:
         self.journal = journal
         self.references = references
         self.labels = [str(b) for b in config.budgets]
+        self.current: int | None = None  # the trial being run (or last run)
 
     # -- entry point ------------------------------------------------------------------------
     def __call__(self, trial) -> list[float]:
         import optuna
 
+        from autodim.study.storage import _proc_start
+
         t0 = time.perf_counter()
+        self.current = trial.number
         kind = trial.user_attrs.get("kind", "search")
-        trial.set_user_attr("kind", kind)
-        trial.set_user_attr("host", socket.gethostname())
-        trial.set_user_attr("pid", os.getpid())
         folder = trial_folder(self.folder, trial.number)
-        # Journal storages have no heartbeat of their own (see autodim.study.storage).
-        beat = Heartbeat(folder / "heartbeat") if self.journal else contextlib.nullcontext()
+        # Journal storages have no heartbeat of their own (see autodim.study.storage). It
+        # starts before the first write about this trial, and the owner is written first.
+        beat = (Heartbeat(folder / "heartbeat", trial=(self.folder, trial.number))
+                if self.journal else contextlib.nullcontext())
         try:
             beat.__enter__()
+            # host last: a trial with a host has its pid (storage._is_stale relies on it).
+            trial.set_user_attr("pid", os.getpid())
+            trial.set_user_attr("pid_start", _proc_start(os.getpid()))
+            trial.set_user_attr("host", socket.gethostname())
+            trial.set_user_attr("kind", kind)
             if kind == "baseline":
                 self._skip_if_enqueued_twice(trial)
             label = (trial.suggest_categorical("budget", self.labels) if len(self.labels) > 1
@@ -155,6 +163,11 @@ class TrialObjective:
         except Exception as exc:
             # The trial fails with its reason on record and the study goes on.
             reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+            if isinstance(exc, OSError):
+                # The machine's failure (a full disk, a lost mount), not the method's: not
+                # counted as done, re-queued on --resume (see autodim.study.storage).
+                with contextlib.suppress(Exception):
+                    trial.set_user_attr("requeue", True)
             trial.set_user_attr("fail_reason", reason)
             trial.set_user_attr("wall_seconds", time.perf_counter() - t0)
             raise
