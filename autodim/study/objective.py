@@ -152,8 +152,11 @@ class TrialObjective:
             budget = self.budgets[label]
             trial.set_user_attr("budget_bytes", budget)
             if kind == "baseline":
-                return self._baseline(trial, folder, budget, t0)
-            return self._search(trial, folder, budget, t0)
+                values = self._baseline(trial, folder, budget, t0)
+            else:
+                values = self._search(trial, folder, budget, t0)
+            self._check_still_ours(trial)
+            return values
         except optuna.TrialPruned:
             raise
         except KeyboardInterrupt:
@@ -173,6 +176,16 @@ class TrialObjective:
             raise
         finally:
             beat.__exit__(None, None, None)
+
+    @staticmethod
+    def _check_still_ours(trial) -> None:
+        """Raise when a resumer failed this trial meanwhile (it judged this worker stopped):
+        Optuna's tell then fails cleanly and the study loop says so and goes on."""
+        from optuna.trial import TrialState
+
+        state = trial.study._storage.get_trial(trial._trial_id).state  # noqa: SLF001
+        if state != TrialState.RUNNING:
+            raise AutodimError(f"trial {trial.number} was taken over by another worker")
 
     # -- the two kinds of trial -----------------------------------------------------------
     def _search(self, trial, folder: Path, budget: int, t0: float) -> list[float]:

@@ -358,6 +358,13 @@ def _run_study(config: StudyConfig, *, n_trials, storage, resume, methods, out_d
     data = data if data is not None else load_study_data(config)
     budgets = resolve_budgets(config, data.schema, warn)
     labels = list(budgets)
+    from autodim.models import create_backbone
+
+    try:  # bad backbone_kwargs: one error now, not every trial failing on it
+        create_backbone(config.backbone, data.schema.num_fields, config.D,
+                        **config.backbone_kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"{config.path or '<study>'}: {exc}") from None
 
     folder.mkdir(parents=True, exist_ok=True)
     store = open_storage(url, folder, warn=warn)
@@ -418,7 +425,8 @@ def _run_study(config: StudyConfig, *, n_trials, storage, resume, methods, out_d
                 try:
                     study.optimize(objective, n_trials=1, catch=(Exception,),
                                    callbacks=[lambda _study, trial: ran.append(trial)])
-                except ValueError:  # "Cannot tell a FAIL trial": was it taken over?
+                # "Cannot tell a FAIL trial" (or Optuna's assert after it): taken over?
+                except (ValueError, AssertionError):
                     if not taken_over(study, objective.current):
                         raise
                     say(f"trial {objective.current}: another worker judged this one stopped "

@@ -65,7 +65,8 @@ def _check_whole(folder, n_trials: int = N_TRIALS) -> None:
         "fail_reason")) for t in study.trials]
     # Same parameters twice is only allowed as a recorded copy (TPE/random resample a point
     # of a small space; the objective then reuses the result, it does not train again).
-    trained = [repr(sorted(t.params.items())) for t in complete if "duplicate_of" not in t.user_attrs]
+    trained = [repr(sorted(t.params.items())) for t in complete
+               if "duplicate_of" not in t.user_attrs]
     assert len(set(trained)) == len(trained), f"a trial ran twice: {trained}"
     assert not [t for t in study.trials if t.state in (TrialState.WAITING,
                                                          TrialState.RUNNING)]
