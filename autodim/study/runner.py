@@ -125,7 +125,7 @@ def _snapshot(config: StudyConfig, data, budgets: dict[str, int]) -> dict[str, A
 
 
 def _check_resumable(study, snap: dict[str, Any], name: str) -> None:
-    from autodim.study.storage import first_difference
+    from autodim.study.storage import _short, first_difference
 
     old = study.user_attrs.get("autodim_space")
     if not old:
@@ -139,8 +139,11 @@ def _check_resumable(study, snap: dict[str, Any], name: str) -> None:
             continue  # a study made before this was recorded
         diff = first_difference(old.get(key), snap.get(key))
         if diff is not None:
-            raise ConfigError(f"cannot resume study {name!r}: its {label} changed ({diff}); a "
-                              "study's data and search space must stay the same (use "
+            where, was, now = diff
+            raise ConfigError(f"cannot resume study {name!r}: its {label} changed from "
+                              f"{_short(was)} to {_short(now)}" + (f" (at {where})" if where
+                                                                    else "")
+                              + "; a study's data and search space must stay the same (use "
                               "--out-dir for a new study)")
 
 

@@ -202,20 +202,19 @@ def data_identity(data: Any, options: dict[str, Any]) -> dict[str, Any]:
             "loader_options": json.loads(json.dumps(opts, sort_keys=True, default=str))}
 
 
-def first_difference(old: Any, new: Any, path: str = "") -> str | None:
-    """Where two JSON-like values first differ (``"a.b: 1 -> 2"``), ``None`` if equal."""
+def first_difference(old: Any, new: Any, path: str = "") -> tuple[str, Any, Any] | None:
+    """Where two JSON-like values first differ: ``(path, old part, new part)`` (path ``""``
+    for the values themselves), ``None`` if equal."""
     if isinstance(old, dict) and isinstance(new, dict):
         for k in list(old) + [k for k in new if k not in old]:
-            if k not in old or k not in new or old[k] != new[k]:
-                if k in old and k in new:
-                    return first_difference(old[k], new[k], f"{path}.{k}" if path else str(k))
-                where = f"{path}.{k}" if path else str(k)
-                return (f"{where}: {_short(old.get(k, '<absent>'))} -> "
-                        f"{_short(new.get(k, '<absent>'))}")
+            where = f"{path}.{k}" if path else str(k)
+            if k in old and k in new:
+                if old[k] != new[k]:
+                    return first_difference(old[k], new[k], where)
+            else:
+                return where, old.get(k, "<absent>"), new.get(k, "<absent>")
         return None
-    if old == new:
-        return None
-    return f"{path or 'value'}: {_short(old)} -> {_short(new)}"
+    return None if old == new else (path, old, new)
 
 
 def _short(v: Any, n: int = 120) -> str:
