@@ -356,6 +356,10 @@ def counts_as_done(trial: Any, requeued: set[int]) -> bool:
     re-queued, nor when its worker stopped or its disk filled (the failure is the
     machine's, not the method's), even past the retry limit."""
     a = trial.user_attrs
+    if "fail_reason" not in a:
+        # The objective records a reason for every failure of its own; a trial failed
+        # without one was failed from outside (Optuna's RDB heartbeat: its worker died).
+        return False
     return trial.number not in requeued and not (a.get("requeue") or a.get("interrupted"))
 
 
