@@ -22,9 +22,10 @@ def auc_numpy(labels: np.ndarray, scores: np.ndarray) -> float:
 def single_class(labels) -> float | None:
     """The one label value when ``labels`` hold a single class (AUC is then undefined),
     else ``None``."""
-    arr = np.asarray(labels) > 0.5
-    if arr.size == 0:
-        return None
+    raw = np.asarray(labels)
+    if raw.size == 0 or not np.isfinite(raw).all():
+        return None  # empty, or NaN labels (other checks name those)
+    arr = raw > 0.5
     n_pos = int(arr.sum())
     if n_pos in (0, arr.size):
         return float(n_pos > 0)
