@@ -63,13 +63,12 @@ def open_storage(url: str | None, folder: Path, *, warn: Callable[[str], None] |
     tail is checked (and a torn last record cut off) first, see :func:`check_journal`."""
     from optuna.exceptions import ExperimentalWarning
     from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
-    from optuna.storages.journal import JournalFileBackend
 
     if url is None or url.startswith("journal:") or url.endswith((".journal", ".log")):
         path = folder / JOURNAL_NAME if url is None else Path(url.removeprefix("journal:"))
         path.parent.mkdir(parents=True, exist_ok=True)
         check_journal(path, warn)
-        return JournalStorage(JournalFileBackend(str(path)))
+        return JournalStorage(_checked_backend(path, warn))
     if "://" not in url:
         raise ConfigError(f"storage {url!r}: not an Optuna storage URL (e.g. "
                           "sqlite:///study.db, postgresql://user@host/db) nor a .journal file")
@@ -142,29 +141,66 @@ def _cut_torn_tail(path: Path, warn: Callable[[str], None] | None) -> None:
     from optuna.storages.journal._file import get_lock_file
 
     with get_lock_file(JournalFileSymlinkLock(str(path))):
-        with open(path, "rb+") as fh:
-            size = fh.seek(0, os.SEEK_END)
-            start = max(0, size - (1 << 20))
-            while True:  # find the last newline, reading backwards in 1 MiB blocks
-                fh.seek(start)
-                block = fh.read(size - start)
-                cut = block.rfind(b"\n")
-                if cut >= 0 or start == 0:
-                    break
-                start = max(0, start - (1 << 20))
-            keep = start + cut + 1 if cut >= 0 else 0
-            if keep == size:
-                return  # another process completed the record meanwhile
-            fh.seek(keep)
-            dropped = fh.read(min(size - keep, 120))
-            fh.truncate(keep)
-            fh.flush()
-            os.fsync(fh.fileno())
+        _cut_tail_locked(path, warn)
+
+
+def _cut_tail_locked(path: Path, warn: Callable[[str], None] | None) -> None:
+    """Cut ``path`` back to its last newline (the caller holds the journal lock)."""
+    with open(path, "rb+") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        fh.seek(size - 1)
+        if fh.read(1) == b"\n":
+            return
+        start = max(0, size - (1 << 20))
+        while True:  # find the last newline, reading backwards in 1 MiB blocks
+            fh.seek(start)
+            block = fh.read(size - start)
+            cut = block.rfind(b"\n")
+            if cut >= 0 or start == 0:
+                break
+            start = max(0, start - (1 << 20))
+        keep = start + cut + 1 if cut >= 0 else 0
+        fh.seek(keep)
+        dropped = fh.read(min(size - keep, 120))
+        fh.truncate(keep)
+        fh.flush()
+        os.fsync(fh.fileno())
     line = 1 + _count_lines(path)
     msg = (f"{path}:{line}: the last journal record was torn (an interrupted write); cut "
            f"off {size - keep} byte(s): {dropped.decode('utf-8', 'replace')!r}"
            + ("…" if size - keep > 120 else ""))
     (warn or (lambda m: warnings.warn(m, stacklevel=3)))(msg)
+
+
+def _checked_backend(path: Path, warn: Callable[[str], None] | None):
+    """Optuna's journal file backend, checking the tail before every append: a worker
+    killed mid-append must not have the next record (another worker's) glued onto its torn
+    one, which would corrupt the journal for every reader."""
+    from optuna.storages.journal import JournalFileBackend
+    from optuna.storages.journal._file import get_lock_file
+
+    class CheckedJournalFileBackend(JournalFileBackend):
+        def append_logs(self, logs: list[dict[str, Any]]) -> None:
+            # As JournalFileBackend.append_logs, plus the tail check under the same lock.
+            with get_lock_file(self._lock):
+                _cut_tail_locked(Path(self._file_path), warn)
+                _append_records(self._file_path, logs)
+
+    return CheckedJournalFileBackend(str(path))
+
+
+def _append_records(file_path: str, logs: list[dict[str, Any]]) -> None:
+    """Append journal records, one JSON per line, as Optuna does (the caller holds the
+    lock)."""
+    import json
+
+    text = "\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n"
+    with open(file_path, "ab") as f:
+        f.write(text.encode("utf-8"))
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _count_lines(path: Path) -> int:

@@ -1,11 +1,11 @@
 """Fault injection: a worker killed at random points of a trial, before or after (or in the
 middle of) each journal write, then resumed.
 
-The kill is simulated in-process: a ``BaseException`` raised from the journal's
-``append_logs`` is caught by neither Optuna nor autodim, so the worker stops there with its
-trial RUNNING, as after kill -9 (a "torn" kill writes half a record first). Whatever the
-point, the resumed study must end with exactly ``n_trials`` complete search trials, none
-with the parameters of another (no trial run twice), nothing left queued.
+The kill is simulated in-process: a ``BaseException`` raised from the journal's append
+(``autodim.study.storage._append_records``) is caught by neither Optuna nor autodim, so the
+worker stops there with its trial RUNNING, as after kill -9 (a "torn" kill writes half a
+record first). Whatever the point, the resumed study must end with exactly ``n_trials``
+complete search trials, no trial trained twice, nothing left queued or running.
 """
 
 from __future__ import annotations
@@ -77,10 +77,12 @@ def _check_whole(folder, n_trials: int = N_TRIALS) -> None:
 
 @pytest.mark.slow
 def test_kill_at_random_points_then_resume(tmp_path, tiny, monkeypatch):
-    original = JournalFileBackend.append_logs
+    from autodim.study import storage
+
+    original = storage._append_records  # every journal append of a study goes through it
     state = {"n": 0, "at": None, "how": None}
 
-    def append_logs(self, logs):
+    def append_records(file_path, logs):
         state["n"] += 1
         if state["n"] == state["at"]:
             if state["how"] == "before":
@@ -89,14 +91,14 @@ def test_kill_at_random_points_then_resume(tmp_path, tiny, monkeypatch):
                 import json
 
                 text = json.dumps(logs[0], separators=(",", ":"))
-                with open(self._file_path, "ab") as fh:
+                with open(file_path, "ab") as fh:
                     fh.write(text[: max(1, len(text) // 2)].encode())
                 raise Killed
-            original(self, logs)
+            original(file_path, logs)
             raise Killed
-        return original(self, logs)
+        return original(file_path, logs)
 
-    monkeypatch.setattr(JournalFileBackend, "append_logs", append_logs)
+    monkeypatch.setattr(storage, "_append_records", append_records)
 
     # One clean run counts the writes a study of N_TRIALS makes.
     clean = tmp_path / "clean"

@@ -298,3 +298,20 @@ def test_resume_on_other_data_or_space_is_refused(change, tmp_path, one_line_err
                    "dataset")
     after = {p.name: p.read_bytes() for p in (out / "study.json", out / storage.JOURNAL_NAME)}
     assert after == before  # nothing rewritten
+
+
+def test_a_torn_tail_left_by_another_worker_is_cut_before_the_next_append(tmp_path):
+    """Worker A dies mid-append while worker B goes on: B's next record must not be glued
+    onto A's torn one (that would corrupt the journal for every reader)."""
+    warned: list[str] = []
+    store = storage.open_storage(None, tmp_path, warn=warned.append)
+    study = optuna.create_study(study_name="rel", storage=store)
+    journal = tmp_path / storage.JOURNAL_NAME
+    with open(journal, "ab") as fh:
+        fh.write(b'{"op_code":5,"worker_id":"dead"')  # A, killed mid-write
+    study.set_user_attr("after", 1)  # B appends
+    assert any("torn" in w for w in warned), warned
+    storage.check_journal(journal)  # every line whole again
+    fresh = optuna.load_study(study_name="rel", storage=JournalStorage(
+        JournalFileBackend(str(journal))))
+    assert fresh.user_attrs == {"after": 1}
