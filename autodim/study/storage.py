@@ -353,11 +353,23 @@ def _age(trial: Any, now: float) -> float:
     return now - start.timestamp() if start is not None else float("inf")
 
 
-def _is_stale(trial: Any, folder: Path, grace: float) -> bool:
+def _fs_now(folder: Path) -> float:
+    """"Now" by the clock that stamps the study folder's files: on a shared disk a file's
+    mtime comes from the file server, so heartbeat ages are measured against a file touched
+    now, not against this host's (possibly skewed) clock."""
+    probe = folder / LOCK_NAME
+    try:
+        probe.touch()
+        return probe.stat().st_mtime
+    except OSError:
+        return time.time()
+
+
+def _is_stale(trial: Any, folder: Path, grace: float, now: float | None = None) -> bool:
     """Whether a RUNNING trial's worker is gone (see the module docstring for the rules)."""
     if (str(folder), trial.number) in _ACTIVE:
         return False
-    now = time.time()
+    now = _fs_now(folder) if now is None else now
     a = trial.user_attrs
     host, pid = a.get("host"), a.get("pid")
     alive = _alive(host, pid, a.get("pid_start"), folder, now, grace)
@@ -452,8 +464,9 @@ def recover_trials(study: Any, folder: Path, *, journal: bool, grace: float = GR
             optuna.storages.fail_stale_trials(study)
     with _recover_lock(folder) if journal else contextlib.nullcontext():
         if journal:
+            now = _fs_now(folder)
             for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                if not _is_stale(t, folder, grace):
+                if not _is_stale(t, folder, grace, now):
                     continue
                 try:
                     trial = optuna.Trial(study, t._trial_id)  # noqa: SLF001 - public ctor
