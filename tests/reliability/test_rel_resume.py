@@ -315,3 +315,52 @@ def test_a_torn_tail_left_by_another_worker_is_cut_before_the_next_append(tmp_pa
     fresh = optuna.load_study(study_name="rel", storage=JournalStorage(
         JournalFileBackend(str(journal))))
     assert fresh.user_attrs == {"after": 1}
+
+
+@pytest.mark.slow
+def test_b2_a_paused_worker_is_not_taken_over_by_a_resumer(tmp_path):
+    """The red team's B2, with two real processes: worker A is paused inside its trial and
+    its heartbeats look 3 hours old (a stopped process, a skewed clock); worker B runs
+    --resume. A's trial is left alone, A then finishes it, nothing runs twice."""
+    from conftest import spawn
+
+    path = write_study(tmp_path, n_trials=1, dataset={"source": "synthetic:tiny",
+                                                      "rows": 1500})
+    folder = tmp_path / "out" / "rel"
+    go, paused = tmp_path / "go", tmp_path / "paused"
+    prelude = (  # A stops inside its trial until the test lets it go on
+        "import pathlib, time\n"
+        "from autodim.study.objective import TrialObjective\n"
+        "_real = TrialObjective._train_and_record\n"
+        "def _paused(self, *a, **k):\n"
+        f"    pathlib.Path({str(paused)!r}).touch()\n"
+        f"    while not pathlib.Path({str(go)!r}).exists():\n"
+        "        time.sleep(0.05)\n"
+        "    return _real(self, *a, **k)\n"
+        "TrialObjective._train_and_record = _paused\n")
+    proc = spawn(["search", str(path)], prelude=prelude)
+    try:
+        deadline = time.monotonic() + 120
+        while not paused.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert paused.exists(), "worker A never got into its trial"
+        beats = list((folder / "trials").glob("*/heartbeat")) + list(
+            (folder / "workers").glob("*"))
+        assert beats
+        for p in beats:
+            _old(p)
+        rc, out, err = run_cli(["search", str(path), "--resume"])
+        assert rc == 0, err + out
+        assert "re-queued" not in out + err, out + err
+        go.touch()
+        rc_a = proc.wait(timeout=180)
+        out_a = proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert rc_a == 0, out_a[-3000:]
+    assert "Cannot tell" not in out_a
+    study = optuna.load_study(study_name="rel", storage=JournalStorage(
+        JournalFileBackend(str(folder / storage.JOURNAL_NAME))))
+    assert [(t.number, t.state.name) for t in study.trials] == [(0, "COMPLETE")]
