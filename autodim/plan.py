@@ -34,7 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from autodim._io import atomic_write_text
+from autodim._io import atomic_write_text, safe_json_loads
 from autodim.data.schema import Field, Schema
 from autodim.embeddings.compact import FieldwiseEmbedding
 from autodim.embeddings.field import (
@@ -88,8 +88,15 @@ def encode_mask(mask: np.ndarray | torch.Tensor) -> str:
 
 
 def decode_mask(text: str, shape: tuple[int, ...]) -> np.ndarray:
-    raw = np.frombuffer(zlib.decompress(base64.b64decode(text)), dtype=np.uint8)
     n = int(np.prod(shape))
+    # Decompress no more than the packed length the shape needs (+1 byte to tell "too long"
+    # apart): a zlib bomb in a plan then costs at most that, never gigabytes.
+    limit = (n + 7) // 8
+    inflater = zlib.decompressobj()
+    raw_bytes = inflater.decompress(base64.b64decode(text), limit + 1)
+    if len(raw_bytes) > limit:
+        raise ValueError(f"mask decompresses to more than the {limit} bytes {n} bits need")
+    raw = np.frombuffer(raw_bytes, dtype=np.uint8)
     bits = np.unpackbits(raw)
     if len(bits) < n or len(bits) - n >= 8:
         raise ValueError(f"mask has {len(bits)} bits, expected {n}")
@@ -120,12 +127,20 @@ class FieldPlan:
     # -- validation ---------------------------------------------------------------------
     def validate(self, D: int) -> None:
         where = f"field {self.name!r}"
-        if not isinstance(self.dim, int) or self.dim < 0:
+        # bool is an int in Python: `dim: true` must not be read as 1.
+        if not isinstance(self.dim, int) or isinstance(self.dim, bool) or self.dim < 0:
             raise PlanError(f"{where}: dim must be an integer >= 0, got {self.dim!r}")
         if self.dim > D:
             raise PlanError(f"{where}: dim {self.dim} exceeds the common dim D={D}")
-        if self.vocab_size < 1:
-            raise PlanError(f"{where}: vocab_size must be >= 1, got {self.vocab_size}")
+        if (not isinstance(self.vocab_size, int) or isinstance(self.vocab_size, bool)
+                or self.vocab_size < 1):
+            raise PlanError(f"{where}: vocab_size must be an integer >= 1, got "
+                            f"{self.vocab_size!r}")
+        if self.kind not in ("categorical", "sequence"):
+            raise PlanError(f"{where}: kind must be 'categorical' or 'sequence', got "
+                            f"{self.kind!r}")
+        if not isinstance(self.width, int) or isinstance(self.width, bool) or self.width < 1:
+            raise PlanError(f"{where}: width must be an integer >= 1, got {self.width!r}")
         if self.align not in ALIGNMENTS:
             raise PlanError(f"{where}: align must be one of {ALIGNMENTS}, got {self.align!r}")
         if self.align == "select":
@@ -363,8 +378,8 @@ class DimensionPlan:
     def validate(self) -> None:
         if not isinstance(self.D, int) or self.D < 1:
             raise PlanError(f"D must be an integer >= 1, got {self.D!r}")
-        names = [f.name for f in self.fields]
-        dup = sorted({n for n in names if names.count(n) > 1})
+        seen: set[str] = set()
+        dup = sorted({f.name for f in self.fields if f.name in seen or seen.add(f.name)})
         if dup:
             raise PlanError(f"duplicate field(s) {dup}")
         if not self.fields:
@@ -458,7 +473,7 @@ class DimensionPlan:
     @classmethod
     def from_json(cls, text: str, *, source: str = "plan") -> "DimensionPlan":
         try:
-            d = json.loads(text)
+            d = safe_json_loads(text, source, error=PlanError)
         except json.JSONDecodeError as exc:
             raise PlanError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
         return cls.from_dict(d, source=source)

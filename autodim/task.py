@@ -17,12 +17,12 @@ import torch
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, EarlyStopping
 from torch import nn
-from torchmetrics.functional.classification import binary_auroc
 
 from autodim.data.datamodule import CTRDataModule
 from autodim.defaults import DEFAULT_LR
 from autodim.embeddings.fused import FusedEmbedding, fusable
-from autodim.errors import AutodimError
+from autodim.errors import AutodimError, DataError
+from autodim.metrics import auc_torch, single_class
 from autodim.models import create_backbone
 
 __all__ = ["TrainConfig", "TrainResult", "CTRTask", "TrainingDiverged", "train_plan",
@@ -174,7 +174,7 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
         labels.append(y)
     model.train(was_training)
     lg, lb = torch.cat(logits), torch.cat(labels)
-    return {"auc": float(binary_auroc(torch.sigmoid(lg), lb.long())), "logloss": logloss(lg, lb)}
+    return {"auc": float(auc_torch(torch.sigmoid(lg), lb)), "logloss": logloss(lg, lb)}
 
 
 class CTRTask(pl.LightningModule):
@@ -264,7 +264,7 @@ class CTRTask(pl.LightningModule):
             return
         lg = torch.cat([o[0] for o in outs])
         lb = torch.cat([o[1] for o in outs]).to(lg.device)
-        auc = binary_auroc(torch.sigmoid(lg), lb.long())
+        auc = auc_torch(torch.sigmoid(lg), lb)
         self.log(f"{stage}_auc", auc, prog_bar=True)
         self.log(f"{stage}_logloss", logloss(lg, lb))
 
@@ -472,6 +472,11 @@ def train_plan(plan, datamodule: CTRDataModule, *, backbone: str = "fm",
     """
     config = config or TrainConfig()
     plan.check_schema(datamodule.schema)
+    for split in ("train", "val"):  # single-class labels: AUC undefined, nothing to learn
+        one = single_class(getattr(datamodule.data, split).labels)
+        if one is not None:
+            raise DataError(f"{split} split: every label is {one:g}, so AUC is undefined and "
+                            "there is nothing to learn (is the label column right?)")
     seed_everything(config.seed)
     datamodule.reseed(config.seed)
     emb = embedding

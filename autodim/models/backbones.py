@@ -100,4 +100,9 @@ def create_backbone(name: str, num_fields: int, dim: int, **kwargs) -> nn.Module
         cls = BACKBONES[name.lower()]
     except KeyError:
         raise ConfigError(f"unknown backbone {name!r}; choose from {list_backbones()}") from None
-    return cls(num_fields, dim, **kwargs)
+    try:
+        return cls(num_fields, dim, **kwargs)
+    except (TypeError, ValueError) as exc:  # an unknown or ill-typed option: the user's input
+        raise ConfigError(f"backbone {name!r}: bad backbone_kwargs {kwargs!r} "
+                          f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+                          ) from None

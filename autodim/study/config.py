@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from autodim._io import safe_yaml_load
 from autodim.defaults import DEFAULT_LR
 from autodim.errors import ConfigError
 
@@ -848,7 +849,7 @@ def _read_yaml(path: Path) -> Any:
     if not path.is_file():
         raise ConfigError(f"{path}: no such file")
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        return safe_yaml_load(path.read_text(encoding="utf-8"), str(path))
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not valid UTF-8 at byte offset {exc.start}; re-save the "
                           "file as UTF-8") from None

@@ -122,21 +122,29 @@ class TrialObjective:
         self.journal = journal
         self.references = references
         self.labels = [str(b) for b in config.budgets]
+        self.current: int | None = None  # the trial being run (or last run)
 
     # -- entry point ------------------------------------------------------------------------
     def __call__(self, trial) -> list[float]:
         import optuna
 
+        from autodim.study.storage import _proc_start
+
         t0 = time.perf_counter()
+        self.current = trial.number
         kind = trial.user_attrs.get("kind", "search")
-        trial.set_user_attr("kind", kind)
-        trial.set_user_attr("host", socket.gethostname())
-        trial.set_user_attr("pid", os.getpid())
         folder = trial_folder(self.folder, trial.number)
-        # Journal storages have no heartbeat of their own (see autodim.study.storage).
-        beat = Heartbeat(folder / "heartbeat") if self.journal else contextlib.nullcontext()
+        # Journal storages have no heartbeat of their own (see autodim.study.storage). It
+        # starts before the first write about this trial, and the owner is written first.
+        beat = (Heartbeat(folder / "heartbeat", trial=(self.folder, trial.number))
+                if self.journal else contextlib.nullcontext())
         try:
             beat.__enter__()
+            # host last: a trial with a host has its pid (storage._is_stale relies on it).
+            trial.set_user_attr("pid", os.getpid())
+            trial.set_user_attr("pid_start", _proc_start(os.getpid()))
+            trial.set_user_attr("host", socket.gethostname())
+            trial.set_user_attr("kind", kind)
             if kind == "baseline":
                 self._skip_if_enqueued_twice(trial)
             label = (trial.suggest_categorical("budget", self.labels) if len(self.labels) > 1
@@ -145,8 +153,11 @@ class TrialObjective:
             budget = self.budgets[label]
             trial.set_user_attr("budget_bytes", budget)
             if kind == "baseline":
-                return self._baseline(trial, folder, budget, t0)
-            return self._search(trial, folder, budget, t0)
+                values = self._baseline(trial, folder, budget, t0)
+            else:
+                values = self._search(trial, folder, budget, t0)
+            self._check_still_ours(trial)
+            return values
         except optuna.TrialPruned:
             raise
         except KeyboardInterrupt:
@@ -156,11 +167,26 @@ class TrialObjective:
         except Exception as exc:
             # The trial fails with its reason on record and the study goes on.
             reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+            if isinstance(exc, OSError):
+                # The machine's failure (a full disk, a lost mount), not the method's: not
+                # counted as done, re-queued on --resume (see autodim.study.storage).
+                with contextlib.suppress(Exception):
+                    trial.set_user_attr("requeue", True)
             trial.set_user_attr("fail_reason", reason)
             trial.set_user_attr("wall_seconds", time.perf_counter() - t0)
             raise
         finally:
             beat.__exit__(None, None, None)
+
+    @staticmethod
+    def _check_still_ours(trial) -> None:
+        """Raise when a resumer failed this trial meanwhile (it judged this worker stopped):
+        Optuna's tell then fails cleanly and the study loop says so and goes on."""
+        from optuna.trial import TrialState
+
+        state = trial.study._storage.get_trial(trial._trial_id).state  # noqa: SLF001
+        if state != TrialState.RUNNING:
+            raise AutodimError(f"trial {trial.number} was taken over by another worker")
 
     # -- the two kinds of trial -----------------------------------------------------------
     def _search(self, trial, folder: Path, budget: int, t0: float) -> list[float]:

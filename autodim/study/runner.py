@@ -8,6 +8,7 @@ weights, written atomically) and ``pareto.csv`` / ``pareto.json``, rewritten aft
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import math
 import warnings
@@ -113,29 +114,47 @@ def _seed_offset(study, resume: bool) -> int:
 
 def _snapshot(config: StudyConfig, data, budgets: dict[str, int]) -> dict[str, Any]:
     """What must not change when a study is resumed (it defines the search space)."""
-    return {"methods": list(config.methods), "budgets": budgets,
+    import json
+
+    from autodim.study.storage import data_identity
+
+    snap = {"methods": list(config.methods), "budgets": budgets,
             "objectives": list(config.objectives), "D": config.D, "backbone": config.backbone,
-            "schema_fingerprint": data.schema.fingerprint()}
+            "backbone_kwargs": dict(config.backbone_kwargs),
+            "schema_fingerprint": data.schema.fingerprint(),
+            "data": data_identity(data, config.dataset),
+            "search_space": config.search_space.to_dict()}
+    return json.loads(json.dumps(snap, default=str))  # as the storage gives it back
 
 
 def _check_resumable(study, snap: dict[str, Any], name: str) -> None:
+    from autodim.study.storage import _short, first_difference
+
     old = study.user_attrs.get("autodim_space")
     if not old:
         return
     for key, label in (("schema_fingerprint", "dataset (schema fingerprint)"),
-                       ("methods", "methods"), ("budgets", "budgets"),
-                       ("objectives", "objectives"), ("D", "D"), ("backbone", "backbone")):
-        if old.get(key) != snap.get(key):
+                       ("data", "dataset"), ("methods", "methods"), ("budgets", "budgets"),
+                       ("objectives", "objectives"), ("D", "D"), ("backbone", "backbone"),
+                       ("backbone_kwargs", "backbone_kwargs"),
+                       ("search_space", "search space")):
+        if key not in old:
+            continue  # a study made before this was recorded
+        diff = first_difference(old.get(key), snap.get(key))
+        if diff is not None:
+            where, was, now = diff
             raise ConfigError(f"cannot resume study {name!r}: its {label} changed from "
-                              f"{old.get(key)!r} to {snap.get(key)!r}; a study's search space "
-                              "must stay the same (use --out-dir for a new study)")
+                              f"{_short(was)} to {_short(now)}" + (f" (at {where})" if where
+                                                                    else "")
+                              + "; a study's data and search space must stay the same (use "
+                              "--out-dir for a new study)")
 
 
 def _counts(study) -> tuple[int, int, int]:
     """(search trials done, search trials running, trials waiting)."""
     from optuna.trial import TrialState
 
-    from autodim.study.storage import requeued_numbers
+    from autodim.study.storage import counts_as_done, requeued_numbers
 
     trials = study.get_trials(deepcopy=False)
     again = requeued_numbers(trials)
@@ -148,7 +167,7 @@ def _counts(study) -> tuple[int, int, int]:
             continue
         if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
             done += 1
-        elif t.state == TrialState.FAIL and t.number not in again:
+        elif t.state == TrialState.FAIL and counts_as_done(t, again):
             done += 1
         elif t.state == TrialState.RUNNING:
             running += 1
@@ -265,9 +284,10 @@ def trial_line(t, done: int | None = None, total: int | None = None) -> str:
         feas = "" if a.get("feasible", True) else "  OVER BUDGET"
         if "duplicate_of" in a:
             feas += f"  (same parameters as trial {a['duplicate_of']}: result reused)"
-        test = a.get("test_auc")
-        test_s = f" test AUC {test:.4f}" if isinstance(test, float) else ""
-        return (f"{head}: val AUC {a.get('val_auc', math.nan):.4f}{test_s}  "
+        from autodim.metrics import format_auc
+
+        test_s = f" test AUC {format_auc(a.get('test_auc'))}" if "test_auc" in a else ""
+        return (f"{head}: val AUC {format_auc(a.get('val_auc'))}{test_s}  "
                 f"{int(a.get('bytes', 0)):,} B ({a.get('compression', 0):.1f}x){feas}{tail}")
     if t.state == TrialState.PRUNED:
         p = a.get("prune_reason") or {}
@@ -327,7 +347,13 @@ def _run_study(config: StudyConfig, *, n_trials, storage, resume, methods, out_d
     from autodim.progress import current as current_progress
     from autodim.study.objective import TrialObjective
     from autodim.study.result import StudyResult
-    from autodim.study.storage import display_url, open_storage, recover_trials
+    from autodim.study.storage import (
+        display_url,
+        open_storage,
+        recover_trials,
+        taken_over,
+        worker_heartbeat,
+    )
 
     say = echo or (lambda _m: None)
     warn = warn or (lambda m: warnings.warn(m, StudyWarning, stacklevel=3))
@@ -342,13 +368,21 @@ def _run_study(config: StudyConfig, *, n_trials, storage, resume, methods, out_d
     data = data if data is not None else load_study_data(config)
     budgets = resolve_budgets(config, data.schema, warn)
     labels = list(budgets)
+    from autodim.models import create_backbone
+
+    try:  # bad backbone_kwargs: one error now, not every trial failing on it
+        create_backbone(config.backbone, data.schema.num_fields, config.D,
+                        **config.backbone_kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"{config.path or '<study>'}: {exc}") from None
 
     folder.mkdir(parents=True, exist_ok=True)
-    store = open_storage(url, folder)
+    store = open_storage(url, folder, warn=warn)
     journal = isinstance(store, JournalStorage)
     where = display_url(url) or str(folder / "study.journal")
     old_level = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    stack = contextlib.ExitStack()
     try:
         exists = config.name in optuna.get_all_study_names(store)
         if exists and not resume:
@@ -379,6 +413,10 @@ def _run_study(config: StudyConfig, *, n_trials, storage, resume, methods, out_d
             study.set_user_attr("bayes_auc", data.meta.get("bayes_auc"))
             study.set_user_attr("full_bytes", full_bytes(data.schema, config.D))
         _write_manifest(folder, config, url, budgets, data)
+        if journal:  # this worker beats from before its first trial (autodim.study.storage)
+            beat = worker_heartbeat(folder)
+            beat.__enter__()
+            stack.callback(beat.__exit__, None, None, None)
         if resume:
             recover_trials(study, folder, journal=journal, echo=say)
         _enqueue_baselines(study, config, budgets, data.schema, warn, say)
@@ -400,17 +438,31 @@ def _run_study(config: StudyConfig, *, n_trials, storage, resume, methods, out_d
             while waiting > 0 or done + running < config.n_trials:
                 if waiting == 0 and len(labels) > 1:
                     _enqueue_next_budget(study, labels)
-                study.optimize(objective, n_trials=1, catch=(Exception,),
-                               callbacks=[lambda _study, trial: ran.append(trial)])
+                try:
+                    study.optimize(objective, n_trials=1, catch=(Exception,),
+                                   callbacks=[lambda _study, trial: ran.append(trial)])
+                # "Cannot tell a FAIL trial" (or Optuna's assert after it): taken over?
+                except (ValueError, AssertionError):
+                    if not taken_over(study, objective.current):
+                        raise
+                    say(f"trial {objective.current}: another worker judged this one stopped "
+                        "and failed it (it is re-run under a new number); this worker's "
+                        "result for it is dropped, going on")
                 done, running, waiting = _counts(study)
                 result.write_pareto()
                 if ran:
-                    say(trial_line(ran.pop(), done, config.n_trials))
+                    last = ran.pop()
+                    say(trial_line(last, done, config.n_trials))
+                    if last.state == TrialState.FAIL and last.user_attrs.get("requeue"):
+                        raise AutodimError(
+                            f"trial {last.number} failed: {last.user_attrs.get('fail_reason')}"
+                            " (not counted; --resume re-runs it once this is fixed)")
                 shown.trial_done(min(done, config.n_trials), _best_so_far(study))
             if journal or not _wait_for_others(study):
                 break
             done, running, waiting = _counts(study)
     finally:
+        stack.close()
         optuna.logging.set_verbosity(old_level)
     result.write_pareto()
     search = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("kind") == "search"]
