@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from autodim.embeddings.compact import FieldwiseEmbedding
-from autodim.embeddings.field import Align, FieldEmbedding, Project, Select
+from autodim.embeddings.field import Align, DroppedField, FieldEmbedding, Project, Select
 from autodim.embeddings.quant import FakeQuantEmbedding, QuantizedEmbedding
 from autodim.embeddings.tables import (
     DenseTable,
@@ -147,7 +147,8 @@ class _Group(nn.Module):
             self.table_b = nn.Embedding(weight_b.shape[0], weight_b.shape[1],
                                         sparse=weight_b.shape[0] > sparse_threshold,
                                         _weight=weight_b)
-        self.pooled = any(w > 1 for w in widths)
+        # sequences pool (even of width 1: an all-padding row reads zeros, as mean_pool)
+        self.pooled = any(m.is_sequence for _, m, _ in members)
         self.num_cols = int(sum(widths))
         if self.pooled:
             # (sample, field) bags: field j of a sample starts at column bag_starts[j] of the
@@ -314,7 +315,8 @@ class FusedEmbedding(FieldwiseEmbedding):
         for i, m in enumerate(fieldwise.fields):
             if _kind(m) is not None:
                 by_dim[(m.table.dim, _family(m.table))].append(i)
-        fused = {i for members in by_dim.values() if len(members) > 1 for i in members}
+        # every field the path can take joins a group (a width of its own is a group of one)
+        fused = {i for members in by_dim.values() for i in members}
         for i, m in enumerate(fieldwise.fields):
             placeholders.append(nn.Identity() if i in fused else m)
         super().__init__(fieldwise.schema, fieldwise.out_dim, placeholders)
@@ -322,8 +324,6 @@ class FusedEmbedding(FieldwiseEmbedding):
         self.fused_fields = sorted(fused)
         groups = []
         for _, members in sorted(by_dim.items()):
-            if len(members) < 2:
-                continue
             groups.append(_Group([(i, fieldwise.fields[i], self._slices[i]) for i in members],
                                  self.out_dim, sparse_threshold))
         self.groups = nn.ModuleList(groups)
@@ -331,6 +331,7 @@ class FusedEmbedding(FieldwiseEmbedding):
         order = [i for g in self.groups for i in g.field_index] + self.rest
         self.register_buffer("order", torch.tensor(order).argsort(), persistent=False)
         self.single = (len(self.groups) == 1 and not self.rest)
+        self._serve: dict | None = None
         self._rebind()
         self._register_state_dict_hook(FusedEmbedding._to_fieldwise_keys)
         self._register_load_state_dict_pre_hook(FusedEmbedding._from_fieldwise_keys,
@@ -347,6 +348,8 @@ class FusedEmbedding(FieldwiseEmbedding):
         return self._fieldwise
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self._serve is not None and not self.training:
+            return self._serve_forward(ids)
         if self.single:
             return self.groups[0](ids)
         parts = [g(ids) for g in self.groups]
@@ -361,10 +364,79 @@ class FusedEmbedding(FieldwiseEmbedding):
         return self._fieldwise.field_bytes()
 
     def bake(self) -> "FusedEmbedding":
-        """Prepare for serving (see :meth:`_Group.bake`); outputs unchanged. Returns self."""
+        """Prepare for serving; outputs unchanged. Returns self.
+
+        Masks are baked into the weights (see :meth:`_Group.bake`). When every field is a
+        categorical field of a plain group (dense, hashed or element-pruned tables), all
+        groups' rows are moved into ONE flat buffer (the tables become views of it) and an
+        eval-mode batch is one gather of ``[B, F, d_max]`` elements (positions beyond a
+        field's width read a zero) and one batched ``[F, B, d_max] x [F, d_max, D]`` map
+        (identity, projection or column placement per field), whatever the number of
+        widths. ``train()`` turns that path off again (the map copies the projections).
+        """
         for g in self.groups:
             g.bake()
+        self._serve = None
+        dropped = [i for i in self.rest if type(self.fields[i]) is DroppedField]
+        if (len(self.groups) < 2 or len(dropped) < len(self.rest)  # one width: one gather
+                or any(g.family != "plain" or g.row_pruned or g.pooled for g in self.groups)):
+            return self
+        with torch.no_grad():
+            sizes = [g.table.weight.numel() for g in self.groups]
+            flat = torch.zeros(sum(sizes) + 1, dtype=self.groups[0].table.weight.dtype,
+                               device=self.groups[0].table.weight.device)  # last: the zero
+            start = 0
+            F, D = len(self._slices), self.out_dim
+            d_max = max(g.dim for g in self.groups)
+            base = torch.zeros(F, dtype=torch.long)
+            width = torch.zeros(F, dtype=torch.long)
+            modulus = torch.ones(F, dtype=torch.long)  # dropped fields: any id, stride 0
+            maps = torch.zeros(F, d_max, D, dtype=flat.dtype)
+            for g, n in zip(self.groups, sizes):
+                seg = flat[start:start + n]
+                seg.copy_(g.table.weight.reshape(-1))
+                g.table.weight = nn.Parameter(seg.view(g.table.weight.shape),
+                                              requires_grad=g.table.weight.requires_grad)
+                for j, i in enumerate(g.field_index):
+                    lo, hi = g.bounds[j]
+                    base[i], width[i], modulus[i] = start + lo * g.dim, g.dim, hi - lo
+                    align = self._fieldwise.fields[i].align
+                    eye = torch.eye(g.dim, D, dtype=flat.dtype)
+                    if type(align) is Project:
+                        maps[i, :g.dim] = align.linear.weight.t()
+                    elif type(align) is Select and not align.is_prefix:
+                        maps[i, torch.arange(g.dim), align.columns] = 1
+                    else:
+                        maps[i, :g.dim] = eye
+                start += n
+            self._rebind()
+        # element index of (field f, position k) = local id * stride[f, k] + start[f, k];
+        # positions beyond a field's width have stride 0 and start at the zero element
+        k = torch.arange(d_max)
+        valid = k < width.unsqueeze(1)
+        stride = torch.where(valid, width.unsqueeze(1), 0)
+        first = torch.where(valid, base.unsqueeze(1) + k, flat.numel() - 1)
+        self._serve = dict(flat=flat, cols=torch.tensor([lo for lo, _ in self._slices]),
+                           modulus=modulus, maps=maps, stride=stride, first=first,
+                           hashed=any(g.hashed for g in self.groups))
         return self
+
+    def _serve_forward(self, ids: torch.Tensor) -> torch.Tensor:
+        sv = self._serve
+        local = ids.index_select(1, sv["cols"])
+        if sv["hashed"]:
+            local = torch.remainder(local, sv["modulus"])
+        x = sv["flat"][local.unsqueeze(-1) * sv["stride"] + sv["first"]]  # [B, F, d_max]
+        return torch.bmm(x.transpose(0, 1), sv["maps"]).transpose(0, 1)
+
+    def train(self, mode: bool = True):
+        if mode:
+            self._serve = None
+        return super().train(mode)
+
+    def _apply(self, fn, recurse=True):
+        self._serve = None  # a device or dtype move leaves the flat buffer behind
+        return super()._apply(fn, recurse)
 
     # -- state dict keys: the per-field ones ------------------------------------------------
     # The per-field modules' tensors are views of the groups', so the per-field state dict

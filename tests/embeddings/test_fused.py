@@ -188,3 +188,53 @@ def test_state_dict_follows_the_fused_tensors_after_they_are_replaced():
     lo, hi = g.bounds[0]
     key = f"fields.{g.field_index[0]}.table.embedding.weight"
     assert torch.equal(fused.state_dict()[key], g.table.weight.data[lo:hi])
+
+
+def test_serving_path_one_gather_for_every_width():
+    from autodim.data.schema import Field, Schema
+    from autodim.plan import DimensionPlan, FieldPlan
+
+    schema = Schema([Field("a", vocab_size=50), Field("b", vocab_size=30),
+                     Field("c", vocab_size=20), Field("d", vocab_size=9),
+                     Field("e", vocab_size=7)])
+    m = np.random.default_rng(5).random((9, 2)) < 0.5
+    per_field = {"a": {"dim": 8}, "b": {"dim": 3},  # identity, projection
+                 "c": {"dim": 3, "align": "select", "columns": [7, 1, 4]},
+                 "d": {"dim": 2, "align": "pad", "sparse": {"nnz": int(m.sum()),
+                                                           "bits": encode_mask(m)}},
+                 "e": {"dim": 0}}
+    for hashed in (False, True):
+        fields = []
+        for f in schema.fields:
+            kw = dict(name=f.name, vocab_size=f.vocab_size, **per_field[f.name])
+            if hashed and f.name == "a":
+                kw["hashing"] = {"method": "hash", "buckets": 11}
+            fields.append(FieldPlan(**kw))
+        plan = DimensionPlan(fields=fields, D=8, schema_fingerprint=schema.fingerprint())
+        torch.manual_seed(0)
+        ref = build_embedding(plan).eval()
+        torch.manual_seed(0)
+        fused = build_embedding(plan, fused=True).eval().bake()
+        assert fused._serve is not None and fused.rest == [4]  # the dropped field
+        x = torch.stack([torch.randint(0, f.vocab_size, (64,)) for f in schema.fields], 1)
+        with torch.no_grad():
+            assert torch.allclose(fused(x), ref(x), atol=1e-6)
+        assert fused.state_dict().keys() == ref.state_dict().keys()
+        fused.train()
+        assert fused._serve is None  # training never reads the serving copy of the maps
+        with torch.no_grad():
+            assert torch.allclose(fused(x), ref(x), atol=1e-6)
+
+
+def test_width_one_sequence_reads_zero_for_padding():
+    from autodim.data.schema import Field, Schema
+    from autodim.plan import DimensionPlan
+
+    schema = Schema([Field("a", vocab_size=10), Field("s", "sequence", vocab_size=6, width=1)])
+    plan = DimensionPlan.full(schema, 4)
+    torch.manual_seed(0)
+    ref = build_embedding(plan)
+    torch.manual_seed(0)
+    fused = build_embedding(plan, fused=True)
+    x = torch.tensor([[1, 0], [2, 3]])
+    assert torch.allclose(fused(x), ref(x)) and float(fused(x)[0, 1].detach().abs().sum()) == 0.0
