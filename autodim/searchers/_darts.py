@@ -124,7 +124,7 @@ class _SoftSelectionSearcher(Searcher):
             probs = embedding.probs().detach().double().cpu().numpy()
             argmax = embedding.argmax_dims()
             tau = module.tau() if settings.gumbel else None
-            values = None
+            values = fill = None
             if self.plan_from == "projection":  # the old rule: argmax α, projected
                 slot_dims = project_to_budget(schema, task.D, task.candidate_dims, group_rows,
                                               probs, task.budget_bytes)
@@ -132,16 +132,17 @@ class _SoftSelectionSearcher(Searcher):
                 if self.plan_from == "alpha":
                     values = alpha_values(probs)
                 else:
-                    gains = candidate_gains(
+                    gains, mean = candidate_gains(
                         embedding, module.backbone,
-                        TensorBatches(task.data.data.val, task.data.eval_batch_size), tau=tau)
+                        TensorBatches(task.data.data.val, task.data.eval_batch_size), tau=tau,
+                        with_mean=True)
                     # The plan is retrained from scratch, where a wider table can learn all
                     # a narrower one can: a candidate is worth at least the best narrower
                     # one (a lower measured gain reflects how the supernet trained it).
                     values = np.maximum.accumulate(gains, axis=1)
+                    fill = np.maximum.accumulate(mean, axis=1)
                 slot_dims = knapsack_slots(schema, task.D, task.candidate_dims, group_rows,
-                                           values, task.budget_bytes,
-                                           fill=self.plan_from == "gain")
+                                           values, task.budget_bytes, fill=fill)
             uniform = uniform_alpha_dims(schema, task.D, task.candidate_dims, group_rows,
                                          task.budget_bytes)
             differs = [n for n, a, b in zip(embedding.slot_names, slot_dims, uniform) if a != b]

@@ -154,7 +154,9 @@ class CandidateLift(nn.Module):
     ``d_k × D`` map per field followed by BatchNorm without scale/shift (AutoDim eq. 2-3);
     the outputs are mixed with the weights (AutoDim eq. 4, DARTS eq. 2):
 
-        out_b = Σ_k w_bk · (z_bk − μ_k) / sqrt(σ²_k + eps),    z_bk = rows_b[cols_k] · W_k
+        out_b = g ⊙ Σ_k w_bk · (z_bk − μ_k) / sqrt(σ²_k + eps),    z_bk = rows_b[cols_k] · W_k
+
+    with ``g`` a learnable per-field output scale shared by the candidates (see ``gain``).
 
     This is computed without materialising the ``[B, F, K, D]`` candidates: BatchNorm is an
     affine map per channel, so its batch statistics come from the rows' mean and covariance
@@ -173,7 +175,7 @@ class CandidateLift(nn.Module):
 
     def __init__(self, num_fields: int, width: int, starts: Sequence[int],
                  dims: Sequence[int], out_dim: int, *, momentum: float = 0.1,
-                 eps: float = 1e-5):
+                 eps: float = 1e-5, gain_init: float = 0.1):
         super().__init__()
         K, D = len(dims), out_dim
         self.num_fields, self.num_candidates, self.out_dim = num_fields, K, D
@@ -192,6 +194,14 @@ class CandidateLift(nn.Module):
         # Separate tables give every input column to exactly one candidate.
         self.disjoint = bool((mask.view(width, K, D)[:, :, 0].sum(1) <= 1).all())
         self.weight = nn.Parameter(weight)
+        # One learnable output scale per field and channel, shared by the field's candidates.
+        # BatchNorm without affine fixes every candidate at unit variance, and an FM has no
+        # weights on its dot products, so without it the interaction logits start with std
+        # ~sqrt(F²·D/2) (tens; training losses of 3-7 were measured) and cannot shrink. A
+        # per-candidate γ_k could undo α_k, a per-field one cannot: it scales all candidates
+        # of the field alike, so α still compares what they say. It folds into the plan's
+        # projection like the BN scale.
+        self.gain = nn.Parameter(torch.full((num_fields, out_dim), float(gain_init)))
         self.register_buffer("mask", mask, persistent=False)
         self.register_buffer("col_cand", col_cand, persistent=False)
         # BatchNorm's running mean is kept in *row* space: a channel's batch mean is
@@ -231,7 +241,8 @@ class CandidateLift(nn.Module):
         K, D = self.num_candidates, self.out_dim
         W = self.masked_weight()
         mu, var = self.batch_stats(rows, W)
-        scale = torch.rsqrt(var + self.eps)  # [F, K*D]
+        # BN scale and the field's output gain, folded into the maps.
+        scale = torch.rsqrt(var + self.eps) * self.gain.repeat(1, K)  # [F, K*D]
         V = (W * scale.unsqueeze(1)).view(F, n_in, K, D)  # maps with the BN scale folded in
         shift = (mu * scale).view(F, K, D)
         if weights.shape[0] == 1:  # one mixture for the whole batch: fold it in too
@@ -253,8 +264,9 @@ class CandidateLift(nn.Module):
         W = self.masked_weight()
         mu, var = self.batch_stats(rows, W)
         z = torch.einsum("bfi,fio->bfo", rows, W)
-        return ((z - mu) * torch.rsqrt(var + self.eps)).view(B, F, self.num_candidates,
-                                                            self.out_dim)
+        z = ((z - mu) * torch.rsqrt(var + self.eps)).view(B, F, self.num_candidates,
+                                                         self.out_dim)
+        return z * self.gain.view(1, F, 1, self.out_dim)
 
     def block(self, f: int, k: int) -> torch.Tensor:
         """Field ``f``'s map of candidate ``k`` as ``[d_k, D]``."""
@@ -267,7 +279,7 @@ class CandidateLift(nn.Module):
         row mean ``[d]`` and ``V = W_k / sqrt(σ²_k + eps)`` ``[d, D]`` (BN's shift and scale
         folded into a shift of the rows and a bias-free map)."""
         s, d, D = self.starts[k], self.dims[k], self.out_dim
-        scale = torch.rsqrt(self.running_var[f, k * D:(k + 1) * D] + self.eps)
+        scale = torch.rsqrt(self.running_var[f, k * D:(k + 1) * D] + self.eps) * self.gain[f]
         return (self.running_row_mean[f, s:s + d].clone(),
                 self.block(f, k) * scale.unsqueeze(0))
 
@@ -577,15 +589,15 @@ def _slot_schema(group_rows: Sequence[Sequence[int]]) -> Schema:
 
 def knapsack_slots(schema: Schema, D: int, candidate_dims: Sequence[int],
                    group_rows: Sequence[Sequence[int]], values: np.ndarray,
-                   budget_bytes: int | None, *, fill: bool = False) -> list[int]:
+                   budget_bytes: int | None, *, fill: np.ndarray | None = None) -> list[int]:
     """Per-slot dims maximising ``Σ_s values[s, k_s]`` with the plan's bytes <= the budget:
     the exact multiple-choice knapsack (:func:`autodim.budget.knapsack_dims`).
 
     A slot costs what the plan stores for it (rows·d + the ``d×D`` projection), so merging
     adjacent groups of equal dim (one projection) can only save bytes. If the budget cannot
     hold one projection per group, groups are given up: every slot of a field gets the
-    field's choice, made on the sum of its slots' values. With ``fill``, bytes left over are
-    spent on steps up that lose no value (:func:`_fill`).
+    field's choice, made on the sum of its slots' values. With ``fill`` (values of the same
+    shape), bytes left over are spent on the steps up that ``fill`` values (:func:`_fill`).
     """
     cands = [int(c) for c in candidate_dims]
     values = np.asarray(values, dtype=np.float64)
@@ -595,24 +607,30 @@ def knapsack_slots(schema: Schema, D: int, candidate_dims: Sequence[int],
     if min_feasible_bytes(slots, D, cands) <= budget_bytes:
         dims = knapsack_dims(slots, D, cands, dict(zip(slots.names, values)), budget_bytes)
         out = [dims[n] for n in slots.names]
-        return _fill(slots, D, cands, values, out, budget_bytes) if fill else out
+        return _fill(slots, D, cands, fill, out, budget_bytes) if fill is not None else out
     field_values, s = {}, 0
     for f, g in zip(schema.fields, group_rows):
         field_values[f.name] = values[s:s + len(g)].sum(0)
         s += len(g)
     dims = knapsack_dims(schema, D, cands, field_values, budget_bytes)
     out = [dims[f.name] for f in schema.fields]
-    if fill:
-        out = _fill(schema, D, cands, np.stack(list(field_values.values())), out,
-                    budget_bytes)
+    if fill is not None:
+        fill_fields, s = [], 0
+        for g in group_rows:
+            fill_fields.append(np.asarray(fill)[s:s + len(g)].sum(0))
+            s += len(g)
+        out = _fill(schema, D, cands, np.stack(fill_fields), out, budget_bytes)
     return [d for d, g in zip(out, group_rows) for _ in g]
 
 
 def _fill(schema: Schema, D: int, cands: list[int], values: np.ndarray, dims: list[int],
           budget_bytes: int) -> list[int]:
-    """Spend what the knapsack left on steps up that lose no value (largest value per byte
-    first, then the cheapest): the plan is retrained from scratch, where a wider table can
-    learn whatever a narrower one can, so unused bytes are only waste."""
+    """Spend what the knapsack left on steps up that lose no value: first those with a
+    positive value (largest value per byte first; bytes the confidence bound would not buy
+    go where the mean gain still says the wider candidate helps), then value-neutral ones,
+    the largest step that fits first. The plan is retrained from scratch, where a wider
+    table can learn what a narrower one can, so unused bytes are only waste; when nothing
+    was measured either way, the large fields (most of the bytes) get them."""
     rows = [f.vocab_size for f in schema.fields]
     level = [cands.index(d) for d in dims]
     total = sum(field_dim_bytes(r, cands[k], D) for r, k in zip(rows, level))
@@ -626,7 +644,7 @@ def _fill(schema: Schema, D: int, cands: list[int], values: np.ndarray, dims: li
                 rows[i], cands[k], D)
             if gain < 0 or total + extra > budget_bytes:
                 continue
-            kk = (gain / max(extra, 1), -extra)
+            kk = (gain > 0, gain / max(extra, 1), extra)
             if key is None or kk > key:
                 best, key = i, kk
         if best is None:
@@ -645,7 +663,8 @@ def alpha_values(probs: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def candidate_gains(embedding: "SupernetEmbedding", backbone: nn.Module, batches: Any, *,
-                    tau: float | None = None, max_rows: int = 50_000) -> np.ndarray:
+                    tau: float | None = None, max_rows: int = 50_000,
+                    with_mean: bool = False) -> Any:
     """Validation-loss gain of every (slot, candidate) on the trained supernet, ``[S, K]``.
 
     ``gain[s, k] = L(mixture) − L(slot s answered by candidate k alone)``: the mean log loss
@@ -701,11 +720,10 @@ def candidate_gains(embedding: "SupernetEmbedding", backbone: nn.Module, batches
         raise RuntimeError("the validation split is empty: candidate gains need batches")
     g = torch.stack(per_batch)  # [batches, S, K]
     mean = g.mean(0)
-    if len(g) < 2:
-        return mean.numpy()
     # One standard error below the mean: a gain that is batch-to-batch noise (a noise
     # field's larger candidates) is worth ~0, so the knapsack does not spend bytes on it.
-    return (mean - g.std(0) / math.sqrt(len(g))).numpy()
+    lcb = mean if len(g) < 2 else mean - g.std(0) / math.sqrt(len(g))
+    return (lcb.numpy(), mean.numpy()) if with_mean else lcb.numpy()
 
 
 def uniform_alpha_dims(schema: Schema, D: int, candidate_dims: Sequence[int],

@@ -160,16 +160,18 @@ def test_folded_lift_equals_linear_plus_batchnorm(starts, dims, per_sample):
     F, D, B = 3, 8, 64
     width = max(s + d for s, d in zip(starts, dims))
     lift = CandidateLift(F, width, starts, dims, D)
+    with torch.no_grad():
+        lift.gain.uniform_(0.5, 1.5)
     rows = torch.randn(B, F, width, requires_grad=True)
     w = torch.softmax(torch.randn(B if per_sample else 1, F, len(dims)), -1).requires_grad_()
     out = lift(rows, w)
     z = torch.einsum("bfi,fio->bfo", rows, lift.weight * lift.mask).reshape(B, -1)
     z = torch.nn.functional.batch_norm(z, None, None, training=True, eps=lift.eps)
-    ref = (z.view(B, F, len(dims), D) * w.unsqueeze(-1)).sum(2)
+    ref = (z.view(B, F, len(dims), D) * w.unsqueeze(-1)).sum(2) * lift.gain
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
     g = torch.randn_like(out)
-    got = torch.autograd.grad((out * g).sum(), [rows, lift.weight, w])
-    want = torch.autograd.grad((ref * g).sum(), [rows, lift.weight, w])
+    got = torch.autograd.grad((out * g).sum(), [rows, lift.weight, w, lift.gain])
+    want = torch.autograd.grad((ref * g).sum(), [rows, lift.weight, w, lift.gain])
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
 
