@@ -24,17 +24,26 @@ grows into spare budget. See :mod:`autodim.searchers._supernet` for the details 
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, ClassVar, Mapping
 
+import numpy as np
+
 from autodim.data.datamodule import TensorBatches
+from autodim.errors import ConfigError
 from autodim.searchers._supernet import (
+    PLAN_RULES,
     BilevelSearch,
     BilevelSettings,
     SupernetEmbedding,
+    alpha_values,
+    candidate_gains,
     frequency_group_rows,
+    knapsack_slots,
     project_to_budget,
     slot_bytes_of,
     slot_plan_fields,
+    uniform_alpha_dims,
 )
 from autodim.searchers.base import Searcher, SearchResult, SearchTask, Stopwatch
 from autodim.searchers.registry import register_searcher
@@ -59,20 +68,32 @@ class _SoftSelectionSearcher(Searcher):
     penalty: bool
     multiplier_lr: float
     log_every: int
-    warm_start: bool
+    warm_start: str
+    plan_from: str
+    second_order: bool
+    xi: float | None
+
+    def _check_settings(self) -> None:
+        if self.plan_from not in PLAN_RULES:
+            raise ConfigError(f"{self.name}: plan_from must be one of {list(PLAN_RULES)}, "
+                              f"got {self.plan_from!r}")
+        if self.warm_start not in ("none", "exact", "initial"):
+            raise ConfigError(f"{self.name}: warm_start must be 'none', 'exact' or 'initial', "
+                              f"got {self.warm_start!r}")
 
     def _bilevel_settings(self, task: SearchTask) -> BilevelSettings:
         return BilevelSettings(
             lr=task.train.lr, weight_decay=task.train.weight_decay, arch_lr=self.arch_lr,
             arch_every=self.arch_every, budget_bytes=task.budget_bytes, penalty=self.penalty,
             multiplier_lr=self.multiplier_lr, log_every=self.log_every,
-            max_steps=task.train.max_steps)
+            max_steps=task.train.max_steps, second_order=self.second_order, xi=self.xi)
 
     def _group_rows(self, task: SearchTask) -> list[list[int]]:
         return [[f.vocab_size] for f in task.schema.fields]
 
     def search(self, task: SearchTask) -> SearchResult:
         """Train the supernet, read the plan off α and fit it to ``task.budget_bytes``."""
+        self._check_settings()
         task.check_budget()
         schema, cfg = task.schema, task.train
         with Stopwatch() as sw:
@@ -92,6 +113,9 @@ class _SoftSelectionSearcher(Searcher):
             # Warm-up is capped at half the search so that α always gets steps.
             settings.warmup_steps = min(int(round(self.warmup_epochs * len(train))),
                                         epochs * len(train) // 2)
+            planned = epochs * len(train)
+            settings.planned_steps = (min(planned, cfg.max_steps) if cfg.max_steps >= 0
+                                      else planned)
             module = BilevelSearch(embedding, task.make_backbone(), val, settings)
             trainer = make_trainer(cfg, max_epochs=epochs, max_steps=-1,
                                    limit_val_batches=0)
@@ -99,8 +123,33 @@ class _SoftSelectionSearcher(Searcher):
 
             probs = embedding.probs().detach().double().cpu().numpy()
             argmax = embedding.argmax_dims()
-            slot_dims = project_to_budget(schema, task.D, task.candidate_dims, group_rows,
-                                          probs, task.budget_bytes)
+            tau = module.tau() if settings.gumbel else None
+            values = fill = None
+            if self.plan_from == "projection":  # the old rule: argmax α, projected
+                slot_dims = project_to_budget(schema, task.D, task.candidate_dims, group_rows,
+                                              probs, task.budget_bytes)
+            else:
+                if self.plan_from == "alpha":
+                    values = alpha_values(probs)
+                else:
+                    gains, mean = candidate_gains(
+                        embedding, module.backbone,
+                        TensorBatches(task.data.data.val, task.data.eval_batch_size), tau=tau,
+                        with_mean=True)
+                    # The plan is retrained from scratch, where a wider table can learn all
+                    # a narrower one can: a candidate is worth at least the best narrower
+                    # one (a lower measured gain reflects how the supernet trained it).
+                    values = np.maximum.accumulate(gains, axis=1)
+                    fill = np.maximum.accumulate(mean, axis=1)
+                slot_dims = knapsack_slots(schema, task.D, task.candidate_dims, group_rows,
+                                           values, task.budget_bytes, fill=fill)
+            uniform = uniform_alpha_dims(schema, task.D, task.candidate_dims, group_rows,
+                                         task.budget_bytes)
+            differs = [n for n, a, b in zip(embedding.slot_names, slot_dims, uniform) if a != b]
+            if not differs:
+                warnings.warn(f"{self.name}: the searched plan equals the uniform-α plan (what "
+                              "bytes alone give): the search did not change the allocation",
+                              stacklevel=2)
             dims, groups = slot_plan_fields(schema, group_rows, slot_dims)
             # The supernet's own validation metrics (softmax(α) mixture, running BN stats).
             seen = evaluate(module, TensorBatches(task.data.data.val, task.data.eval_batch_size))
@@ -110,7 +159,8 @@ class _SoftSelectionSearcher(Searcher):
                 if fp.name in groups:
                     fp.frequency_groups = groups[fp.name]
             plan.validate()
-            warm = embedding.warm_start(slot_dims) if self.warm_start else None
+            warm = (None if self.warm_start == "none" else
+                    embedding.warm_start(slot_dims, tau=tau, scale=self.warm_start))
 
         history = module.history
         if not module.settings.gumbel:
@@ -124,10 +174,32 @@ class _SoftSelectionSearcher(Searcher):
                          for n, p in zip(embedding.slot_names, probs)},
             dims=plan.dims, plan_bytes=plan.num_bytes(), budget_bytes=task.budget_bytes,
             total_steps=module.step_count,
-            supernet_val_auc=seen["auc"])
+            supernet_val_auc=seen["auc"], plan_from=self.plan_from,
+            slot_dims=dict(zip(embedding.slot_names, map(int, slot_dims))),
+            uniform_alpha_dims=dict(zip(embedding.slot_names, map(int, uniform))),
+            differs_from_uniform_alpha=differs)
+        if values is not None:
+            history["plan_values"] = {n: [round(float(v), 6) for v in row] for n, row in
+                                      zip(embedding.slot_names, np.asarray(values))}
         if embedding.grouped:
             history["frequency_groups"] = {f.name: g for f, g in zip(schema.fields, group_rows)}
         return SearchResult(plan=plan, history=history, warm_start=warm)
+
+
+_PLAN_DOC = """
+        plan_from: How the plan is read off the trained supernet, always by the exact
+            multiple-choice knapsack over the plan's bytes (:func:`autodim.budget.
+            knapsack_dims`): ``"gain"`` maximises the measured validation-loss gain of each
+            (slot, candidate) on the trained supernet (:func:`~autodim.searchers._supernet.
+            candidate_gains`); ``"alpha"`` maximises ``Σ log α``; ``"projection"`` is the old
+            rule kept as a fallback: argmax α projected onto the budget by
+            :func:`~autodim.budget.fit_dims_to_budget` (greedy per byte, so bytes rather than
+            α decide most of the plan). The history records how the plan differs from the
+            uniform-α plan (``differs_from_uniform_alpha``) and a warning says when it does
+            not.
+        warm_start: ``"none"`` (default: retrain from scratch), ``"exact"`` (the compact
+            model's embedding output equals the supernet's path through the chosen
+            candidates) or ``"initial"`` (that fold rescaled to a fresh model's scale)."""
 
 
 @register_searcher("darts")
@@ -148,12 +220,12 @@ class DartsSearcher(_SoftSelectionSearcher):
         second_order: DARTS' second-order approximation (eq. 7-8): ~3x the cost of an α step.
         xi: Virtual-step learning rate of the second-order term (``None``: the weights' lr).
         penalty: Use the expected-bytes Lagrangian during the search (otherwise the budget
-            is only met by the final projection).
+            is only met when the plan is chosen).
         multiplier_lr: Dual-ascent step of the Lagrange multiplier λ (per α step, times the
             budget violation relative to the budget; λ is in units of the validation
             gradient's scale).
         log_every: Record α, expected bytes and λ every this many steps.
-        warm_start: Return the supernet's weights of the chosen candidates as a warm start.
+    """ + _PLAN_DOC + """
 
     Example:
         >>> from autodim.searchers import create_searcher
@@ -164,18 +236,14 @@ class DartsSearcher(_SoftSelectionSearcher):
                  arch_every: int = 1, warmup_epochs: float = 1.0,
                  weight_sharing: bool = False, frequency_groups: int = 1,
                  second_order: bool = False, xi: float | None = None, penalty: bool = True,
-                 multiplier_lr: float = 0.05, log_every: int = 10, warm_start: bool = True):
+                 multiplier_lr: float = 0.05, log_every: int = 10, plan_from: str = "gain",
+                 warm_start: str = "none"):
         self.epochs, self.arch_lr, self.arch_every = epochs, arch_lr, arch_every
         self.warmup_epochs = warmup_epochs
         self.weight_sharing, self.frequency_groups = weight_sharing, frequency_groups
         self.second_order, self.xi = second_order, xi
         self.penalty, self.multiplier_lr = penalty, multiplier_lr
-        self.log_every, self.warm_start = log_every, warm_start
-
-    def _bilevel_settings(self, task: SearchTask) -> BilevelSettings:
-        s = super()._bilevel_settings(task)
-        s.second_order, s.xi = self.second_order, self.xi
-        return s
+        self.log_every, self.plan_from, self.warm_start = log_every, plan_from, warm_start
 
     def _group_rows(self, task: SearchTask) -> list[list[int]]:
         return [frequency_group_rows(f, self.frequency_groups) for f in task.schema.fields]
@@ -186,13 +254,15 @@ class AutoDimSearcher(_SoftSelectionSearcher):
     """AutoDim (Zhao et al., WWW 2021): Gumbel-softmax over candidate dims, budget-aware.
 
     Args:
-        epochs, arch_lr, arch_every, warmup_epochs, penalty, multiplier_lr, log_every,
-            warm_start: As for
-            :class:`DartsSearcher`.
+        epochs, arch_lr, arch_every, warmup_epochs, second_order, xi, penalty,
+            multiplier_lr, log_every: As for :class:`DartsSearcher`.
         weight_sharing: Candidate ``k`` = the first ``d_k`` columns of one table per field
             (default, AutoDim §2.2.1); ``False``: a table per candidate.
         tau_decay, tau_min: Temperature schedule ``τ = max(tau_min, 1 − tau_decay · t)``, t the
-            training step (AutoDim §2.2.2 uses 5e-5 and 0.01).
+            training step. ``tau_decay=None`` (default) anneals to ``tau_min`` at the last
+            planned step; AutoDim §2.2.2's own rate is ``tau_decay=5e-5`` (it needs ~20k
+            steps to anneal, see :meth:`BilevelSearch.tau`). Evaluation uses the noise-free
+            ``softmax(logits / τ)``.""" + _PLAN_DOC + """
 
     Example:
         >>> from autodim.searchers import create_searcher
@@ -203,19 +273,18 @@ class AutoDimSearcher(_SoftSelectionSearcher):
 
     def __init__(self, *, epochs: int | None = None, arch_lr: float = 0.03,
                  arch_every: int = 1, warmup_epochs: float = 1.0,
-                 weight_sharing: bool = True, tau_decay: float = 5e-5,
-                 tau_min: float = 0.01, penalty: bool = True, multiplier_lr: float = 0.05,
-                 log_every: int = 10, warm_start: bool = True):
+                 weight_sharing: bool = True, tau_decay: float | None = None,
+                 tau_min: float = 0.01, second_order: bool = False, xi: float | None = None,
+                 penalty: bool = True, multiplier_lr: float = 0.05, log_every: int = 10,
+                 plan_from: str = "gain", warm_start: str = "none"):
         self.epochs, self.arch_lr, self.arch_every = epochs, arch_lr, arch_every
         self.warmup_epochs = warmup_epochs
         self.weight_sharing, self.tau_decay, self.tau_min = weight_sharing, tau_decay, tau_min
+        self.second_order, self.xi = second_order, xi
         self.penalty, self.multiplier_lr = penalty, multiplier_lr
-        self.log_every, self.warm_start = log_every, warm_start
+        self.log_every, self.plan_from, self.warm_start = log_every, plan_from, warm_start
 
     def _bilevel_settings(self, task: SearchTask) -> BilevelSettings:
         s = super()._bilevel_settings(task)
         s.gumbel, s.tau_decay, s.tau_min = True, self.tau_decay, self.tau_min
         return s
-
-
-

@@ -26,8 +26,8 @@ them with architecture weights α. The pieces, from the ids up:
   alternates an α step on a validation batch (first order, or DARTS' finite-difference
   second-order term, eq. 7-8) with a weight step on a training batch, and a Lagrange
   multiplier on the expected-bytes constraint.
-- :func:`project_to_budget` / :func:`slot_plan_fields` - from α to per-field (per-group)
-  dims that fit the byte budget.
+- :func:`knapsack_slots` / :func:`slot_plan_fields` - from what the supernet learned to
+  per-field (per-group) dims that fit the byte budget.
 
 Budget enforcement (the choice, measured in ``benchmarks/search_darts.py``): neither DARTS
 nor AutoDim can aim at a size, so
@@ -39,10 +39,14 @@ nor AutoDim can aim at a size, so
    λ ≥ 0 updated by dual ascent after every α step, ``λ ← max(0, λ + η_λ (E[bytes] − B)/B)``:
    it rises while the expected plan is over budget and decays toward 0 when under. Large
    fields feel it most, since their bytes grow fastest with d;
-2. the argmax of α is then projected onto the budget by
-   :func:`autodim.budget.fit_dims_to_budget` with scores derived from α
-   (:func:`tail_scores`): down while over, then up into spare budget, so the emitted plan
-   always fits and uses most of the budget (the search's own estimate may undershoot).
+2. the plan is then chosen by the exact multiple-choice knapsack over the plan's bytes
+   (:func:`knapsack_slots`, :func:`autodim.budget.knapsack_dims`), maximising either the
+   measured validation-loss gain of every (slot, candidate) on the trained supernet
+   (:func:`candidate_gains`) or ``Σ log α`` (:func:`alpha_values`). The old rule - argmax α
+   projected by :func:`autodim.budget.fit_dims_to_budget` with :func:`tail_scores`, greedy
+   per byte - stays as the ``"projection"`` fallback; since α differs little between
+   candidates while bytes per field differ by orders of magnitude, that rule mostly
+   follows bytes (:func:`uniform_alpha_dims` is what it gives for a uniform α).
 """
 
 from __future__ import annotations
@@ -57,7 +61,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from autodim.budget import dims_bytes, field_dim_bytes, fit_dims_to_budget, min_feasible_bytes
+from autodim.budget import (
+    dims_bytes,
+    field_dim_bytes,
+    fit_dims_to_budget,
+    knapsack_dims,
+    min_feasible_bytes,
+)
 from autodim.data.schema import Field, Schema
 from autodim.task import TrainingDiverged, split_parameters
 
@@ -144,7 +154,9 @@ class CandidateLift(nn.Module):
     ``d_k × D`` map per field followed by BatchNorm without scale/shift (AutoDim eq. 2-3);
     the outputs are mixed with the weights (AutoDim eq. 4, DARTS eq. 2):
 
-        out_b = Σ_k w_bk · (z_bk − μ_k) / sqrt(σ²_k + eps),    z_bk = rows_b[cols_k] · W_k
+        out_b = g ⊙ Σ_k w_bk · (z_bk − μ_k) / sqrt(σ²_k + eps),    z_bk = rows_b[cols_k] · W_k
+
+    with ``g`` a learnable per-field output scale shared by the candidates (see ``gain``).
 
     This is computed without materialising the ``[B, F, K, D]`` candidates: BatchNorm is an
     affine map per channel, so its batch statistics come from the rows' mean and covariance
@@ -163,7 +175,7 @@ class CandidateLift(nn.Module):
 
     def __init__(self, num_fields: int, width: int, starts: Sequence[int],
                  dims: Sequence[int], out_dim: int, *, momentum: float = 0.1,
-                 eps: float = 1e-5):
+                 eps: float = 1e-5, gain_init: float = 0.1):
         super().__init__()
         K, D = len(dims), out_dim
         self.num_fields, self.num_candidates, self.out_dim = num_fields, K, D
@@ -182,9 +194,22 @@ class CandidateLift(nn.Module):
         # Separate tables give every input column to exactly one candidate.
         self.disjoint = bool((mask.view(width, K, D)[:, :, 0].sum(1) <= 1).all())
         self.weight = nn.Parameter(weight)
+        # One learnable output scale per field and channel, shared by the field's candidates.
+        # BatchNorm without affine fixes every candidate at unit variance, and an FM has no
+        # weights on its dot products, so without it the interaction logits start with std
+        # ~sqrt(F²·D/2) (tens; training losses of 3-7 were measured) and cannot shrink. A
+        # per-candidate γ_k could undo α_k, a per-field one cannot: it scales all candidates
+        # of the field alike, so α still compares what they say. It folds into the plan's
+        # projection like the BN scale.
+        self.gain = nn.Parameter(torch.full((num_fields, out_dim), float(gain_init)))
         self.register_buffer("mask", mask, persistent=False)
         self.register_buffer("col_cand", col_cand, persistent=False)
-        self.register_buffer("running_mean", torch.zeros(num_fields, K * D))
+        # BatchNorm's running mean is kept in *row* space: a channel's batch mean is
+        # mean(rows)·W_k exactly, so tracking mean(rows) and mapping it with the current W_k
+        # gives the same shift at convergence, and the shift −m·W_k/σ lies in the span of the
+        # candidate's map. That is what lets the chosen path fold exactly into a plan's
+        # bias-free ``d×D`` projection (rows − m_k, see :meth:`fold`).
+        self.register_buffer("running_row_mean", torch.zeros(num_fields, width))
         self.register_buffer("running_var", torch.ones(num_fields, K * D))
         self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
 
@@ -197,7 +222,7 @@ class CandidateLift(nn.Module):
         (biased variance, as BatchNorm normalises with; running stats updated), else the
         running ones."""
         if not self.training:
-            return self.running_mean, self.running_var
+            return torch.einsum("fi,fio->fo", self.running_row_mean, W), self.running_var
         B = rows.shape[0]
         mean = rows.mean(0)  # [F, I]
         centered = rows - mean
@@ -206,7 +231,7 @@ class CandidateLift(nn.Module):
         var = (torch.bmm(cov, W) * W).sum(1).clamp_min(0.0)
         with torch.no_grad():
             m = self.momentum
-            self.running_mean.mul_(1 - m).add_(m * mu.detach())
+            self.running_row_mean.mul_(1 - m).add_(m * mean.detach())
             self.running_var.mul_(1 - m).add_(m * var.detach() * B / max(B - 1, 1))
             self.num_batches_tracked.add_(1)
         return mu, var
@@ -216,7 +241,8 @@ class CandidateLift(nn.Module):
         K, D = self.num_candidates, self.out_dim
         W = self.masked_weight()
         mu, var = self.batch_stats(rows, W)
-        scale = torch.rsqrt(var + self.eps)  # [F, K*D]
+        # BN scale and the field's output gain, folded into the maps.
+        scale = torch.rsqrt(var + self.eps) * self.gain.repeat(1, K)  # [F, K*D]
         V = (W * scale.unsqueeze(1)).view(F, n_in, K, D)  # maps with the BN scale folded in
         shift = (mu * scale).view(F, K, D)
         if weights.shape[0] == 1:  # one mixture for the whole batch: fold it in too
@@ -238,22 +264,24 @@ class CandidateLift(nn.Module):
         W = self.masked_weight()
         mu, var = self.batch_stats(rows, W)
         z = torch.einsum("bfi,fio->bfo", rows, W)
-        return ((z - mu) * torch.rsqrt(var + self.eps)).view(B, F, self.num_candidates,
-                                                            self.out_dim)
+        z = ((z - mu) * torch.rsqrt(var + self.eps)).view(B, F, self.num_candidates,
+                                                         self.out_dim)
+        return z * self.gain.view(1, F, 1, self.out_dim)
 
     def block(self, f: int, k: int) -> torch.Tensor:
         """Field ``f``'s map of candidate ``k`` as ``[d_k, D]``."""
         s, d, D = self.starts[k], self.dims[k], self.out_dim
         return self.weight[f, s:s + d, k * D:(k + 1) * D]
 
-    def folded_projection(self, f: int, k: int) -> torch.Tensor:
-        """The candidate's map with the BatchNorm scale (running stats) folded in, as
-        ``nn.Linear(d, D).weight`` (``[D, d]``). BN's shift ``−μ/σ`` has no place in a plan's
-        bias-free projection and is dropped: a warm start is a starting point, retraining
-        absorbs it."""
-        D = self.out_dim
-        scale = torch.rsqrt(self.running_var[f, k * D:(k + 1) * D] + self.eps)
-        return (self.block(f, k) * scale.unsqueeze(0)).t().contiguous()
+    def fold(self, f: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Candidate ``k`` of field ``f`` in evaluation mode as ``(m, V)``: its output for
+        rows ``x`` (the candidate's ``d`` columns) is exactly ``(x − m) V``, ``m`` the running
+        row mean ``[d]`` and ``V = W_k / sqrt(σ²_k + eps)`` ``[d, D]`` (BN's shift and scale
+        folded into a shift of the rows and a bias-free map)."""
+        s, d, D = self.starts[k], self.dims[k], self.out_dim
+        scale = torch.rsqrt(self.running_var[f, k * D:(k + 1) * D] + self.eps) * self.gain[f]
+        return (self.running_row_mean[f, s:s + d].clone(),
+                self.block(f, k) * scale.unsqueeze(0))
 
 
 # --------------------------------------------------------------------------------------
@@ -365,23 +393,29 @@ class SupernetEmbedding(nn.Module):
         u = torch.rand(self.logits.shape, device=self.logits.device)
         return -torch.log(-torch.log(u.clamp(1e-10, 1.0 - 1e-7)))
 
-    def mixing_weights(self, ids: torch.Tensor, logits: torch.Tensor, tau: float | None = None,
-                       noise: torch.Tensor | None = None) -> torch.Tensor:
-        """Candidate weights per field: ``[1, F, K]``, or ``[B, F, K]`` with frequency groups.
-
-        ``tau is None``: softmax(logits) (DARTS eq. 2). Otherwise the Gumbel-softmax of AutoDim
-        eq. 5, ``softmax((logits + g) / tau)`` with Gumbel noise ``g``; the logits play the
-        role of ``log α``. With frequency groups each id uses its group's weights; a sequence
-        field averages its ids' weights (exact for categorical fields).
-        """
-        z = logits
+    def slot_weights(self, logits: torch.Tensor | None = None, tau: float | None = None,
+                     noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Candidate weights per slot, ``[S, K]``: softmax(logits) (DARTS eq. 2), or with a
+        temperature the Gumbel-softmax of AutoDim eq. 5, ``softmax((logits + g) / tau)``;
+        without noise ``g`` (evaluation) it is the deterministic ``softmax(logits / tau)``."""
+        z = self.logits if logits is None else logits
         if tau is not None:
             z = (z + noise) / tau if noise is not None else z / tau
-        w = torch.softmax(z, dim=-1)  # [S, K]
+        return torch.softmax(z, dim=-1)
+
+    def expand_weights(self, ids: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Per-slot weights ``[S, K]`` -> per-field weights: ``[1, F, K]``, or ``[B, F, K]``
+        with frequency groups (each id uses its group's weights; a sequence field averages
+        its ids' weights, exact for categorical fields)."""
         if not self.grouped:
             return w.unsqueeze(0)
         slot = torch.bucketize(self.table.global_ids(ids), self.slot_starts, right=True)
         return self.table.pool(w[slot], ids)
+
+    def mixing_weights(self, ids: torch.Tensor, logits: torch.Tensor, tau: float | None = None,
+                       noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Candidate weights per field (:meth:`slot_weights`, :meth:`expand_weights`)."""
+        return self.expand_weights(ids, self.slot_weights(logits, tau, noise))
 
     def candidates(self, ids: torch.Tensor) -> torch.Tensor:
         """Every candidate of every field lifted to ``D`` and normalised: ``[B, F, K, D]``."""
@@ -393,7 +427,7 @@ class SupernetEmbedding(nn.Module):
 
         Args:
             tau: Gumbel-softmax temperature (``None``: plain softmax). Noise is only drawn in
-                training mode; evaluation uses softmax(logits).
+                training mode; evaluation uses the noise-free ``softmax(logits / tau)``.
             noise: Gumbel noise to reuse (second-order steps need the same sample twice).
             detach_arch: Stop gradients into α (weight steps).
         """
@@ -401,8 +435,12 @@ class SupernetEmbedding(nn.Module):
         if tau is not None and self.training:
             noise = self.sample_gumbel() if noise is None else noise
         else:
-            tau, noise = None, None
+            noise = None  # no Gumbel noise at evaluation
         return self.lift(self.table(ids), self.mixing_weights(ids, logits, tau, noise))
+
+    def forward_weights(self, ids: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """The supernet with given per-slot candidate weights ``w[S, K]``."""
+        return self.lift(self.table(ids), self.expand_weights(ids, w))
 
     # -- read-out -----------------------------------------------------------------------
     def argmax_dims(self) -> list[int]:
@@ -410,16 +448,45 @@ class SupernetEmbedding(nn.Module):
         k = self.logits.detach().argmax(-1).tolist()
         return [self.candidate_dims[i] for i in k]
 
-    def warm_start(self, slot_dims: Sequence[int]) -> dict[str, torch.Tensor]:
+    def path_weights(self, slot_dims: Sequence[int], tau: float | None = None) -> torch.Tensor:
+        """``[S, K]``: per slot only the chosen candidate, at its evaluation-mode weight (the
+        supernet's "argmax path" when ``slot_dims`` is the argmax)."""
+        w = self.slot_weights(self.logits.detach(), tau)
+        k_of = {d: k for k, d in enumerate(self.candidate_dims)}
+        keep = torch.zeros_like(w)
+        keep[torch.arange(len(w)), torch.tensor([k_of[int(d)] for d in slot_dims])] = 1.0
+        return w * keep
+
+    def warm_start(self, slot_dims: Sequence[int], *, tau: float | None = None,
+                   scale: str = "exact") -> dict[str, torch.Tensor]:
         """State dict for ``plan.build()`` of the plan made from ``slot_dims`` (see
-        :func:`slot_plan_fields`): each field's (group's) rows at its chosen candidate
-        and, where the plan projects, the candidate's map with the BN scale folded in."""
+        :func:`slot_plan_fields`) whose embedding output equals the supernet's path through
+        the chosen candidates (:meth:`path_weights`) in evaluation mode.
+
+        Per field (group) at candidate ``k`` with fold ``(m, V)`` (:meth:`CandidateLift.fold`)
+        and weight ``w`` of its slot: a projected plan (``d < D``) gets rows ``w·(x − m)`` and
+        projection ``V``; a field at ``D`` (no projection) gets rows ``w·(x − m)V``. Weights
+        go into the rows, so merged groups with different α still share one projection.
+        Exact for categorical fields and for sequences with at least one non-padding id.
+
+        Args:
+            slot_dims: Dim per slot.
+            tau: The temperature the search ended at (AutoDim), ``None`` for softmax.
+            scale: ``"exact"``: as above. ``"initial"``: rows rescaled so that each field's
+                output has the std of a freshly initialised compact field (table std 0.01,
+                ``nn.Linear`` default projection), the direction kept.
+        """
+        if scale not in ("exact", "initial"):
+            raise ValueError(f"warm start scale must be 'exact' or 'initial', got {scale!r}")
         out: dict[str, torch.Tensor] = {}
         k_of = {d: k for k, d in enumerate(self.candidate_dims)}
+        w_slot = self.slot_weights(self.logits.detach(), tau)
         s = 0
         with torch.no_grad():
             for f, groups in enumerate(self.group_rows):
-                dims = list(slot_dims[s:s + len(groups)])
+                dims = [int(d) for d in slot_dims[s:s + len(groups)]]
+                row_w = torch.cat([w_slot[s + j, k_of[d]].expand(r)
+                                   for j, (r, d) in enumerate(zip(groups, dims))])
                 s += len(groups)
                 merged = _merge_groups(groups, dims)
                 W = self.table.field_weight(f)
@@ -430,10 +497,19 @@ class SupernetEmbedding(nn.Module):
                         prefix = (f"fields.{f}." if len(merged) == 1
                                   else f"fields.{f}.groups.{j}.")
                         start = self.lift.starts[k]
-                        out[prefix + "table.embedding.weight"] = (
-                            W[lo:lo + rows, start:start + d].detach().clone())
+                        m, V = self.lift.fold(f, k)
+                        x = (W[lo:lo + rows, start:start + d] - m) * row_w[lo:lo + rows, None]
                         if d < self.D:
-                            out[prefix + "align.linear.weight"] = self.lift.folded_projection(f, k)
+                            table, proj = x, V.t().contiguous()
+                            target = 0.01 / math.sqrt(3.0)  # N(0, 0.01²) rows × U(±1/√d) map
+                        else:
+                            table, proj, target = x @ V, None, 0.01
+                        if scale == "initial":
+                            std = float((table if proj is None else table @ proj.t()).std())
+                            table = table * (target / max(std, 1e-12))
+                        out[prefix + "table.embedding.weight"] = table.detach().clone()
+                        if proj is not None:
+                            out[prefix + "align.linear.weight"] = proj
                     lo += rows
         return out
 
@@ -502,6 +578,165 @@ def project_to_budget(schema: Schema, D: int, candidate_dims: Sequence[int],
     return [dims[schema.names[i]] for i, g in enumerate(group_rows) for _ in g]
 
 
+PLAN_RULES = ("alpha", "gain", "projection")
+
+
+def _slot_schema(group_rows: Sequence[Sequence[int]]) -> Schema:
+    """Slots (fields or frequency groups) as pseudo-fields of their own row count."""
+    return Schema([Field(f"s{i}", vocab_size=r)
+                   for i, r in enumerate(r for g in group_rows for r in g)])
+
+
+def knapsack_slots(schema: Schema, D: int, candidate_dims: Sequence[int],
+                   group_rows: Sequence[Sequence[int]], values: np.ndarray,
+                   budget_bytes: int | None, *, fill: np.ndarray | None = None) -> list[int]:
+    """Per-slot dims maximising ``Σ_s values[s, k_s]`` with the plan's bytes <= the budget:
+    the exact multiple-choice knapsack (:func:`autodim.budget.knapsack_dims`).
+
+    A slot costs what the plan stores for it (rows·d + the ``d×D`` projection), so merging
+    adjacent groups of equal dim (one projection) can only save bytes. If the budget cannot
+    hold one projection per group, groups are given up: every slot of a field gets the
+    field's choice, made on the sum of its slots' values. With ``fill`` (values of the same
+    shape), bytes left over are spent on the steps up that ``fill`` values (:func:`_fill`).
+    """
+    cands = [int(c) for c in candidate_dims]
+    values = np.asarray(values, dtype=np.float64)
+    if budget_bytes is None:
+        return [cands[k] for k in values.argmax(1)]
+    slots = _slot_schema(group_rows)
+    if min_feasible_bytes(slots, D, cands) <= budget_bytes:
+        dims = knapsack_dims(slots, D, cands, dict(zip(slots.names, values)), budget_bytes)
+        out = [dims[n] for n in slots.names]
+        return _fill(slots, D, cands, fill, out, budget_bytes) if fill is not None else out
+    field_values, s = {}, 0
+    for f, g in zip(schema.fields, group_rows):
+        field_values[f.name] = values[s:s + len(g)].sum(0)
+        s += len(g)
+    dims = knapsack_dims(schema, D, cands, field_values, budget_bytes)
+    out = [dims[f.name] for f in schema.fields]
+    if fill is not None:
+        fill_fields, s = [], 0
+        for g in group_rows:
+            fill_fields.append(np.asarray(fill)[s:s + len(g)].sum(0))
+            s += len(g)
+        out = _fill(schema, D, cands, np.stack(fill_fields), out, budget_bytes)
+    return [d for d, g in zip(out, group_rows) for _ in g]
+
+
+def _fill(schema: Schema, D: int, cands: list[int], values: np.ndarray, dims: list[int],
+          budget_bytes: int) -> list[int]:
+    """Spend what the knapsack left on steps up that lose no value: first those with a
+    positive value (largest value per byte first; bytes the confidence bound would not buy
+    go where the mean gain still says the wider candidate helps), then value-neutral ones,
+    the largest step that fits first. The plan is retrained from scratch, where a wider
+    table can learn what a narrower one can, so unused bytes are only waste; when nothing
+    was measured either way, the large fields (most of the bytes) get them."""
+    rows = [f.vocab_size for f in schema.fields]
+    level = [cands.index(d) for d in dims]
+    total = sum(field_dim_bytes(r, cands[k], D) for r, k in zip(rows, level))
+    while True:
+        best, key = None, None
+        for i, k in enumerate(level):
+            if k + 1 >= len(cands):
+                continue
+            gain = values[i, k + 1] - values[i, k]
+            extra = field_dim_bytes(rows[i], cands[k + 1], D) - field_dim_bytes(
+                rows[i], cands[k], D)
+            if gain < 0 or total + extra > budget_bytes:
+                continue
+            kk = (gain > 0, gain / max(extra, 1), extra)
+            if key is None or kk > key:
+                best, key = i, kk
+        if best is None:
+            return [cands[k] for k in level]
+        k = level[best]
+        total += field_dim_bytes(rows[best], cands[k + 1], D) - field_dim_bytes(
+            rows[best], cands[k], D)
+        level[best] += 1
+
+
+def alpha_values(probs: np.ndarray) -> np.ndarray:
+    """``log α`` per slot and candidate: the knapsack then maximises ``Σ_s log α_s,k_s``, the
+    log-probability of the plan under α (independent slots)."""
+    return np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-12, None))
+
+
+@torch.no_grad()
+def candidate_gains(embedding: "SupernetEmbedding", backbone: nn.Module, batches: Any, *,
+                    tau: float | None = None, max_rows: int = 50_000,
+                    with_mean: bool = False) -> Any:
+    """Validation-loss gain of every (slot, candidate) on the trained supernet, ``[S, K]``.
+
+    ``gain[s, k] = L(mixture) − L(slot s answered by candidate k alone)``: the mean log loss
+    over up to ``max_rows`` validation rows, in evaluation mode (running statistics, no
+    noise). The lone candidate is rescaled to the RMS of the mixture it replaces: the
+    backbone was trained on mixtures, and an unscaled one-hot vector (a lone candidate has
+    unit variance per channel, a mixture of decorrelated candidates less) would be judged
+    mostly on its magnitude, which favours whatever α already prefers. Summed over slots it
+    is a first-order estimate of the change in validation loss of a plan, which the knapsack
+    maximises, as a lower confidence bound (mean minus one standard error over batches).
+    A frequency-group slot replaces the rows whose id is in the group (a sequence
+    field: whose first id is). Costs ``S·K`` backbone passes per batch.
+    """
+    was_training = embedding.training, backbone.training
+    embedding.eval()
+    backbone.eval()
+    base_w = embedding.slot_weights(embedding.logits.detach(), tau)
+    S, K = base_w.shape
+    slot_field = [f for f, g in enumerate(embedding.group_rows) for _ in g]
+    first_col = [sl.start for sl in embedding.schema.column_slices()]
+    loss_fn = nn.functional.binary_cross_entropy_with_logits
+    per_batch: list[torch.Tensor] = []
+    seen = 0
+    try:
+        for ids, labels in batches:
+            ids, labels = ids.to(base_w.device), labels.to(base_w.device)
+            z = embedding.lift.lifted(embedding.table(ids))  # [B, F, K, D]
+            mix = (z * embedding.expand_weights(ids, base_w).unsqueeze(-1)).sum(2)
+            base = float(loss_fn(backbone(mix), labels, reduction="sum"))
+            total = torch.zeros(S, K, dtype=torch.float64)
+            slot_of = (torch.bucketize(embedding.table.global_ids(ids), embedding.slot_starts,
+                                       right=True) if embedding.grouped else None)
+            for s_, f in enumerate(slot_field):
+                rows = (slice(None) if slot_of is None
+                        else (slot_of[:, first_col[f]] == s_).nonzero(as_tuple=True)[0])
+                ref = mix[rows, f]
+                if ref.numel() == 0:
+                    continue
+                ref_rms = ref.pow(2).mean().sqrt()
+                for k in range(K):
+                    zk = z[rows, f, k]
+                    out = mix.clone()
+                    out[rows, f] = zk * (ref_rms / zk.pow(2).mean().sqrt().clamp_min(1e-12))
+                    total[s_, k] += float(loss_fn(backbone(out), labels, reduction="sum")) - base
+            per_batch.append(-total / len(labels))
+            seen += len(labels)
+            if seen >= max_rows:
+                break
+    finally:
+        embedding.train(was_training[0])
+        backbone.train(was_training[1])
+    if seen == 0:
+        raise RuntimeError("the validation split is empty: candidate gains need batches")
+    g = torch.stack(per_batch)  # [batches, S, K]
+    mean = g.mean(0)
+    # One standard error below the mean: a gain that is batch-to-batch noise (a noise
+    # field's larger candidates) is worth ~0, so the knapsack does not spend bytes on it.
+    lcb = mean if len(g) < 2 else mean - g.std(0) / math.sqrt(len(g))
+    return (lcb.numpy(), mean.numpy()) if with_mean else lcb.numpy()
+
+
+def uniform_alpha_dims(schema: Schema, D: int, candidate_dims: Sequence[int],
+                       group_rows: Sequence[Sequence[int]], budget_bytes: int | None
+                       ) -> list[int]:
+    """The plan the old projection makes when α is uniform (every slot equally unsure):
+    what bytes alone decide. A searched plan equal to it learned nothing usable."""
+    S = sum(len(g) for g in group_rows)
+    K = len(candidate_dims)
+    return project_to_budget(schema, D, candidate_dims, group_rows,
+                             np.full((S, K), 1.0 / K), budget_bytes)
+
+
 def slot_plan_fields(schema: Schema, group_rows: Sequence[Sequence[int]],
                      slot_dims: Sequence[int]
                      ) -> tuple[dict[str, int], dict[str, list[dict[str, int]]]]:
@@ -536,7 +771,7 @@ def tau_schedule(step: int, decay: float = 5e-5, minimum: float = 0.01) -> float
     return max(minimum, 1.0 - decay * step)
 
 
-_RUNNING = ("running_mean", "running_var", "num_batches_tracked")
+_RUNNING = ("running_mean", "running_row_mean", "running_var", "num_batches_tracked")
 
 
 @contextlib.contextmanager
@@ -566,8 +801,9 @@ class BilevelSettings:
     arch_every: int = 1
     warmup_steps: int = 0
     gumbel: bool = False
-    tau_decay: float = 5e-5
+    tau_decay: float | None = None  # None: anneal to tau_min over planned_steps
     tau_min: float = 0.01
+    planned_steps: int = 0
     second_order: bool = False
     xi: float | None = None
     budget_bytes: int | None = None
@@ -617,7 +853,20 @@ class BilevelSearch(pl.LightningModule):
         return self.backbone(self.embedding(ids, tau=tau, noise=noise, detach_arch=detach_arch))
 
     def tau(self) -> float:
-        return tau_schedule(self.step_count, self.settings.tau_decay, self.settings.tau_min)
+        """The Gumbel-softmax temperature at the current step.
+
+        With ``tau_decay=None`` (the default) the paper's linear schedule is stretched over
+        the planned search, ``decay = (1 − tau_min) / planned_steps``, so τ reaches
+        ``tau_min`` at the last step. Deviation from AutoDim's fixed 5e-5 per step, because
+        that rate needs ~20k steps to anneal: over the few hundred steps of a search here τ
+        would stay near 0.98, the sample would never sharpen toward one candidate, and the
+        search would end on a mixture the plan (one candidate) does not resemble.
+        """
+        s = self.settings
+        decay = s.tau_decay
+        if decay is None:
+            decay = (1.0 - s.tau_min) / max(1, s.planned_steps)
+        return tau_schedule(self.step_count, decay, s.tau_min)
 
     def loss(self, ids: torch.Tensor, labels: torch.Tensor, **kw: Any) -> torch.Tensor:
         return nn.functional.binary_cross_entropy_with_logits(self(ids, **kw), labels)
@@ -786,4 +1035,5 @@ def _dense(grads: Sequence[torch.Tensor | None], like: Sequence[torch.Tensor]
             for g, p in zip(grads, like)]
 
 
-__all__ += ["slot_plan_fields", "slot_bytes_of"]
+__all__ += ["slot_plan_fields", "slot_bytes_of", "PLAN_RULES", "knapsack_slots", "alpha_values",
+            "candidate_gains", "uniform_alpha_dims"]

@@ -12,7 +12,7 @@ from autodim.budget import full_bytes, min_feasible_bytes
 from autodim.data.datamodule import CTRDataModule, TensorBatches
 from autodim.data.schema import Field, Schema
 from autodim.embeddings.field import mean_pool
-from autodim.errors import BudgetError
+from autodim.errors import BudgetError, ConfigError
 from autodim.models import create_backbone
 from autodim.searchers import SearchTask, create_searcher
 from autodim.searchers._supernet import (
@@ -95,10 +95,24 @@ def test_second_order_with_zero_xi_equals_first_order(tiny_data):
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-7)
 
 
-def test_second_order_search_runs(tiny_data):
+@pytest.mark.parametrize("name", ["darts", "autodim"])
+def test_second_order_search_runs(tiny_data, name):
     task = _task(tiny_data, int(full_bytes(tiny_data.schema, 8) / 4), epochs=1)
     task.train.max_steps = 6  # second-order α steps cost ~4 forward/backward passes
-    result = create_searcher("darts", second_order=True, **{**FAST, "epochs": 1}).search(task)
+    searcher = create_searcher(name, second_order=True, **{**FAST, "epochs": 1})
+    called = []
+    original = BilevelSearch._second_order_grad
+
+    def spy(self, *a):
+        called.append(1)
+        return original(self, *a)
+
+    BilevelSearch._second_order_grad = spy
+    try:
+        result = searcher.search(task)
+    finally:
+        BilevelSearch._second_order_grad = original
+    assert called, "second_order=True did not use the second-order α gradient"
     assert result.history["total_steps"] == 6
     assert result.plan.num_bytes() <= task.budget_bytes
     assert all(np.isfinite(v) for a in result.history["alpha"].values() for v in a[-1])
@@ -146,16 +160,18 @@ def test_folded_lift_equals_linear_plus_batchnorm(starts, dims, per_sample):
     F, D, B = 3, 8, 64
     width = max(s + d for s, d in zip(starts, dims))
     lift = CandidateLift(F, width, starts, dims, D)
+    with torch.no_grad():
+        lift.gain.uniform_(0.5, 1.5)
     rows = torch.randn(B, F, width, requires_grad=True)
     w = torch.softmax(torch.randn(B if per_sample else 1, F, len(dims)), -1).requires_grad_()
     out = lift(rows, w)
     z = torch.einsum("bfi,fio->bfo", rows, lift.weight * lift.mask).reshape(B, -1)
     z = torch.nn.functional.batch_norm(z, None, None, training=True, eps=lift.eps)
-    ref = (z.view(B, F, len(dims), D) * w.unsqueeze(-1)).sum(2)
+    ref = (z.view(B, F, len(dims), D) * w.unsqueeze(-1)).sum(2) * lift.gain
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
     g = torch.randn_like(out)
-    got = torch.autograd.grad((out * g).sum(), [rows, lift.weight, w])
-    want = torch.autograd.grad((ref * g).sum(), [rows, lift.weight, w])
+    got = torch.autograd.grad((out * g).sum(), [rows, lift.weight, w, lift.gain])
+    want = torch.autograd.grad((ref * g).sum(), [rows, lift.weight, w, lift.gain])
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
 
@@ -199,7 +215,7 @@ def test_budget_below_minimum_names_it(tiny_data, name):
 @pytest.mark.parametrize("name,ratio", [("darts", 6.0), ("autodim", 3.0)])
 def test_plan_fits_and_uses_the_budget(tiny_data, name, ratio):
     budget = int(full_bytes(tiny_data.schema, 8) / ratio)
-    result = create_searcher(name, **FAST).search(_task(tiny_data, budget))
+    result = create_searcher(name, warm_start="exact", **FAST).search(_task(tiny_data, budget))
     nbytes = result.plan.num_bytes()
     assert 0.9 * budget <= nbytes <= budget
     assert result.history["plan_bytes"] == nbytes == result.plan.build().num_bytes()
@@ -210,7 +226,7 @@ def test_plan_fits_and_uses_the_budget(tiny_data, name, ratio):
 def test_expected_bytes_penalty_shrinks_plans_with_the_budget(tiny_data):
     full = full_bytes(tiny_data.schema, 8)
     minimum = min_feasible_bytes(tiny_data.schema, 8, CANDS)
-    settings = {**FAST, "arch_lr": 0.1, "multiplier_lr": 0.5, "warm_start": False}
+    settings = {**FAST, "arch_lr": 0.1, "multiplier_lr": 0.5, "plan_from": "projection"}
     runs = {}
     for label, budget, penalty in (("loose", full // 2, True),
                                    ("tight", int(minimum * 1.1), True),
@@ -232,7 +248,8 @@ def test_expected_bytes_penalty_shrinks_plans_with_the_budget(tiny_data):
 # -- plans, groups, warm starts -------------------------------------------------------------
 def test_frequency_group_plan_validates_and_fits(tiny_data):
     budget = int(full_bytes(tiny_data.schema, 8) / 4)
-    result = create_searcher("darts", frequency_groups=2, **FAST).search(_task(tiny_data, budget))
+    result = create_searcher("darts", frequency_groups=2, warm_start="exact",
+                             **FAST).search(_task(tiny_data, budget))
     plan = result.plan
     assert plan.num_bytes() <= budget
     assert plan.build().num_bytes() == plan.num_bytes()
@@ -242,6 +259,15 @@ def test_frequency_group_plan_validates_and_fits(tiny_data):
         groups = fp.frequency_groups or []
         assert all(a["dim"] != b["dim"] for a, b in zip(groups, groups[1:]))  # merged
     _check_warm_start(result)
+
+
+def test_cold_by_default_and_bad_settings_are_config_errors(tiny_data):
+    task = _task(tiny_data, int(full_bytes(tiny_data.schema, 8) / 4), epochs=1)
+    task.train.max_steps = 4
+    assert create_searcher("darts", **FAST).search(task).warm_start is None
+    for bad in ({"plan_from": "argmax"}, {"warm_start": True}):
+        with pytest.raises(ConfigError, match=str(next(iter(bad.values())))):
+            create_searcher("autodim", **FAST, **bad).search(task)
 
 
 def _check_warm_start(result) -> None:
