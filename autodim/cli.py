@@ -244,9 +244,11 @@ def train(
     with _progress_display():
         result = train_plan(p, dm, backbone=backbone, config=cfg)
     m = result.metrics
-    typer.echo(f"test AUC {m['test_auc']:.4f}")
+    from autodim.metrics import format_auc
+
+    typer.echo(f"test AUC {format_auc(m['test_auc'])}")
     typer.echo(f"test logloss {m['test_logloss']:.4f}")
-    typer.echo(f"val AUC {m['val_auc']:.4f}")
+    typer.echo(f"val AUC {format_auc(m['val_auc'])}")
     typer.echo(f"bytes {int(m['num_bytes']):,}")
     typer.echo(f"compression {m['compression']:.2f}x")
     typer.echo(f"epochs {int(m['epochs'])}/{epochs}")
