@@ -117,19 +117,21 @@ class CTRTask(pl.LightningModule):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.backbone(self.embedding(ids))
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor,
-             ids: torch.Tensor | None = None) -> torch.Tensor:
-        bce = nn.functional.binary_cross_entropy_with_logits(logits, labels)
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return nn.functional.binary_cross_entropy_with_logits(logits, labels)
+
+    def distill_loss(self, logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Knowledge distillation (Hinton et al. 2015) for a binary output, when a
+        :class:`Distill` callback set a teacher: weight x T^2 x BCE towards the teacher's
+        tempered probability (T^2 keeps the gradient's size); 0 otherwise."""
         distill = getattr(self, "distill", None)
-        if distill is None or ids is None:
-            return bce
-        # Knowledge distillation (Hinton et al. 2015) for a binary output: BCE towards the
-        # teacher's tempered probability, scaled by T^2 so its gradient keeps its size.
+        if distill is None:
+            return logits.new_zeros(())
         teacher, weight, T = distill
         with torch.no_grad():
             target = torch.sigmoid(teacher(ids) / T)
         soft = nn.functional.binary_cross_entropy_with_logits(logits / T, target)
-        return bce + weight * T * T * soft
+        return weight * T * T * soft
 
     def configure_optimizers(self):
         return make_optimizers(self, self.lr, self.weight_decay)
@@ -140,7 +142,8 @@ class CTRTask(pl.LightningModule):
         opts = opts if isinstance(opts, list) else [opts]
         for o in opts:
             o.zero_grad()
-        loss = self.loss(self(ids), labels, ids)
+        logits = self(ids)
+        loss = self.loss(logits, labels) + self.distill_loss(logits, ids)
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"training loss became {loss.item()} at epoch "
                                    f"{self.current_epoch}, step {self.global_step}")
@@ -203,7 +206,8 @@ class RestoreBest(Callback):
 
 
 class Distill(Callback):
-    """Train towards a teacher's probabilities as well as the labels (see ``CTRTask.loss``):
+    """Train towards a teacher's probabilities as well as the labels
+    (``CTRTask.distill_loss``):
     ``loss = BCE(y) + weight * T^2 * BCE(sigmoid(teacher / T))``. The teacher stays frozen
     and is not part of the student's weights."""
 
