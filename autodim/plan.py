@@ -495,14 +495,14 @@ class DimensionPlan:
     def build_model(self, backbone: str = "fm", *, backbone_kwargs: dict[str, Any] | None = None,
                     weights: Any = None):
         """The compact model (this plan's embedding + a backbone), optionally with trained
-        weights (a safetensors path or a state dict); see :func:`autodim.export.build_model`.
+        weights (a safetensors path or a state dict); see :func:`autodim.weights.build_model`.
 
         Example:
             >>> plan = DimensionPlan.full(Schema([Field("user", vocab_size=100)]), D=8)
             >>> plan.build_model("fm").num_bytes()
             3200
         """
-        from autodim.export import build_model
+        from autodim.weights import build_model
 
         return build_model(self, backbone, backbone_kwargs=backbone_kwargs, weights=weights)
 

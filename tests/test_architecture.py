@@ -108,3 +108,13 @@ def test_cycle_finder_finds_a_planted_cycle():
 def test_no_import_cycles():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_baseline_names_match_the_baselines():
+    # study/config.py stays torch-free, so it cannot import autodim.baselines; this keeps its
+    # list the same set (magprune is a searcher that studies run as a baseline).
+    from autodim.baselines import BASELINES
+    from autodim.study.config import BASELINE_NAMES
+
+    assert set(BASELINE_NAMES) == set(BASELINES) | {"magprune"}
+    assert len(BASELINE_NAMES) == len(set(BASELINE_NAMES))

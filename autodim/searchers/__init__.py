@@ -3,6 +3,16 @@
 Importing this package registers the built-in searchers.
 """
 
+# Built-in searchers register themselves on import. Importing any module of this package
+# (the registry included) runs this file first, so the registry never needs to import back.
+from autodim.searchers import (  # noqa: F401
+    _blackbox,
+    _darts,
+    _magprune,
+    _optembed,
+    _pep,
+    _sseds,
+)
 from autodim.searchers.base import Searcher, SearchResult, SearchTask, Stopwatch, retrain
 from autodim.searchers.registry import (
     create_searcher,
@@ -10,19 +20,6 @@ from autodim.searchers.registry import (
     list_searchers,
     register_searcher,
 )
-
-# Built-in searchers register themselves on import.
-_BUILTINS = ("_darts", "_pep", "_sseds", "_magprune", "_optembed", "_blackbox")
-
-
-def _import_builtins() -> None:
-    import importlib
-
-    for mod in _BUILTINS:
-        importlib.import_module(f"autodim.searchers.{mod}")
-
-
-_import_builtins()
 
 __all__ = ["Searcher", "SearchTask", "SearchResult", "retrain", "Stopwatch",
            "register_searcher", "list_searchers", "get_searcher", "create_searcher"]

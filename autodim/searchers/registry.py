@@ -35,19 +35,12 @@ def register_searcher(name: str) -> Callable[[S], S]:
     return deco
 
 
-def _load_builtins() -> None:
-    # Importing the package registers the built-in searchers (each module registers itself).
-    import autodim.searchers  # noqa: F401
-
-
 def list_searchers(pattern: str = "*") -> list[str]:
     """Registered searcher names matching a glob pattern, sorted."""
-    _load_builtins()
     return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
 
 
 def get_searcher(name: str) -> type[Searcher]:
-    _load_builtins()
     try:
         return _REGISTRY[name]
     except KeyError:

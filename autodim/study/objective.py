@@ -257,7 +257,7 @@ class TrialObjective:
         from autodim.searchers import SearchTask, Stopwatch, create_searcher
 
         cfg = self.config
-        name = trial.suggest_categorical("baseline", list(BASELINE_NAMES))
+        name = trial.suggest_categorical("baseline", _baseline_choices(trial.study))
         trial.set_user_attr("method", f"baseline:{name}")
         if name == "magprune":
             task = SearchTask(data=self._datamodule(cfg.search_train.batch_size), D=cfg.D,
@@ -512,4 +512,15 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, DimensionPlan):
         return obj.to_dict()
     return repr(obj)
+
+
+def _baseline_choices(study) -> list[str]:
+    """The choices of the ``baseline`` parameter: those the study already uses if it has
+    baseline trials (Optuna refuses a changed distribution, so a study made before a baseline
+    was added still resumes), else every known baseline."""
+    for t in study.get_trials(deepcopy=False):
+        dist = t.distributions.get("baseline")
+        if dist is not None:
+            return list(dist.choices)
+    return list(BASELINE_NAMES)
 
