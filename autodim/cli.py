@@ -413,22 +413,8 @@ def search(
 
 
 def _print_front_extras(result) -> None:
-    df = result.trials_dataframe()
-    if df.empty:
-        return
-    counts = df.groupby("state").size().to_dict()
-    echo("trials: " + ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items())))
-    full = df[(df["method"] == "baseline:full") & (df["state"] == "COMPLETE")]
-    if not full.empty and result.budgets:
-        fa = float(full.iloc[0]["test_auc"])
-        for label, nbytes in result.budgets.items():
-            ok = df[(df["state"] == "COMPLETE") & (df["bytes"] <= nbytes)]
-            if ok.empty:
-                continue
-            best = ok.sort_values(["val_auc", "bytes"], ascending=[False, True]).iloc[0]
-            echo(f"best under {label}: trial {int(best['trial'])} ({best['method']}), test AUC "
-                 f"{best['test_auc']:.4f} vs full model {fa:.4f} "
-                 f"({100 * (best['test_auc'] / fa - 1):+.2f}%)")
+    for line in result.summary_lines():
+        echo(line)
 
 
 def _device_settings(accelerator: str | None, devices: str | None,

@@ -258,6 +258,33 @@ class StudyResult:
         best = ok.sort_values([metric, "bytes"], ascending=[metric.endswith("logloss"), True])
         return int(best.iloc[0]["trial"])
 
+    def summary_lines(self) -> list[str]:
+        """What ``autodim search`` / ``autodim pareto`` print under the front: trial counts by
+        state, and per budget the best trial under it (picked by :meth:`best_under`) with its
+        test AUC against the full model's."""
+        from autodim.metrics import format_auc
+
+        df = self.trials_dataframe()
+        if df.empty:
+            return []
+        counts = df.groupby("state").size().to_dict()
+        lines = ["trials: " + ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items()))]
+        full = df[(df["method"] == "baseline:full") & (df["state"] == "COMPLETE")]
+        if full.empty or not self.budgets:
+            return lines
+        fa = float(full.iloc[0]["test_auc"])
+        for label, nbytes in self.budgets.items():
+            try:
+                n = self.best_under(nbytes)
+            except ConfigError:
+                continue
+            best = df[df["trial"] == n].iloc[0]
+            ta = float(best["test_auc"])
+            rel = f"{100 * (ta / fa - 1):+.2f}%" if fa == fa and ta == ta and fa else "n/a"
+            lines.append(f"best under {label}: trial {n} ({best['method']}), test AUC "
+                         f"{format_auc(ta)} vs full model {format_auc(fa)} ({rel})")
+        return lines
+
     # -- outputs --------------------------------------------------------------------------
     def figure(self):
         """The interactive Pareto figure (plotly)."""
