@@ -45,6 +45,35 @@ FILES_KEYS = ("train", "val", "test")
 RULE_KEYS = ("column", "threshold")
 KINDS = ("categorical", "sequence")
 DEFAULT_SEPARATOR = "|"  # "Action|Comedy" is the usual multi-value cell in CSV files
+MAX_LEN_LIMIT = 4096  # ids kept per sequence cell: the id matrix has max_len columns per row
+
+
+def _number(value: Any, where: str, *, integer: bool = False, low: float | None = None,
+            high: float | None = None, low_open: bool = False) -> int | float:
+    """A spec value checked for type and range: bools, text and NaN are refused."""
+    kind = "an integer" if integer else "a number"
+    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+    if ok:
+        value = float(value)
+        ok = bool(np.isfinite(value)) and (not integer or value == int(value))
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        rng = ""
+        if low is not None or high is not None:
+            lo = "" if low is None else (f"> {low:g}" if low_open else f">= {low:g}")
+            hi = "" if high is None else f"<= {high:g}"
+            rng = " " + " and ".join(x for x in (lo, hi) if x)
+        raise DataError(f"{where} must be {kind}{rng}, got {value!r}")
+    return int(value) if integer else value
+
+
+def _text(value: Any, where: str) -> str:
+    if not isinstance(value, str) or value == "":
+        raise DataError(f"{where} must be a non-empty string, got {value!r}")
+    return value
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
@@ -93,6 +122,7 @@ def read_spec(spec: str | Path | Mapping[str, Any]) -> tuple[dict[str, Any], str
         _check_keys(rule, RULE_KEYS, f"{where}: label_rule")
         if "column" not in rule or "threshold" not in rule:
             raise DataError(f"{where}: label_rule needs 'column' and 'threshold'")
+        _number(rule["threshold"], f"{where}: label_rule threshold")
     label = str(raw.get("label", "label"))
 
     fields_raw = raw.get("fields")
@@ -110,22 +140,24 @@ def read_spec(spec: str | Path | Mapping[str, Any]) -> tuple[dict[str, Any], str
             close = difflib.get_close_matches(str(kind), KINDS, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise DataError(f"{where}: field {f['name']!r}: unknown kind {kind!r}{hint}")
-        try:
-            fields.append(FieldSpec(
-                str(f["name"]), kind, min_count=int(f.get("min_count", 1)),
-                separator=str(f.get("separator", DEFAULT_SEPARATOR)),
-                max_len=None if f.get("max_len") is None else int(f["max_len"])))
-        except (TypeError, ValueError) as exc:
-            raise DataError(f"{where}: field {f['name']!r}: {exc}") from None
-        if fields[-1].min_count < 1 or (fields[-1].max_len is not None
-                                        and fields[-1].max_len < 1):
-            raise DataError(f"{where}: field {f['name']!r}: min_count and max_len must be >= 1")
+        at = f"{where}: field {f['name']!r}:"
+        name = _text(f["name"], f"{where}: fields[{i}] name") if not isinstance(
+            f["name"], (int, float)) or isinstance(f["name"], bool) else str(f["name"])
+        fields.append(FieldSpec(
+            name, kind, min_count=_number(f.get("min_count", 1), f"{at} min_count",
+                                          integer=True, low=1),
+            separator=_text(f.get("separator", DEFAULT_SEPARATOR), f"{at} separator"),
+            max_len=None if f.get("max_len") is None else _number(
+                f["max_len"], f"{at} max_len", integer=True, low=1, high=MAX_LEN_LIMIT)))
 
     split = raw.get("split") or {}
     _check_keys(split, SPLIT_KEYS, f"{where}: split")
-    fractions = tuple(float(split.get(k, d)) for k, d in zip(FILES_KEYS, (0.8, 0.1, 0.1)))
-    if min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
-        raise DataError(f"{where}: split fractions {fractions} must be >= 0 and sum to 1")
+    # Every split must get rows: an empty val (or test) split has no AUC to stop on or report.
+    fractions = tuple(_number(split.get(k, d), f"{where}: split {k}", low=0, high=1,
+                              low_open=True) for k, d in zip(FILES_KEYS, (0.8, 0.1, 0.1)))
+    if abs(sum(fractions) - 1) > 1e-6:
+        raise DataError(f"{where}: split fractions {fractions} must sum to 1")
+    seed = _number(split.get("seed", 0), f"{where}: split seed", integer=True, low=0)
     files = raw.get("files")
     if files is not None:
         _check_keys(files, FILES_KEYS, f"{where}: files")
@@ -133,9 +165,9 @@ def read_spec(spec: str | Path | Mapping[str, Any]) -> tuple[dict[str, Any], str
         if absent:
             raise DataError(f"{where}: files needs train, val and test; missing {absent}")
     return {"label": label, "label_rule": rule, "fields": fields,
-            "split": {"fractions": fractions, "seed": int(split.get("seed", 0))},
+            "split": {"fractions": fractions, "seed": seed},
             "files": None if files is None else {k: str(files[k]) for k in FILES_KEYS},
-            "delimiter": str(raw.get("delimiter", ","))}, where
+            "delimiter": _text(raw.get("delimiter", ","), f"{where}: delimiter")}, where
 
 
 def table_files(path: str | Path | None, spec: Mapping[str, Any]) -> dict[str, Path]:
