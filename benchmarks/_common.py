@@ -13,7 +13,8 @@ RESULTS = ROOT / "results"
 sys.path.insert(0, str(ROOT.parent))
 
 
-def load_datasets(names: Sequence[str], *, quick: bool, ml100k: str | None = None):
+def load_datasets(names: Sequence[str], *, quick: bool, ml100k: str | None = None,
+                  rows: int | None = None):
     """Yield ``(name, CTRData)``: ``planted`` and ``decoupled`` (built-in), ``tiny``
     (built-in, a few thousand rows, for smoke runs) and ``ml100k`` when available
     (``--ml100k DIR`` or
@@ -22,9 +23,11 @@ def load_datasets(names: Sequence[str], *, quick: bool, ml100k: str | None = Non
 
     for name in names:
         if name == "planted":
-            yield name, make_planted("planted", rows=20_000 if quick else 200_000, seed=0)
+            yield name, make_planted("planted", rows=rows or (20_000 if quick else 200_000),
+                                     seed=0)
         elif name == "decoupled":
-            yield name, make_planted("decoupled", rows=20_000 if quick else 200_000, seed=0)
+            yield name, make_planted("decoupled", rows=rows or (20_000 if quick else 200_000),
+                                     seed=0)
         elif name == "tiny":
             yield name, make_planted("tiny", rows=3_000 if quick else 6_000, seed=0)
         elif name == "ml100k":

@@ -612,6 +612,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warm-start", choices=("none", "searcher"), default="none",
                     help="retrain searched plans fresh (default) or from the searcher's "
                          "warm start")
+    ap.add_argument("--rows", type=int, default=None,
+                    help="rows of the planted datasets (default 200000; quick 20000)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--stem", default=None, help="output file stem (default compare[_quick])")
     ap.add_argument("--fresh", action="store_true", help="discard the CSV's rows first")
@@ -666,7 +668,7 @@ def main(argv: list[str] | None = None) -> int:
     full_bytes: dict[str, int] = {}
     names = [d.strip() for d in args.datasets.split(",")]
     ml100k = args.ml100k or default_ml100k()
-    for dname, data in load_datasets(names, quick=q, ml100k=ml100k):
+    for dname, data in load_datasets(names, quick=q, ml100k=ml100k, rows=args.rows):
         data_info[dname] = data_description(dname, data)
         full_bytes[dname] = data.schema.total_rows * D * 4
         if "bayes_auc" in data.meta:
@@ -720,7 +722,7 @@ def main(argv: list[str] | None = None) -> int:
                 json.loads(r["settings"]) if r["settings"] else {})
     # The report covers every dataset and budget in the CSV, not only this invocation's.
     missing = [d for d in dict.fromkeys(r["dataset"] for r in rows) if d not in data_info]
-    for dname, data in load_datasets(missing, quick=q, ml100k=ml100k):
+    for dname, data in load_datasets(missing, quick=q, ml100k=ml100k, rows=args.rows):
         data_info[dname] = data_description(dname, data)
         full_bytes[dname] = data.schema.total_rows * D * 4
         if "bayes_auc" in data.meta:
