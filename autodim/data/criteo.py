@@ -15,6 +15,8 @@ Example:
 
 from __future__ import annotations
 
+import gzip
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -107,6 +109,10 @@ def _chunks(path: Path, chunksize: int, max_rows: int | None
         for chunk in _reader(path, chunksize, max_rows, typed=True):
             yield start, chunk, _check_labels(chunk, start, path)
             start += len(chunk)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise DataError(f"{path}: truncated or corrupt compressed file near line {start + 1} "
+                        f"({type(exc).__name__}: {exc}); download or compress it again"
+                        ) from None
     except (UnicodeDecodeError, ValueError) as exc:  # pandas' ParserError is a ValueError
         raise _diagnose(path, chunksize, max_rows, exc) from None
 

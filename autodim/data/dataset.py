@@ -98,7 +98,32 @@ class CTRData:
                 np.load(probs_path) if probs_path.exists() else None,
             )
         meta = json.loads((folder / "meta.json").read_text())
-        return cls(schema=schema, meta=meta, **splits)
+        data = cls(schema=schema, meta=meta, **splits)
+        data.validate(str(folder))
+        return data
+
+    def validate(self, where: str) -> None:
+        """Check labels are 0/1 and every id lies in its field's vocabulary (``DataError``
+        naming the split and field otherwise): what a corrupted cache breaks first."""
+        vocab = np.concatenate([np.full(f.width, f.vocab_size) for f in self.schema.fields])
+        for name, s in self.splits().items():
+            labels = np.asarray(s.labels)
+            bad = ~np.isin(labels, (0.0, 1.0))
+            if bad.any():
+                raise DataError(f"{where}: {name} labels must be 0/1; row {int(np.argmax(bad))} "
+                                f"has {labels[bad][0]!r}")
+            if len(s) == 0:
+                continue
+            ids = np.asarray(s.ids)
+            lo, hi = ids.min(axis=0), ids.max(axis=0)
+            out = np.flatnonzero((lo < 0) | (hi >= vocab))
+            if len(out):
+                col = int(out[0])
+                f = self.schema.fields[int(np.searchsorted(
+                    np.cumsum([x.width for x in self.schema.fields]), col, side="right"))]
+                raise DataError(f"{where}: {name} ids of field {f.name!r} span "
+                                f"[{int(lo[col])}, {int(hi[col])}], outside its vocabulary "
+                                f"[0, {f.vocab_size})")
 
 
 def random_split_indices(n: int, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),

@@ -24,6 +24,7 @@ from __future__ import annotations
 import codecs
 import difflib
 import gzip
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -248,6 +249,8 @@ def _read(path: Path, spec: Mapping[str, Any]) -> pd.DataFrame:
         raise _utf8_error(path) from None
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: empty file") from None
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise _truncated(path, exc) from None
     except (ValueError, OSError) as exc:  # parser and pyarrow errors derive from these
         raise DataError(f"{path}: cannot read ({exc})") from None
     what = "label_rule column" if rule else "label column"
@@ -261,11 +264,18 @@ def _read(path: Path, spec: Mapping[str, Any]) -> pd.DataFrame:
             df = pd.read_csv(path, sep=delim, usecols=wanted, dtype=str, encoding="utf-8")
     except UnicodeDecodeError:
         raise _utf8_error(path) from None
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise _truncated(path, exc) from None
     except (ValueError, OSError) as exc:
         raise DataError(f"{path}: cannot read ({exc})") from None
     if len(df) == 0:
         raise DataError(f"{path}: no data rows (header only)")
     return df
+
+
+def _truncated(path: Path, exc: BaseException) -> DataError:
+    return DataError(f"{path}: truncated or corrupt compressed file ({type(exc).__name__}: "
+                     f"{exc}); download or compress it again")
 
 
 def _utf8_error(path: Path) -> DataError:
