@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from autodim.data.dataset import CTRData, Split, random_split_indices
+from autodim.data.dataset import CTRData, Split, check_sanity, random_split_indices
 from autodim.data.encode import Encoder, FieldSpec, encode_frame, fit_encoders
 from autodim.errors import DataError
 
@@ -151,6 +151,15 @@ def read_spec(spec: str | Path | Mapping[str, Any]) -> tuple[dict[str, Any], str
             max_len=None if f.get("max_len") is None else _number(
                 f["max_len"], f"{at} max_len", integer=True, low=1, high=MAX_LEN_LIMIT)))
 
+    label_col = str(rule["column"]) if rule is not None else label
+    for f in fields:
+        if f.name == label_col:
+            raise DataError(f"{where}: field {f.name!r} is the label column; a model fed its "
+                            f"own label learns nothing useful")
+    if len({f.name for f in fields}) != len(fields):
+        dup = next(f.name for i, f in enumerate(fields) if f.name in
+                   {g.name for g in fields[:i]})
+        raise DataError(f"{where}: field {dup!r} is listed twice")
     split = raw.get("split") or {}
     _check_keys(split, SPLIT_KEYS, f"{where}: split")
     # Every split must get rows: an empty val (or test) split has no AUC to stop on or report.
@@ -253,6 +262,8 @@ def _read(path: Path, spec: Mapping[str, Any]) -> pd.DataFrame:
         raise _truncated(path, exc) from None
     except (ValueError, OSError) as exc:  # parser and pyarrow errors derive from these
         raise DataError(f"{path}: cannot read ({exc})") from None
+    if not parquet:
+        _check_csv_shape(path, delim)
     what = "label_rule column" if rule else "label column"
     for name, kind in [(label_col, what), *((c, "field") for c in field_cols)]:
         if name not in columns:
@@ -276,6 +287,36 @@ def _read(path: Path, spec: Mapping[str, Any]) -> pd.DataFrame:
 def _truncated(path: Path, exc: BaseException) -> DataError:
     return DataError(f"{path}: truncated or corrupt compressed file ({type(exc).__name__}: "
                      f"{exc}); download or compress it again")
+
+
+def _check_csv_shape(path: Path, delimiter: str) -> None:
+    """A duplicate header name, or a row with more or fewer cells than the header: pandas
+    would rename the one (``a.1``) and pad the other with empty cells without a word."""
+    import csv
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8", newline="") as fh:
+            reader = csv.reader(fh, delimiter=delimiter) if len(delimiter) == 1 else None
+            if reader is None:
+                return  # a multi-character (regex) delimiter: pandas' own parser decides
+            header = next(reader, [])
+            seen: set[str] = set()
+            for name in header:
+                if name in seen:
+                    raise DataError(f"{path}: column {_short(name)!r} appears twice in the "
+                                    f"header")
+                seen.add(name)
+            for row in reader:
+                if row and len(row) != len(header):
+                    raise DataError(f"{path}: line {reader.line_num} has {len(row)} cells, the "
+                                    f"header has {len(header)} (ragged row)")
+    except UnicodeDecodeError:
+        raise _utf8_error(path) from None
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise _truncated(path, exc) from None
+    except csv.Error as exc:
+        raise DataError(f"{path}: cannot parse as CSV ({exc})") from None
 
 
 def _utf8_error(path: Path) -> DataError:
@@ -340,7 +381,9 @@ def build_table(path: str | Path | None, spec: str | Path | Mapping[str, Any]
     all_labels = np.concatenate([labels[k] for k in FILES_KEYS])
     data_meta = dict(meta, rows={k: len(v) for k, v in parts.items()},
                      positive_rate=float(all_labels.mean()))
-    return CTRData(schema, meta=data_meta, **parts), encoders
+    data = CTRData(schema, meta=data_meta, **parts)
+    check_sanity(data, str(path if path is not None else where))
+    return data, encoders
 
 
 def load_table(path: str | Path | None, spec: str | Path | Mapping[str, Any]) -> CTRData:

@@ -102,3 +102,78 @@ def test_truncated_gzip_is_one_line(tmp_path):
     with pytest.raises(DataError, match="truncated or corrupt") as err:
         load_table(gz, SPEC)
     assert str(gz) in str(err.value)
+
+
+def test_single_class_labels_are_an_error(tmp_path):
+    path = _csv(tmp_path)
+    df = pd.read_csv(path)
+    df["clicked"] = 0
+    df.to_csv(path, index=False)
+    with pytest.raises(DataError, match="every training label is 0") as err:
+        load_table(path, SPEC)
+    assert str(path) in str(err.value)
+
+
+def test_field_whose_every_id_is_oov(tmp_path):
+    spec = {"label": "clicked", "fields": ["user", {"name": "item", "min_count": 10_000}]}
+    with pytest.raises(DataError, match="field 'item': every training value is out of vocab"):
+        load_table(_csv(tmp_path), spec)
+
+
+def test_label_used_as_a_field(tmp_path):
+    with pytest.raises(DataError, match="field 'clicked' is the label column"):
+        load_table(_csv(tmp_path), {"label": "clicked", "fields": ["user", "clicked"]})
+
+
+@pytest.mark.parametrize("bad_line, match", [
+    ("3,4", "line 5 has 2 cells, the header has 3"),
+    ("3,4,1,9", "line 5 has 4 cells, the header has 3"),
+])
+def test_ragged_csv_row(tmp_path, bad_line, match):
+    path = _csv(tmp_path)
+    lines = path.read_text().splitlines()
+    lines[4] = bad_line
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=match):
+        load_table(path, SPEC)
+
+
+def test_duplicate_header(tmp_path):
+    path = _csv(tmp_path)
+    lines = path.read_text().splitlines()
+    lines[0] = "user,user,clicked"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match="column 'user' appears twice"):
+        load_table(path, SPEC)
+
+
+def _criteo_lines(n=300):
+    rng = np.random.default_rng(0)
+    out = []
+    for _ in range(n):
+        ints = [str(rng.integers(0, 50)) if rng.random() > 0.2 else "" for _ in range(13)]
+        cats = [f"{rng.integers(0, 20):08x}" if rng.random() > 0.2 else "" for _ in range(26)]
+        out.append("\t".join([str(rng.integers(0, 2)), *ints, *cats]))
+    return out
+
+
+def test_short_criteo_row(tmp_path):
+    from autodim.data.criteo import load_criteo
+
+    lines = _criteo_lines()
+    path = tmp_path / "day.txt"
+    path.write_text("\n".join(lines) + "\n")
+    load_criteo(path)  # well-formed: fine (empty cells included)
+    lines[6] = "\t".join(lines[6].split("\t")[:-3])
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match="line 7 has 37 tab-separated cells, expected 40"):
+        load_criteo(path)
+
+
+def test_truncated_criteo_gzip(tmp_path):
+    from autodim.data.criteo import load_criteo
+
+    gz = tmp_path / "day.gz"
+    gz.write_bytes(gzip.compress(("\n".join(_criteo_lines(3000)) + "\n").encode())[:-300])
+    with pytest.raises(DataError, match="truncated or corrupt"):
+        load_criteo(gz)
