@@ -612,6 +612,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warm-start", choices=("none", "searcher"), default="none",
                     help="retrain searched plans fresh (default) or from the searcher's "
                          "warm start")
+    ap.add_argument("--lr", type=float, default=3e-3, help="learning rate (3e-3)")
     ap.add_argument("--rows", type=int, default=None,
                     help="rows of the planted datasets (default 200000; quick 20000)")
     ap.add_argument("--threads", type=int, default=1)
@@ -651,7 +652,7 @@ def main(argv: list[str] | None = None) -> int:
         method, _, name = key.partition(".")
         overrides.setdefault(method, {})[name] = json.loads(value)
     cfg = TrainConfig(max_epochs=args.epochs or (1 if q else 10),
-                      batch_size=256 if q else 1024, lr=3e-3, patience=2)
+                      batch_size=256 if q else 1024, lr=args.lr, patience=2)
     ratios = [float(r) for r in args.ratios.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     backbones = [b.strip() for b in args.backbones.split(",")]
