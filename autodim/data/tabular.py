@@ -268,9 +268,11 @@ def _read(path: Path, spec: Mapping[str, Any]) -> pd.DataFrame:
     for name, kind in [(label_col, what), *((c, "field") for c in field_cols)]:
         if name not in columns:
             raise _columns_error(path, kind, name, columns, delim)
+    if parquet:
+        _check_parquet_types(path, spec, label_col)
     try:
         if parquet:
-            df = pd.read_parquet(path, columns=wanted)
+            df = _read_parquet(path, spec, wanted)
         else:
             df = pd.read_csv(path, sep=delim, usecols=wanted, dtype=str, encoding="utf-8")
     except UnicodeDecodeError:
@@ -281,6 +283,40 @@ def _read(path: Path, spec: Mapping[str, Any]) -> pd.DataFrame:
         raise DataError(f"{path}: cannot read ({exc})") from None
     if len(df) == 0:
         raise DataError(f"{path}: no data rows (header only)")
+    return df
+
+
+def _check_parquet_types(path: Path, spec: Mapping[str, Any], label_col: str) -> None:
+    """A list column is a sequence field's values; struct/map (and lists elsewhere) have no
+    meaning as one id, so they are refused by name rather than stringified."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(path)
+    kinds = {f.name: f.kind for f in spec["fields"]}
+    for name in [label_col, *kinds]:
+        t = schema.field(name).type
+        nested = pa.types.is_struct(t) or pa.types.is_map(t) or pa.types.is_union(t)
+        is_list = pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+        if is_list and kinds.get(name) == "sequence" and not pa.types.is_nested(t.value_type):
+            continue
+        if nested or is_list:
+            what = "label column" if name == label_col and name not in kinds else "field"
+            how = ("declare it kind: sequence" if is_list and name in kinds else
+                   "flatten it into plain columns first")
+            raise DataError(f"{path}: {what} {name!r} is a Parquet {t} column; {how}")
+
+
+def _read_parquet(path: Path, spec: Mapping[str, Any], wanted: list[str]) -> pd.DataFrame:
+    """Read the columns; list cells of sequence fields become separator-joined text."""
+    df = pd.read_parquet(path, columns=wanted)
+    for f in spec["fields"]:
+        col = df[f.name]
+        if f.kind == "sequence" and len(col) and col.map(
+                lambda v: isinstance(v, (list, np.ndarray))).any():
+            sep = f.separator
+            df[f.name] = col.map(lambda v, sep=sep: None if v is None else sep.join(
+                str(x) for x in v))
     return df
 
 

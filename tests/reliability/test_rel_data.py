@@ -177,3 +177,26 @@ def test_truncated_criteo_gzip(tmp_path):
     gz.write_bytes(gzip.compress(("\n".join(_criteo_lines(3000)) + "\n").encode())[:-300])
     with pytest.raises(DataError, match="truncated or corrupt"):
         load_criteo(gz)
+
+
+def test_parquet_list_and_struct_columns(tmp_path):
+    n = 60
+    rng = np.random.default_rng(1)
+    df = pd.DataFrame({"user": rng.integers(0, 8, n).astype(str),
+                       "tags": [[f"t{k}" for k in range(i % 3 + 1)] for i in range(n)],
+                       "where": [{"city": "a", "zip": i % 4} for i in range(n)],
+                       "clicked": rng.integers(0, 2, n)})
+    path = tmp_path / "clicks.parquet"
+    df.to_parquet(path)
+    # a list column is a sequence field: the same ids as the "|"-joined CSV cell
+    spec = {"label": "clicked", "fields": ["user", {"name": "tags", "kind": "sequence"}],
+            "split": {"train": 0.8, "val": 0.1, "test": 0.1}}
+    data = load_table(path, spec)
+    csv = tmp_path / "clicks.csv"
+    df.assign(tags=df["tags"].map("|".join)).drop(columns="where").to_csv(csv, index=False)
+    np.testing.assert_array_equal(np.asarray(data.train.ids),
+                                  np.asarray(load_table(csv, spec).train.ids))
+    with pytest.raises(DataError, match="field 'tags' is a Parquet list.*kind: sequence"):
+        load_table(path, {"label": "clicked", "fields": ["user", "tags"]})
+    with pytest.raises(DataError, match="field 'where' is a Parquet struct.*flatten"):
+        load_table(path, {"label": "clicked", "fields": ["user", "where"]})
