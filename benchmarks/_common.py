@@ -13,24 +13,21 @@ RESULTS = ROOT / "results"
 sys.path.insert(0, str(ROOT.parent))
 
 
-DECOUPLED = {"cardinalities": [3000, 2000, 1500, 1000, 40, 80, 200, 400, 60, 120, 300, 600],
-             "ranks": [16, 12, 8, 8, 1, 2, 0, 0, 0, 0, 2, 4]}
-
-
-def load_datasets(names: Sequence[str], *, quick: bool, ml100k: str | None = None):
-    """Yield ``(name, CTRData)``: ``planted`` (built-in), ``tiny`` (built-in, a few thousand
-    rows, for smoke runs) and ``ml100k`` when available (``--ml100k DIR`` or
+def load_datasets(names: Sequence[str], *, quick: bool, ml100k: str | None = None,
+                  rows: int | None = None):
+    """Yield ``(name, CTRData)``: ``planted`` and ``decoupled`` (built-in), ``tiny``
+    (built-in, a few thousand rows, for smoke runs) and ``ml100k`` when available
+    (``--ml100k DIR`` or
     ``$AUTODIM_ML100K``; :func:`default_ml100k` finds where ``fetch-ml100k`` puts it)."""
     from autodim.data.synthetic import make_planted
 
     for name in names:
         if name == "planted":
-            yield name, make_planted("planted", rows=20_000 if quick else 200_000, seed=0)
+            yield name, make_planted("planted", rows=rows or (20_000 if quick else 200_000),
+                                     seed=0)
         elif name == "decoupled":
-            # Vocabulary size carries no hint of the rank: large signal fields of high rank,
-            # small and medium noise fields (rank 0), a few small low-rank signal fields.
-            yield name, make_planted("planted", rows=20_000 if quick else 200_000, seed=0,
-                                     **DECOUPLED)
+            yield name, make_planted("decoupled", rows=rows or (20_000 if quick else 200_000),
+                                     seed=0)
         elif name == "tiny":
             yield name, make_planted("tiny", rows=3_000 if quick else 6_000, seed=0)
         elif name == "ml100k":

@@ -1,16 +1,26 @@
 """Every searcher and every baseline at equal bytes: test AUC, logloss, bytes, search cost.
 
-For each dataset (planted synthetic data, MovieLens-100K), backbone (FM, DeepFM), budget
+For each dataset (the planted synthetic presets ``planted``, signal in the small fields, and
+``decoupled``, signal in the large fields, so vocabulary size gives no hint of the rank; and
+MovieLens-100K), backbone (FM, DeepFM), budget
 (4x, 10x, 20x, 40x fewer embedding bytes than the full D=16 table) and seed it runs:
 
 - the baselines: ``full`` (the reference, listed at 1x), ``uniform``, ``mde``, ``hash``,
-  ``qr`` and ``memcom`` (plans made from the schema and the budget, then trained), and
+  ``qr`` and ``memcom`` (plans made from the schema and the budget, then trained),
+  ``uniform-alpha`` (the bytes-only plan: darts/autodim's budget projection
+  :func:`autodim.budget.fit_dims_to_budget` fed a uniform α, i.e. the same preference for
+  every candidate, so only bytes decide), ``oracle`` on planted data (the rank-informed plan
+  :func:`autodim.data.synthetic.rank_informed_dims`: the dims that keep the most planted
+  signal under the budget; it reads the hidden ranks, so it is a ceiling, not a method) and
   ``magprune`` (one-shot magnitude pruning of the trained full model; its plan is not
   retrained, by design: its AUC is the pruned model's);
 - every registered searcher (``list_searchers()``): search under the budget, then retrain
   the plan from a fresh initialisation with the shared training settings
   (``retrain(task, result)``; ``--warm-start searcher`` starts from the searcher's warm
   start where it gives one, as a study trial does).
+
+``spearman`` (planted data) is the Spearman rank correlation between a plan's per-field dims
+and the planted ranks (empty when every field has the same dim).
 
 ``search/full`` is a method's search wall time over the wall time of one full D=16
 training (same data, backbone and seed) measured in the same process. ``sseds`` and
@@ -60,7 +70,8 @@ from typing import Any
 from _common import RESULTS, default_ml100k, load_datasets
 
 D = 16
-PLAN_BASELINES = ("full", "uniform", "mde", "hash", "qr", "memcom")
+PLAN_BASELINES = ("full", "uniform", "mde", "hash", "qr", "memcom", "uniform-alpha", "oracle")
+PLANTED_ONLY = ("oracle",)  # needs the hidden ranks
 FULL_EPOCHS = "<epochs of the full reference run>"
 
 # Full-mode searcher settings, chosen so that one search costs about one or two full
@@ -78,8 +89,8 @@ FULL_SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 COLUMNS = ["dataset", "backbone", "ratio", "method", "seed", "kind", "status", "test_auc",
-           "test_logloss", "val_auc", "bytes", "budget_bytes", "compression", "search_s",
-           "full_train_s", "search/full", "search_cpu_s", "full_train_cpu_s",
+           "test_logloss", "val_auc", "bytes", "budget_bytes", "compression", "spearman",
+           "search_s", "full_train_s", "search/full", "search_cpu_s", "full_train_cpu_s",
            "search/full cpu", "train_s", "epochs", "retrained", "warm_start", "candidates",
            "dims", "settings", "note", "finished"]
 
@@ -127,6 +138,36 @@ def _csv_value(v: Any) -> Any:
     if isinstance(v, (dict, list)):
         return json.dumps(v, sort_keys=True)
     return "" if v is None else v
+
+
+def spearman_to_ranks(plan, ranks: dict[str, int] | None) -> float:
+    """Spearman correlation of the plan's per-field dims with the planted ranks (NaN without
+    ranks or when either side is constant)."""
+    if not ranks:
+        return math.nan
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    dims = np.array([plan.dims[n] for n in ranks], dtype=float)
+    r = np.array(list(ranks.values()), dtype=float)
+    if dims.std() == 0 or r.std() == 0:
+        return math.nan
+    return float(spearmanr(dims, r).statistic)
+
+
+def uniform_alpha_dims(schema, D: int, cands, budget: int) -> dict[str, int]:
+    """The plan darts/autodim's projection makes when α says nothing: every candidate equally
+    likely, so the argmax start is the first candidate and growth follows
+    ``P(level >= k+1)`` per byte (the supernet's tail scores), i.e. bytes alone decide."""
+    import numpy as np
+
+    from autodim.budget import fit_dims_to_budget
+
+    K = len(cands)
+    tails = (K - np.arange(K)) / K  # P(level >= k) under a uniform alpha
+    score = np.cumsum(np.concatenate([[0.0], tails[1:]]))
+    return fit_dims_to_budget(schema, D, list(cands), {n: list(score) for n in schema.names},
+                              budget)
 
 
 def dims_text(plan) -> str:
@@ -250,18 +291,34 @@ class Group:
 
         return "searcher" if get_searcher(method).retrain else "baseline"
 
-    def _plan_run(self, method: str, budget: int) -> dict[str, Any]:
+    def _baseline(self, method: str, budget: int):
         from autodim.baselines import baseline_plan
+        from autodim.plan import DimensionPlan
+
+        schema = self.data.schema
+        if method == "uniform-alpha":
+            dims = uniform_alpha_dims(schema, D, self.candidates(budget), budget)
+        elif method == "oracle":
+            from autodim.data.synthetic import rank_informed_dims
+
+            dims = rank_informed_dims(schema, self.data.meta["planted_ranks"], D, budget)
+        else:
+            return baseline_plan(method, schema, D, budget)
+        return DimensionPlan.from_dims(schema, D, dims, searcher={"name": method,
+                                       "settings": {}}, budget_bytes=budget)
+
+    def _plan_run(self, method: str, budget: int) -> dict[str, Any]:
         from autodim.task import train_plan
 
         t0, c0 = time.perf_counter(), time.process_time()
-        plan = baseline_plan(method, self.data.schema, D, budget)
+        plan = self._baseline(method, budget)
         plan_s, plan_cpu = time.perf_counter() - t0, time.process_time() - c0
         t0 = time.perf_counter()
         m = train_plan(plan, self.dm(), backbone=self.backbone, config=self.cfg).metrics
         return {"test_auc": m["test_auc"], "test_logloss": m["test_logloss"],
                 "val_auc": m["val_auc"], "bytes": plan.num_bytes(),
                 "compression": plan.compression(), "search_s": plan_s,
+                "spearman": spearman_to_ranks(plan, self.data.meta.get("planted_ranks")),
                 "search_cpu_s": plan_cpu,
                 "train_s": time.perf_counter() - t0, "epochs": m["epochs"], "retrained": True,
                 "warm_start": False, "dims": dims_text(plan),
@@ -284,6 +341,7 @@ class Group:
             search_s, search_cpu = search_s + self.t_full, search_cpu + self.cpu_full
         plan = result.plan
         out = {"bytes": plan.num_bytes(), "compression": plan.compression(),
+               "spearman": spearman_to_ranks(plan, self.data.meta.get("planted_ranks")),
                "search_s": search_s, "search_cpu_s": search_cpu, "dims": dims_text(plan),
                "settings": settings, "candidates": " ".join(map(str, cands)),
                "note": "search = the full reference training + its own pass" if pretrained
@@ -341,7 +399,8 @@ def summarize(rows: list[dict[str, Any]], method_order: list[str]) -> list[dict[
                                 "seeds": len(ok), "runs": len(runs)}
         notes = sorted({r["note"] for r in runs if r["status"] != "ok" and r.get("note")})
         if ok:
-            for col in ("test_auc", "test_logloss", "bytes", "compression", "search/full",
+            for col in ("test_auc", "test_logloss", "bytes", "compression", "spearman",
+                        "search/full",
                         "search/full cpu", "full_train_s"):
                 vals = [_f(r.get(col)) for r in ok if not math.isnan(_f(r.get(col)))]
                 line[col] = _mean_std(vals) if vals else (math.nan, math.nan)
@@ -362,7 +421,7 @@ def _fmt(v: float, spec: str) -> str:
 
 def markdown_tables(summary: list[dict[str, Any]], bayes: dict[str, float]) -> str:
     cols = ["ratio", "method", "seeds", "test AUC (mean ± std)", "test logloss", "bytes",
-            "compression", "search / full train (wall, CPU)", "note"]
+            "compression", "Spearman(dims, ranks)", "search / full train (wall, CPU)", "note"]
     parts = []
     for (dname, backbone) in dict.fromkeys((s["dataset"], s["backbone"]) for s in summary):
         lines = [f"### {dname}, {backbone.upper() if backbone == 'fm' else backbone}", ""]
@@ -376,7 +435,7 @@ def markdown_tables(summary: list[dict[str, Any]], bayes: dict[str, float]) -> s
             ratio = f"{s['ratio']}x"
             if s["status"] in ("infeasible", "error"):
                 note = s["status"] + (": " + "; ".join(s["notes"]) if s["notes"] else "")
-                lines.append(f"| {ratio} | {s['method']} | 0 | {s['status']} |  |  |  |  | "
+                lines.append(f"| {ratio} | {s['method']} | 0 | {s['status']} |  |  |  |  |  | "
                              f"{_md_escape(note)} |")
                 continue
             auc, sd = s["test_auc"]
@@ -396,6 +455,7 @@ def markdown_tables(summary: list[dict[str, Any]], bayes: dict[str, float]) -> s
             auc_txt = f"{auc:.4f}" + (f" ± {sd:.4f}" if not math.isnan(sd) else "")
             lines.append(f"| {ratio} | {s['method']} | {s['seeds']} | {auc_txt} | "
                          f"{_fmt(ll, '.4f')} | {nbytes:,.0f} | {_fmt(comp, '.1f')}x | "
+                         f"{_fmt(s['spearman'][0], '.2f')} | "
                          f"{_fmt(srat, '.2f')}" + (f", {crat:.2f}" if not math.isnan(crat) else "")
                          + f" | {_md_escape('; '.join(note))} |")
         parts.append("\n".join(lines) + "\n")
@@ -533,7 +593,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true",
                     help="tiny planted data, FM, seed 0, 4x/10x, quick settings, 1 epoch")
-    ap.add_argument("--datasets", default=None, help="comma list: planted, ml100k, tiny")
+    ap.add_argument("--datasets", default=None,
+                    help="comma list: planted, decoupled, ml100k, tiny (default: the first three)")
     ap.add_argument("--ml100k", default=None, help="MovieLens-100K folder (RecBole files)")
     ap.add_argument("--backbones", default=None, help="comma list (default fm,deepfm)")
     ap.add_argument("--ratios", default=None, help="comma list (default 4,10,20,40)")
@@ -549,6 +610,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warm-start", choices=("none", "searcher"), default="none",
                     help="retrain searched plans fresh (default) or from the searcher's "
                          "warm start")
+    ap.add_argument("--lr", type=float, default=3e-3, help="learning rate (3e-3)")
+    ap.add_argument("--rows", type=int, default=None,
+                    help="rows of the planted datasets (default 200000; quick 20000)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--stem", default=None, help="output file stem (default compare[_quick])")
     ap.add_argument("--fresh", action="store_true", help="discard the CSV's rows first")
@@ -567,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
     from autodim.task import TrainConfig
 
     q = args.quick
-    args.datasets = args.datasets or ("tiny" if q else "planted,ml100k")
+    args.datasets = args.datasets or ("tiny" if q else "planted,decoupled,ml100k")
     args.backbones = args.backbones or ("fm" if q else "fm,deepfm")
     args.ratios = args.ratios or ("4,10" if q else "4,10,20,40")
     args.seeds = args.seeds or ("0" if q else "0,1,2")
@@ -586,7 +650,7 @@ def main(argv: list[str] | None = None) -> int:
         method, _, name = key.partition(".")
         overrides.setdefault(method, {})[name] = json.loads(value)
     cfg = TrainConfig(max_epochs=args.epochs or (1 if q else 10),
-                      batch_size=256 if q else 1024, lr=3e-3, patience=2)
+                      batch_size=256 if q else 1024, lr=args.lr, patience=2)
     ratios = [float(r) for r in args.ratios.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     backbones = [b.strip() for b in args.backbones.split(",")]
@@ -603,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
     full_bytes: dict[str, int] = {}
     names = [d.strip() for d in args.datasets.split(",")]
     ml100k = args.ml100k or default_ml100k()
-    for dname, data in load_datasets(names, quick=q, ml100k=ml100k):
+    for dname, data in load_datasets(names, quick=q, ml100k=ml100k, rows=args.rows):
         data_info[dname] = data_description(dname, data)
         full_bytes[dname] = data.schema.total_rows * D * 4
         if "bayes_auc" in data.meta:
@@ -613,7 +677,8 @@ def main(argv: list[str] | None = None) -> int:
         for backbone in backbones:
             for seed in seeds:
                 todo = [("full", 1.0)] if "full" in methods else []
-                todo += [(m, r) for r in ratios for m in methods if m != "full"]
+                todo += [(m, r) for r in ratios for m in methods if m != "full" and (
+                    m not in PLANTED_ONLY or "planted_ranks" in data.meta)]
                 todo = [(m, r) for m, r in todo
                         if (dname, backbone, ratio_key(r), m, str(seed)) not in done]
                 if not todo:
@@ -656,7 +721,7 @@ def main(argv: list[str] | None = None) -> int:
                 json.loads(r["settings"]) if r["settings"] else {})
     # The report covers every dataset and budget in the CSV, not only this invocation's.
     missing = [d for d in dict.fromkeys(r["dataset"] for r in rows) if d not in data_info]
-    for dname, data in load_datasets(missing, quick=q, ml100k=ml100k):
+    for dname, data in load_datasets(missing, quick=q, ml100k=ml100k, rows=args.rows):
         data_info[dname] = data_description(dname, data)
         full_bytes[dname] = data.schema.total_rows * D * 4
         if "bayes_auc" in data.meta:

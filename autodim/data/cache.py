@@ -17,6 +17,7 @@ import re
 import shutil
 import uuid
 import warnings
+import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,7 @@ def cached(build: Callable[[], tuple[CTRData, dict[str, Encoder]]], folder: Path
     if not refresh and (folder / "meta.json").exists():
         try:
             return CTRData.load(folder, mmap=True)
-        except (DataError, OSError, ValueError, KeyError) as exc:
+        except (DataError, OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             warnings.warn(f"{folder}: unreadable data cache ({exc}); rebuilding", stacklevel=3)
     data, encoders = build()
     data.meta["cache_key"] = folder.name

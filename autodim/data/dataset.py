@@ -12,7 +12,7 @@ from autodim._io import atomic_save_npy, atomic_write_json
 from autodim.data.schema import Schema
 from autodim.errors import DataError
 
-__all__ = ["Split", "CTRData", "random_split_indices"]
+__all__ = ["Split", "CTRData", "check_sanity", "random_split_indices"]
 
 
 @dataclass
@@ -98,7 +98,60 @@ class CTRData:
                 np.load(probs_path) if probs_path.exists() else None,
             )
         meta = json.loads((folder / "meta.json").read_text())
-        return cls(schema=schema, meta=meta, **splits)
+        data = cls(schema=schema, meta=meta, **splits)
+        data.validate(str(folder))
+        return data
+
+    def validate(self, where: str) -> None:
+        """Check labels are 0/1 and every id lies in its field's vocabulary (``DataError``
+        naming the split and field otherwise): what a corrupted cache breaks first."""
+        vocab = np.concatenate([np.full(f.width, f.vocab_size) for f in self.schema.fields])
+        for name, s in self.splits().items():
+            labels = np.asarray(s.labels)
+            bad = ~np.isin(labels, (0.0, 1.0))
+            if bad.any():
+                raise DataError(f"{where}: {name} labels must be 0/1; row {int(np.argmax(bad))} "
+                                f"has {labels[bad][0]!r}")
+            if len(s) == 0:
+                continue
+            ids = np.asarray(s.ids)
+            lo, hi = ids.min(axis=0), ids.max(axis=0)
+            out = np.flatnonzero((lo < 0) | (hi >= vocab))
+            if len(out):
+                col = int(out[0])
+                f = self.schema.fields[int(np.searchsorted(
+                    np.cumsum([x.width for x in self.schema.fields]), col, side="right"))]
+                raise DataError(f"{where}: {name} ids of field {f.name!r} span "
+                                f"[{int(lo[col])}, {int(hi[col])}], outside its vocabulary "
+                                f"[0, {f.vocab_size})")
+
+
+def check_sanity(data: CTRData, where: str) -> None:
+    """Refuse data no model can learn (``DataError`` naming ``where`` and the split or
+    field): an empty train split, training labels of one class, a field whose every
+    training id is out of vocabulary. An empty or single-class val/test split only warns
+    (its AUC is undefined)."""
+    import warnings
+
+    if len(data.train) == 0:
+        raise DataError(f"{where}: the train split has no rows")
+    for name in ("val", "test"):  # legitimate when only inspecting the encoding
+        if len(getattr(data, name)) == 0:
+            warnings.warn(f"{where}: the {name} split has no rows: nothing to stop on or "
+                          f"report", stacklevel=3)
+    pos = {name: float(np.asarray(s.labels).mean()) if len(s) else 0.5
+           for name, s in data.splits().items()}
+    if pos["train"] in (0.0, 1.0):
+        raise DataError(f"{where}: every training label is {int(pos['train'])}; a click model "
+                        f"needs both classes")
+    for name in ("val", "test"):
+        if pos[name] in (0.0, 1.0):
+            warnings.warn(f"{where}: every {name} label is {int(pos[name])}: its AUC is "
+                          f"undefined", stacklevel=3)
+    for f in data.schema.fields:
+        if f.vocab_size <= 1 or (f.freqs is not None and f.freqs[1:].sum() == 0):
+            raise DataError(f"{where}: field {f.name!r}: every training value is out of "
+                            f"vocabulary (is min_count too high?); drop the field or lower it")
 
 
 def random_split_indices(n: int, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from autodim.data.dataset import CTRData, Split, random_split_indices
+from autodim.data.dataset import CTRData, Split, check_sanity, random_split_indices
 from autodim.data.encode import Encoder, FieldSpec, encode_frame, fit_encoders
 from autodim.errors import DataError
 
@@ -163,7 +163,9 @@ def build_recbole(folder: str | Path, *, min_count: int = 1,
         parts[part] = Split(encode_frame(df.iloc[idx], encoders, dtype=np.int32), labels[idx])
     data_meta = dict(meta, rows={k: len(v) for k, v in parts.items()},
                      positive_rate=float(labels.mean()) if len(labels) else 0.0)
-    return CTRData(schema, meta=data_meta, **parts), encoders
+    data = CTRData(schema, meta=data_meta, **parts)
+    check_sanity(data, str(folder))
+    return data, encoders
 
 
 def load_recbole(folder: str | Path, *, min_count: int = 1,

@@ -168,9 +168,15 @@ class Schema:
         schema = cls.from_json(path.read_text(encoding="utf-8"), source=str(path))
         fpath = folder / "freqs.npz"
         if fpath.exists():
-            with np.load(fpath) as z:
-                for i, f in enumerate(schema.fields):
-                    f.freqs = z[f"f{i}"].astype(np.int64)
+            import zipfile
+
+            try:
+                with np.load(fpath) as z:
+                    for i, f in enumerate(schema.fields):
+                        f.freqs = z[f"f{i}"].astype(np.int64)
+            except (zipfile.BadZipFile, EOFError, KeyError, ValueError, OSError) as exc:
+                raise DataError(f"{fpath}: corrupt frequency file ({type(exc).__name__}: "
+                                f"{exc})") from None
         return schema
 
     def subset(self, names: Sequence[str]) -> "Schema":

@@ -125,6 +125,9 @@ def load_data(source: str | os.PathLike, *, cache_dir: str | os.PathLike | None 
     elif _suffix(path) in TABLE_SUFFIXES:
         if options.get("spec") is None:  # not setdefault: it would look for a spec file
             options["spec"] = _find_spec(path)  # beside the data even when one is given
+        elif isinstance(options["spec"], (str, os.PathLike)):
+            # Resolved: the same spec by a relative and an absolute path is one cache entry.
+            options["spec"] = Path(options["spec"]).expanduser().resolve()
         opts = _bind(build_table, path, options)
         spec = opts["spec"]
         norm, _ = read_spec(spec)

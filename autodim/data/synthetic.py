@@ -26,7 +26,8 @@ from autodim.data.dataset import CTRData, Split
 from autodim.data.schema import Field, Schema
 from autodim.errors import DataError
 
-__all__ = ["PlantedConfig", "PRESETS", "make_planted", "bayes_auc", "planted_dims"]
+__all__ = ["PlantedConfig", "PRESETS", "make_planted", "bayes_auc", "planted_dims",
+           "rank_informed_dims"]
 
 # Criteo Kaggle (Display Advertising Challenge) categorical cardinalities C1..C26.
 CRITEO_KAGGLE_CARDINALITIES = [
@@ -43,7 +44,8 @@ class PlantedConfig:
         cardinalities: Ids per field (the vocab is this + 1 for the OOV row 0).
         ranks: Planted rank per field (0 = noise field).
         rows: Total rows (split 8:1:1 into train/val/test by default).
-        zipf: Zipf exponent of the id distribution (p(k) ~ k^-zipf).
+        zipf: Zipf exponent of the id distribution (p(k) ~ k^-zipf): one for every field, or
+            a list with one per field.
         latent_dim: K, the common space of the teacher's interactions.
         logit_std: Target standard deviation of the teacher's logit (sets the Bayes AUC).
         first_order: Share of the logit variance given to first-order terms.
@@ -53,7 +55,7 @@ class PlantedConfig:
     cardinalities: list[int]
     ranks: list[int]
     rows: int = 200_000
-    zipf: float = 1.05
+    zipf: float | list[float] = 1.05
     latent_dim: int = 16
     logit_std: float = 2.0
     first_order: float = 0.3
@@ -67,12 +69,29 @@ class PlantedConfig:
         if len(self.cardinalities) != len(self.ranks):
             raise DataError(f"planted data: {len(self.cardinalities)} cardinalities but "
                             f"{len(self.ranks)} ranks")
+        for what, values in (("cardinalities", self.cardinalities), ("ranks", self.ranks)):
+            if not isinstance(values, (list, tuple)) or not values or any(
+                    isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in values):
+                raise DataError(f"planted data: {what} must be a non-empty list of integers, "
+                                f"got {values!r}")
         if any(c < 1 for c in self.cardinalities) or any(r < 0 for r in self.ranks):
             raise DataError("planted data: cardinalities must be >= 1 and ranks >= 0")
+        zipfs = self.zipf if isinstance(self.zipf, (list, tuple)) else [self.zipf]
+        if isinstance(self.zipf, (list, tuple)) and len(zipfs) != len(self.cardinalities):
+            raise DataError(f"planted data: {len(self.cardinalities)} cardinalities but "
+                            f"{len(zipfs)} zipf exponents")
+        if any(isinstance(z, bool) or not isinstance(z, (int, float)) or not 0 <= z < 10
+               for z in zipfs):
+            raise DataError(f"planted data: zipf exponents must be numbers in [0, 10), got "
+                            f"{self.zipf!r}")
         if self.rows < 10:
             raise DataError(f"planted data: rows must be >= 10, got {self.rows}")
         if not any(self.ranks):
             raise DataError("planted data: at least one field needs a rank > 0")
+
+    def field_zipf(self, f: int) -> float:
+        """Zipf exponent of field ``f``."""
+        return float(self.zipf[f] if isinstance(self.zipf, (list, tuple)) else self.zipf)
 
     @property
     def field_names(self) -> list[str]:
@@ -86,6 +105,16 @@ PRESETS: dict[str, PlantedConfig] = {
     "planted": PlantedConfig(
         cardinalities=[30, 60, 120, 250, 400, 150, 3000, 6000, 10000, 4000],
         ranks=[1, 2, 4, 8, 12, 16, 0, 0, 0, 0], rows=200_000),
+    # Vocabulary size carries no hint of the rank: the signal is in the LARGE fields (high
+    # rank), the noise in small and medium ones, so "small vocabulary gets big dims" (mde)
+    # spends its bytes on noise and a uniform plan splits them evenly; only a plan that reads
+    # the signal wins. Signal fields draw ids with a flatter Zipf law (0.6) so even their
+    # tail ids are seen dozens of times in 100k rows (the planted allocation is learnable).
+    # At 4x the planted dims fit the budget exactly; at 10x the oracle must cut signal too.
+    "decoupled": PlantedConfig(
+        cardinalities=[600, 500, 450, 400, 10, 40, 100, 250, 380],
+        ranks=[8, 6, 4, 2, 0, 0, 0, 0, 0], rows=200_000,
+        zipf=[0.6, 0.6, 0.6, 0.6, 1.05, 1.05, 1.05, 1.05, 1.05]),
     "tiny": PlantedConfig(cardinalities=[20, 40, 60, 500, 800], ranks=[2, 4, 8, 0, 0],
                           rows=6_000),
     "criteo_kaggle": PlantedConfig(
@@ -122,14 +151,15 @@ class _Teacher:
         K = cfg.latent_dim
         # A_f: r_f x K maps, scaled so each field's u_f has unit variance per coordinate.
         self.maps = [rng.standard_normal((r, K)) / np.sqrt(max(r, 1)) for r in cfg.ranks]
-        self.cdfs = [self._zipf_cdf(n) for n in cfg.cardinalities]
+        self.cdfs = [self._zipf_cdf(n, cfg.field_zipf(f))
+                     for f, n in enumerate(cfg.cardinalities)]
         self.scale_pair = 1.0
         self.scale_first = 1.0
 
-    def _zipf_cdf(self, n: int) -> np.ndarray | None:
+    def _zipf_cdf(self, n: int, s: float) -> np.ndarray | None:
         if n > 5_000_000:
             return None  # sampled by inverse transform of the continuous approximation
-        w = np.arange(1, n + 1, dtype=np.float64) ** -self.cfg.zipf
+        w = np.arange(1, n + 1, dtype=np.float64) ** -s
         return np.cumsum(w / w.sum())
 
     def draw_ids(self, rng: np.random.Generator, f: int, size: int) -> np.ndarray:
@@ -139,9 +169,12 @@ class _Teacher:
         if cdf is not None:
             return np.minimum(np.searchsorted(cdf, u), n - 1).astype(np.int64) + 1
         # Continuous Zipf on [1, n+1): inverse CDF of x^-s, then floor.
-        s = self.cfg.zipf
+        s = self.cfg.field_zipf(f)
         a, b = 1.0, float(n + 1)
-        x = (a ** (1 - s) + u * (b ** (1 - s) - a ** (1 - s))) ** (1 / (1 - s))
+        if abs(s - 1.0) < 1e-9:  # x^-1: the inverse CDF is exponential
+            x = np.exp(u * np.log(b))
+        else:
+            x = (a ** (1 - s) + u * (b ** (1 - s) - a ** (1 - s))) ** (1 / (1 - s))
         return np.minimum(np.floor(x), n).astype(np.int64)
 
     def parts(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -181,6 +214,23 @@ def planted_dims(ranks: list[int], D: int) -> list[int]:
     return [min(r, D) for r in ranks]
 
 
+def rank_informed_dims(schema: Schema, ranks: dict[str, int], D: int, budget_bytes: int, *,
+                       candidate_dims: list[int] | None = None) -> dict[str, int]:
+    """The oracle plan under a byte budget: the dims that keep the most planted signal.
+
+    Every signal field carries the same share of the teacher's logit variance, spread evenly
+    over its ``r`` latent directions (``A_f`` is scaled to unit variance per coordinate), so
+    a field at dim ``d`` keeps about ``min(d, r) / r`` of it; noise fields keep nothing. The
+    multiple-choice knapsack (:func:`autodim.budget.knapsack_dims`) maximises the sum.
+    """
+    from autodim.budget import knapsack_dims
+
+    cands = candidate_dims or list(range(D + 1))
+    values = {n: [min(c, ranks[n]) / ranks[n] if ranks[n] else 0.0 for c in cands]
+              for n in schema.names}
+    return knapsack_dims(schema, D, cands, values, budget_bytes)
+
+
 def bayes_auc(split: Split) -> float:
     """AUC of the teacher's own probabilities on a split (the ceiling for any model)."""
     from autodim.metrics import auc_numpy
@@ -195,11 +245,13 @@ def make_planted(preset: str = "planted", *, rows: int | None = None, seed: int 
     """Generate a planted dataset.
 
     Args:
-        preset: ``"planted"`` (default, 10 fields, 4 of them noise), ``"tiny"`` (tests) or
-            ``"criteo_kaggle"`` (Criteo Kaggle's 26 cardinalities, 33.7M ids).
+        preset: ``"planted"`` (default, 10 fields, 4 of them noise), ``"decoupled"`` (9
+            fields: signal in the 4 largest, noise in the 5 small and medium ones), ``"tiny"``
+            (tests) or ``"criteo_kaggle"`` (Criteo Kaggle's 26 cardinalities, 33.7M ids).
         rows: Total rows (default: the preset's).
         seed: Seed of everything (teacher, ids, labels).
-        **overrides: Any :class:`PlantedConfig` attribute.
+        **overrides: Any :class:`PlantedConfig` attribute, e.g. ``cardinalities=[...]``,
+            ``ranks=[...]`` and ``zipf=[...]`` (one per field) for a layout of your own.
 
     Returns:
         :class:`CTRData` whose ``meta`` holds ``planted_ranks``, ``bayes_auc`` (test split)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import codecs
 import difflib
 import gzip
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from autodim.data.dataset import CTRData, Split, random_split_indices
+from autodim.data.dataset import CTRData, Split, check_sanity, random_split_indices
 from autodim.data.encode import Encoder, FieldSpec, encode_frame, fit_encoders
 from autodim.errors import DataError
 
@@ -45,6 +46,35 @@ FILES_KEYS = ("train", "val", "test")
 RULE_KEYS = ("column", "threshold")
 KINDS = ("categorical", "sequence")
 DEFAULT_SEPARATOR = "|"  # "Action|Comedy" is the usual multi-value cell in CSV files
+MAX_LEN_LIMIT = 4096  # ids kept per sequence cell: the id matrix has max_len columns per row
+
+
+def _number(value: Any, where: str, *, integer: bool = False, low: float | None = None,
+            high: float | None = None, low_open: bool = False) -> int | float:
+    """A spec value checked for type and range: bools, text and NaN are refused."""
+    kind = "an integer" if integer else "a number"
+    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+    if ok:
+        value = float(value)
+        ok = bool(np.isfinite(value)) and (not integer or value == int(value))
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        rng = ""
+        if low is not None or high is not None:
+            lo = "" if low is None else (f"> {low:g}" if low_open else f">= {low:g}")
+            hi = "" if high is None else f"<= {high:g}"
+            rng = " " + " and ".join(x for x in (lo, hi) if x)
+        raise DataError(f"{where} must be {kind}{rng}, got {value!r}")
+    return int(value) if integer else value
+
+
+def _text(value: Any, where: str) -> str:
+    if not isinstance(value, str) or value == "":
+        raise DataError(f"{where} must be a non-empty string, got {value!r}")
+    return value
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
@@ -93,6 +123,7 @@ def read_spec(spec: str | Path | Mapping[str, Any]) -> tuple[dict[str, Any], str
         _check_keys(rule, RULE_KEYS, f"{where}: label_rule")
         if "column" not in rule or "threshold" not in rule:
             raise DataError(f"{where}: label_rule needs 'column' and 'threshold'")
+        _number(rule["threshold"], f"{where}: label_rule threshold")
     label = str(raw.get("label", "label"))
 
     fields_raw = raw.get("fields")
@@ -110,22 +141,33 @@ def read_spec(spec: str | Path | Mapping[str, Any]) -> tuple[dict[str, Any], str
             close = difflib.get_close_matches(str(kind), KINDS, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise DataError(f"{where}: field {f['name']!r}: unknown kind {kind!r}{hint}")
-        try:
-            fields.append(FieldSpec(
-                str(f["name"]), kind, min_count=int(f.get("min_count", 1)),
-                separator=str(f.get("separator", DEFAULT_SEPARATOR)),
-                max_len=None if f.get("max_len") is None else int(f["max_len"])))
-        except (TypeError, ValueError) as exc:
-            raise DataError(f"{where}: field {f['name']!r}: {exc}") from None
-        if fields[-1].min_count < 1 or (fields[-1].max_len is not None
-                                        and fields[-1].max_len < 1):
-            raise DataError(f"{where}: field {f['name']!r}: min_count and max_len must be >= 1")
+        at = f"{where}: field {f['name']!r}:"
+        name = _text(f["name"], f"{where}: fields[{i}] name") if not isinstance(
+            f["name"], (int, float)) or isinstance(f["name"], bool) else str(f["name"])
+        fields.append(FieldSpec(
+            name, kind, min_count=_number(f.get("min_count", 1), f"{at} min_count",
+                                          integer=True, low=1),
+            separator=_text(f.get("separator", DEFAULT_SEPARATOR), f"{at} separator"),
+            max_len=None if f.get("max_len") is None else _number(
+                f["max_len"], f"{at} max_len", integer=True, low=1, high=MAX_LEN_LIMIT)))
 
+    label_col = str(rule["column"]) if rule is not None else label
+    for f in fields:
+        if f.name == label_col:
+            raise DataError(f"{where}: field {f.name!r} is the label column; a model fed its "
+                            f"own label learns nothing useful")
+    if len({f.name for f in fields}) != len(fields):
+        dup = next(f.name for i, f in enumerate(fields) if f.name in
+                   {g.name for g in fields[:i]})
+        raise DataError(f"{where}: field {dup!r} is listed twice")
     split = raw.get("split") or {}
     _check_keys(split, SPLIT_KEYS, f"{where}: split")
-    fractions = tuple(float(split.get(k, d)) for k, d in zip(FILES_KEYS, (0.8, 0.1, 0.1)))
-    if min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
-        raise DataError(f"{where}: split fractions {fractions} must be >= 0 and sum to 1")
+    # Every split must get rows: an empty val (or test) split has no AUC to stop on or report.
+    fractions = tuple(_number(split.get(k, d), f"{where}: split {k}", low=0, high=1,
+                              low_open=True) for k, d in zip(FILES_KEYS, (0.8, 0.1, 0.1)))
+    if abs(sum(fractions) - 1) > 1e-6:
+        raise DataError(f"{where}: split fractions {fractions} must sum to 1")
+    seed = _number(split.get("seed", 0), f"{where}: split seed", integer=True, low=0)
     files = raw.get("files")
     if files is not None:
         _check_keys(files, FILES_KEYS, f"{where}: files")
@@ -133,9 +175,9 @@ def read_spec(spec: str | Path | Mapping[str, Any]) -> tuple[dict[str, Any], str
         if absent:
             raise DataError(f"{where}: files needs train, val and test; missing {absent}")
     return {"label": label, "label_rule": rule, "fields": fields,
-            "split": {"fractions": fractions, "seed": int(split.get("seed", 0))},
+            "split": {"fractions": fractions, "seed": seed},
             "files": None if files is None else {k: str(files[k]) for k in FILES_KEYS},
-            "delimiter": str(raw.get("delimiter", ","))}, where
+            "delimiter": _text(raw.get("delimiter", ","), f"{where}: delimiter")}, where
 
 
 def table_files(path: str | Path | None, spec: Mapping[str, Any]) -> dict[str, Path]:
@@ -216,24 +258,101 @@ def _read(path: Path, spec: Mapping[str, Any]) -> pd.DataFrame:
         raise _utf8_error(path) from None
     except pd.errors.EmptyDataError:
         raise DataError(f"{path}: empty file") from None
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise _truncated(path, exc) from None
     except (ValueError, OSError) as exc:  # parser and pyarrow errors derive from these
         raise DataError(f"{path}: cannot read ({exc})") from None
+    if not parquet:
+        _check_csv_shape(path, delim)
     what = "label_rule column" if rule else "label column"
     for name, kind in [(label_col, what), *((c, "field") for c in field_cols)]:
         if name not in columns:
             raise _columns_error(path, kind, name, columns, delim)
+    if parquet:
+        _check_parquet_types(path, spec, label_col)
     try:
         if parquet:
-            df = pd.read_parquet(path, columns=wanted)
+            df = _read_parquet(path, spec, wanted)
         else:
             df = pd.read_csv(path, sep=delim, usecols=wanted, dtype=str, encoding="utf-8")
     except UnicodeDecodeError:
         raise _utf8_error(path) from None
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise _truncated(path, exc) from None
     except (ValueError, OSError) as exc:
         raise DataError(f"{path}: cannot read ({exc})") from None
     if len(df) == 0:
         raise DataError(f"{path}: no data rows (header only)")
     return df
+
+
+def _check_parquet_types(path: Path, spec: Mapping[str, Any], label_col: str) -> None:
+    """A list column is a sequence field's values; struct/map (and lists elsewhere) have no
+    meaning as one id, so they are refused by name rather than stringified."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(path)
+    kinds = {f.name: f.kind for f in spec["fields"]}
+    for name in [label_col, *kinds]:
+        t = schema.field(name).type
+        nested = pa.types.is_struct(t) or pa.types.is_map(t) or pa.types.is_union(t)
+        is_list = pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+        if is_list and kinds.get(name) == "sequence" and not pa.types.is_nested(t.value_type):
+            continue
+        if nested or is_list:
+            what = "label column" if name == label_col and name not in kinds else "field"
+            how = ("declare it kind: sequence" if is_list and name in kinds else
+                   "flatten it into plain columns first")
+            raise DataError(f"{path}: {what} {name!r} is a Parquet {t} column; {how}")
+
+
+def _read_parquet(path: Path, spec: Mapping[str, Any], wanted: list[str]) -> pd.DataFrame:
+    """Read the columns; list cells of sequence fields become separator-joined text."""
+    df = pd.read_parquet(path, columns=wanted)
+    for f in spec["fields"]:
+        col = df[f.name]
+        if f.kind == "sequence" and len(col) and col.map(
+                lambda v: isinstance(v, (list, np.ndarray))).any():
+            sep = f.separator
+            df[f.name] = col.map(lambda v, sep=sep: None if v is None else sep.join(
+                str(x) for x in v))
+    return df
+
+
+def _truncated(path: Path, exc: BaseException) -> DataError:
+    return DataError(f"{path}: truncated or corrupt compressed file ({type(exc).__name__}: "
+                     f"{exc}); download or compress it again")
+
+
+def _check_csv_shape(path: Path, delimiter: str) -> None:
+    """A duplicate header name, or a row with more or fewer cells than the header: pandas
+    would rename the one (``a.1``) and pad the other with empty cells without a word."""
+    import csv
+
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8", newline="") as fh:
+            reader = csv.reader(fh, delimiter=delimiter) if len(delimiter) == 1 else None
+            if reader is None:
+                return  # a multi-character (regex) delimiter: pandas' own parser decides
+            header = next(reader, [])
+            seen: set[str] = set()
+            for name in header:
+                if name in seen:
+                    raise DataError(f"{path}: column {_short(name)!r} appears twice in the "
+                                    f"header")
+                seen.add(name)
+            for row in reader:
+                if row and len(row) != len(header):
+                    raise DataError(f"{path}: line {reader.line_num} has {len(row)} cells, the "
+                                    f"header has {len(header)} (ragged row)")
+    except UnicodeDecodeError:
+        raise _utf8_error(path) from None
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise _truncated(path, exc) from None
+    except csv.Error as exc:
+        raise DataError(f"{path}: cannot parse as CSV ({exc})") from None
 
 
 def _utf8_error(path: Path) -> DataError:
@@ -298,7 +417,9 @@ def build_table(path: str | Path | None, spec: str | Path | Mapping[str, Any]
     all_labels = np.concatenate([labels[k] for k in FILES_KEYS])
     data_meta = dict(meta, rows={k: len(v) for k, v in parts.items()},
                      positive_rate=float(all_labels.mean()))
-    return CTRData(schema, meta=data_meta, **parts), encoders
+    data = CTRData(schema, meta=data_meta, **parts)
+    check_sanity(data, str(path if path is not None else where))
+    return data, encoders
 
 
 def load_table(path: str | Path | None, spec: str | Path | Mapping[str, Any]) -> CTRData:

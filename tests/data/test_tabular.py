@@ -54,9 +54,14 @@ def test_parquet_and_label_rule(tmp_path):
     path = tmp_path / "clicks.parquet"
     df.to_parquet(path)
     spec = {"label_rule": {"column": "rating", "threshold": 4}, "fields": ["user", "item"],
-            "split": {"train": 1.0, "val": 0.0, "test": 0.0}}
+            "split": {"train": 0.8, "val": 0.1, "test": 0.1}}
     data = load_table(path, spec)
-    np.testing.assert_array_equal(data.train.labels, (df["rating"] >= 4).to_numpy(np.float32))
+    from autodim.data.dataset import random_split_indices
+
+    idx = random_split_indices(len(df), (0.8, 0.1, 0.1), 0)
+    for split, ix in zip((data.train, data.val, data.test), idx):
+        np.testing.assert_array_equal(split.labels,
+                                      (df["rating"].iloc[ix] >= 4).to_numpy(np.float32))
 
 
 def test_train_val_test_files(tmp_path):
@@ -139,7 +144,10 @@ def test_non_utf8_bytes_name_the_offset(tmp_path):
 def test_nan_in_categorical_is_a_category(tmp_path):
     df = frame()
     df.loc[:9, "user"] = None
-    data = load_table(write_csv(tmp_path, df), dict(SPEC, split={"train": 1.0, "val": 0.0,
-                                                                 "test": 0.0}))
-    user = data.train.ids[:, 0]
-    assert len(set(user[:10].tolist())) == 1 and user[0] > 0
+    data = load_table(write_csv(tmp_path, df), dict(SPEC, split={"train": 0.8, "val": 0.1,
+                                                                 "test": 0.1}))
+    from autodim.data.dataset import random_split_indices
+
+    train_rows = random_split_indices(len(df), (0.8, 0.1, 0.1), 0)[0]
+    user = data.train.ids[train_rows < 10, 0]
+    assert len(user) > 1 and len(set(user.tolist())) == 1 and user[0] > 0

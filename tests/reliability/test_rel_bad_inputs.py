@@ -48,7 +48,7 @@ DATA_CASES = {
     "missing file": (None, ["no such file or folder"]),
     "empty file": ("", ["empty file"]),
     "truncated mid-line": (GOOD[: GOOD.index("\n", len(GOOD) // 2) + 4],
-                           ["label column 'clicked' must hold 0/1", "has ''"]),
+                           ["has 2 cells, the header has 3 (ragged row)"]),
     "wrong delimiter": (GOOD.replace(",", ";"),
                         ["single column 'user;item;clicked'", "delimiter"]),
     "missing label column": (GOOD.replace(",clicked", ""),
