@@ -348,7 +348,9 @@ class FusedEmbedding(FieldwiseEmbedding):
         return self._fieldwise
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        if self._serve is not None and not self.training:
+        # the flat path wins at small batches (few ops); from ~512 rows the element gather
+        # and the dense [d_max x D] maps cost more than the groups' row gathers
+        if self._serve is not None and not self.training and ids.shape[0] <= 512:
             return self._serve_forward(ids)
         if self.single:
             return self.groups[0](ids)
@@ -372,7 +374,8 @@ class FusedEmbedding(FieldwiseEmbedding):
         eval-mode batch is one gather of ``[B, F, d_max]`` elements (positions beyond a
         field's width read a zero) and one batched ``[F, B, d_max] x [F, d_max, D]`` map
         (identity, projection or column placement per field), whatever the number of
-        widths. ``train()`` turns that path off again (the map copies the projections).
+        widths (used up to 512 rows a batch). ``train()`` turns that path off again (the
+        map copies the projections).
         """
         for g in self.groups:
             g.bake()
