@@ -9,17 +9,17 @@ validation batches, one validation batch per training step, cycling the validati
 - ``darts``: α = softmax(logits) per field, or per frequency group of a field (AutoEmb,
   Zhao et al. ICDM 2021, gives popular and long-tail ids their own dims); separate tables
   per candidate by default; first-order by default, ``second_order=True`` uses DARTS eq. 7-8.
-  Plan: argmax α per field (per group, as ``FieldPlan.frequency_groups``).
 - ``autodim``: AutoDim (Zhao et al., WWW 2021): one D-wide table per field whose first
   ``d_k`` columns are candidate ``k`` (weight sharing, §2.2.1; separate tables optional),
-  Gumbel-softmax over α (eq. 5) with temperature ``τ = max(0.01, 1 − 5e-5·t)``. Plan: argmax α
-  per field.
+  Gumbel-softmax over α (eq. 5) with temperature ``τ = max(0.01, 1 − decay·t)``, the decay
+  set so that τ reaches 0.01 at the last planned step (the paper's 5e-5 is an option).
 
-Budget (this tool's addition; upstream cannot aim at a size): the α loss carries a Lagrangian
-term ``λ (E[bytes] − B) / B`` on the expected bytes of the plan (tables plus the ``d×D``
-projections the plan stores), λ adapted by dual ascent during the search, and the argmax is
-finally projected onto the budget with :func:`autodim.budget.fit_dims_to_budget`, which also
-grows into spare budget. See :mod:`autodim.searchers._supernet` for the details and why.
+Budget and plan (this tool's addition; upstream cannot aim at a size and reads the plan off
+argmax α): the α loss carries a Lagrangian term ``λ (E[bytes] − B) / B`` on the expected
+bytes of the plan, λ adapted by dual ascent, and the plan is chosen by the exact
+multiple-choice knapsack over the plan's bytes on a learned value per (slot, candidate):
+by default the validation-loss gain measured on the trained supernet (``plan_from``). See
+:mod:`autodim.searchers._supernet` for the details and why.
 """
 
 from __future__ import annotations
