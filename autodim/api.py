@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from autodim.defaults import DEFAULT_LR
+
 __all__ = ["search", "load_study", "search_plan"]
 
 
@@ -76,16 +78,20 @@ def load_study(path: str | os.PathLike, *, storage: str | None = None):
 def search_plan(method: str, data: Any = "synthetic", *, budget: str | int = "10x", D: int = 16,
                 candidate_dims: Sequence[int] = (0, 1, 2, 4, 8, 16), backbone: str = "fm",
                 settings: Mapping[str, Any] | None = None, epochs: int = 2,
-                batch_size: int = 1024, lr: float = 3e-3, seed: int = 0,
-                retrain: bool = False):
+                batch_size: int = 1024, lr: float = DEFAULT_LR, seed: int = 0,
+                retrain: bool = False, retrain_epochs: int = 10, quick: bool = False,
+                train_options: Mapping[str, Any] | None = None):
     """Run one searcher once; the API form of ``autodim search --method NAME --data ...``.
 
     Args:
         method: A registered searcher (:func:`autodim.searchers.list_searchers`).
         data: A source for :func:`autodim.data.load_data` or a loaded ``CTRData``.
         budget: ``"10x"``, ``"2MB"`` or bytes.
-        settings: The searcher's settings.
-        retrain: Also retrain the compact model and put its metrics into the plan.
+        settings: The searcher's settings (on top of its ``quick_settings`` with ``quick``).
+        retrain: Also retrain the compact model (``retrain_epochs``, early stopping) and put
+            its metrics into the plan.
+        train_options: Further :class:`~autodim.task.TrainConfig` fields (e.g. accelerator,
+            devices, strategy) for the search's and the retrain's training.
 
     Returns:
         ``(plan, search_result)``.
@@ -105,18 +111,21 @@ def search_plan(method: str, data: Any = "synthetic", *, budget: str | int = "10
     from autodim.searchers import retrain as _retrain
     from autodim.task import TrainConfig
 
+    cls = get_searcher(method)  # an unknown method fails before any data is loaded
     ds = load_data(data) if isinstance(data, (str, os.PathLike)) else data
-    cfg = TrainConfig(max_epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, patience=1)
+    cfg = TrainConfig(max_epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, patience=1,
+                      **dict(train_options or {}))
     task = SearchTask(data=CTRDataModule(ds, batch_size=batch_size, seed=seed), D=D,
                       budget_bytes=parse_budget(budget, full_bytes(ds.schema, D)),
                       candidate_dims=tuple(candidate_dims), backbone=backbone, train=cfg,
                       seed=seed)
-    result = create_searcher(method, **dict(settings or {})).search(task)
+    settings = {**(dict(cls.quick_settings) if quick else {}), **dict(settings or {})}
+    result = create_searcher(method, **settings).search(task)
     plan = result.plan
     if retrain:
-        if get_searcher(method).retrain:
+        if cls.retrain:
             m = _retrain(task, result, warm_start=result.warm_start is not None,
-                         config=replace(cfg, max_epochs=10, patience=2)).metrics
+                         config=replace(cfg, max_epochs=retrain_epochs, patience=2)).metrics
         else:
             m = dict(result.history.get("eval") or {})
         plan = plan.replace(metrics={**plan.metrics, **{

@@ -435,13 +435,9 @@ def _device_settings(accelerator: str | None, devices: str | None,
 def _search_once(method, data, budget, out, retrain, setting, quick, backbone, dim, dims,
                  epochs, retrain_epochs, lr, batch_size, seed, rows, spec, data_opt,
                  device) -> None:
-    from dataclasses import replace
-
+    from autodim.api import search_plan
     from autodim.budget import full_bytes, parse_budget
-    from autodim.data.datamodule import CTRDataModule
-    from autodim.searchers import SearchTask, create_searcher, get_searcher
-    from autodim.searchers import retrain as retrain_plan
-    from autodim.task import TrainConfig
+    from autodim.searchers import get_searcher
 
     if not method or len(method) != 1:
         raise ConfigError("a single search run needs exactly one --method (or pass a study "
@@ -449,36 +445,22 @@ def _search_once(method, data, budget, out, retrain, setting, quick, backbone, d
     if out is None:
         raise ConfigError("a single search run needs --out PLAN.json (where to write the plan)")
     name = method[0]
-    cls = get_searcher(name)
-    settings = {**(dict(cls.quick_settings) if quick else {}), **_parse_settings(setting)}
+    get_searcher(name)  # an unknown method fails before the data is loaded
     try:
         cand = tuple(int(x) for x in dims.split(",") if x.strip())
     except ValueError:
         raise ConfigError(f"--dims {dims!r}: expected integers like 1,2,4,8,16") from None
     ds = load_source(data, rows, spec, seed if rows is not None else None, data_opt=data_opt)
-    dm = CTRDataModule(ds, batch_size=batch_size, seed=seed)
     nbytes = parse_budget(budget, full_bytes(ds.schema, dim))
     if isinstance(device.get("devices"), tuple):
         device["devices"] = list(device["devices"])
-    cfg = TrainConfig(max_epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, patience=1,
-                      **device)
-    task = SearchTask(data=dm, D=dim, budget_bytes=nbytes, candidate_dims=cand,
-                      backbone=backbone, train=cfg, seed=seed)
     echo(f"{name} on {data}: {ds.schema.num_fields} fields, budget {budget} = {nbytes:,} B")
     with _progress_display():
-        result = create_searcher(name, **settings).search(task)
-        plan = result.plan
-        if retrain:
-            if cls.retrain:
-                trained = retrain_plan(task, result, warm_start=result.warm_start is not None,
-                                       config=replace(cfg, max_epochs=retrain_epochs,
-                                                      patience=2))
-                m = trained.metrics
-            else:
-                m = dict(result.history.get("eval") or {})
-            plan = plan.replace(metrics={**plan.metrics, **{
-                k: float(m[k]) for k in ("val_auc", "val_logloss", "test_auc", "test_logloss")
-                if k in m}})
+        plan, _ = search_plan(name, ds, budget=nbytes, D=dim, candidate_dims=cand,
+                              backbone=backbone, settings=_parse_settings(setting),
+                              epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                              retrain=retrain, retrain_epochs=retrain_epochs, quick=quick,
+                              train_options=device)
     plan.save(out)
     _print_plan(plan)
     if plan.metrics:
