@@ -54,6 +54,7 @@ def is_auc(value: str) -> bool:
     return 0.4 < v < 1.0
 
 
+@pytest.mark.slow
 def test_throughput():
     for part in ("", "_sweep", "_rss"):
         fresh(RESULTS / f"throughput_quick{part}.csv")
@@ -71,6 +72,7 @@ def test_throughput():
     assert float(rss[0]["peak RSS MiB"]) >= float(rss[0]["RSS before training MiB"]) > 0
 
 
+@pytest.mark.slow
 def test_baselines():
     fresh(RESULTS / "baselines_quick.csv")
     run_script("baselines.py")
@@ -81,6 +83,7 @@ def test_baselines():
         assert is_auc(r["test AUC"]) or r["note"] == "infeasible", r
 
 
+@pytest.mark.slow
 def test_scale():
     fresh(RESULTS / "scale_quick.csv")
     run_script("scale.py")
@@ -92,6 +95,7 @@ def test_scale():
     assert 0 < float(rows["peak RSS (end)"]["value"]) < 24
 
 
+@pytest.mark.slow
 def test_inference():
     fresh(RESULTS / "inference_quick.csv")
     run_script("inference.py")
@@ -105,6 +109,7 @@ def test_inference():
         assert r["bytes match"] == "True", r
 
 
+@pytest.mark.slow
 def test_compare():
     from autodim.searchers import list_searchers
 
@@ -141,6 +146,7 @@ def test_compare():
     assert len(read_csv(stem.with_suffix(".csv"))) == len(rows)
 
 
+@pytest.mark.slow
 def test_search_darts(tmp_path):
     out = tmp_path / "search_darts_quick.csv"  # its default --out is the committed file
     run_script("search_darts.py", "--out", str(out))
@@ -149,6 +155,7 @@ def test_search_darts(tmp_path):
     assert all(is_auc(r["test_auc"]) for r in rows)
 
 
+@pytest.mark.slow
 def test_search_pruning():
     fresh(RESULTS / "search_pruning_quick.csv")
     run_script("search_pruning.py")
@@ -158,6 +165,7 @@ def test_search_pruning():
         assert is_auc(r["test_auc"]) or r["note"].startswith("infeasible"), r
 
 
+@pytest.mark.slow
 def test_search_optembed():
     fresh(RESULTS / "search_optembed_quick.csv")
     run_script("search_optembed.py")
@@ -167,6 +175,7 @@ def test_search_optembed():
 
 
 @pytest.mark.skipif(not (BENCH / "study_front.py").exists(), reason="no study_front.py")
+@pytest.mark.slow
 def test_study_front(tmp_path):
     run_script("study_front.py", "--results", str(tmp_path))  # default: the committed file
     rows = read_csv(tmp_path / "study_front.csv")

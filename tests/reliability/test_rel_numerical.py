@@ -1,7 +1,7 @@
 """Numerical faults: a diverging trial fails with its reason and the study goes on; a
 search space where every trial diverges ends with one clear message, not an empty front.
 
-(tests/test_study.py::test_diverged_trial_fails_with_reason_and_the_study_goes_on covers a
+(tests/study/test_study.py::test_diverged_trial_fails_with_reason_and_the_study_goes_on covers a
 searcher that *raises*; here the loss itself becomes NaN inside training.)
 """
 
