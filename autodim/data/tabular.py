@@ -262,12 +262,12 @@ def _read(path: Path, spec: Mapping[str, Any]) -> pd.DataFrame:
         raise _truncated(path, exc) from None
     except (ValueError, OSError) as exc:  # parser and pyarrow errors derive from these
         raise DataError(f"{path}: cannot read ({exc})") from None
-    if not parquet:
-        _check_csv_shape(path, delim)
     what = "label_rule column" if rule else "label column"
     for name, kind in [(label_col, what), *((c, "field") for c in field_cols)]:
         if name not in columns:
             raise _columns_error(path, kind, name, columns, delim)
+    if not parquet:
+        _check_csv_shape(path, delim)
     if parquet:
         _check_parquet_types(path, spec, label_col)
     try:
@@ -329,7 +329,9 @@ def _check_csv_shape(path: Path, delimiter: str) -> None:
     """A duplicate header name, or a row with more or fewer cells than the header: pandas
     would rename the one (``a.1``) and pad the other with empty cells without a word."""
     import csv
+    import sys
 
+    csv.field_size_limit(sys.maxsize)  # one huge cell is data, not a parse error
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rt", encoding="utf-8", newline="") as fh:

@@ -141,7 +141,7 @@ def test_ragged_csv_row(tmp_path, bad_line, match):
 def test_duplicate_header(tmp_path):
     path = _csv(tmp_path)
     lines = path.read_text().splitlines()
-    lines[0] = "user,user,clicked"
+    lines[0] = "user,item,user,clicked"
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match="column 'user' appears twice"):
         load_table(path, SPEC)
