@@ -121,7 +121,7 @@ def test_compress_space_is_validated(tmp_path):
 
 @pytest.mark.slow
 def test_study_with_the_compressor_and_distillation(tmp_path, tiny_data):
-    from tests.test_study import write_study
+    from tests.study.test_study import write_study
 
     space = {"candidate_dims": [1, 2, 4, 8],
              "methods": {"blackbox": {"params": {"n_candidates": 2, "epochs": 1,

@@ -20,7 +20,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from conftest import SPACE, run_cli, write_study
+from conftest import SPACE, run_cli, spawn, write_study
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
@@ -322,7 +322,6 @@ def test_b2_a_paused_worker_is_not_taken_over_by_a_resumer(tmp_path):
     """The red team's B2, with two real processes: worker A is paused inside its trial and
     its heartbeats look 3 hours old (a stopped process, a skewed clock); worker B runs
     --resume. A's trial is left alone, A then finishes it, nothing runs twice."""
-    from conftest import spawn
 
     path = write_study(tmp_path, n_trials=1, dataset={"source": "synthetic:tiny",
                                                       "rows": 1500})
