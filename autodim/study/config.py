@@ -31,16 +31,55 @@ from autodim.errors import ConfigError
 
 __all__ = ["ParamSpec", "MethodSpace", "MemcomSpace", "CompressSpace", "SearchSpace",
            "TrainSettings", "PruningSettings", "StudyConfig", "load_study_config",
-           "load_search_space", "OBJECTIVES", "SAMPLERS", "BASELINE_NAMES",
+           "load_search_space", "OBJECTIVES", "SAMPLERS", "SamplerSpec", "BASELINE_NAMES",
            "DEFAULT_CANDIDATE_DIMS"]
 
 #: Objective name -> Optuna direction.
 OBJECTIVES: dict[str, str] = {"val_auc": "maximize", "val_logloss": "minimize",
                               "bytes": "minimize"}
-SAMPLERS: dict[str, tuple[str, ...]] = {
-    "tpe": ("name", "seed", "n_startup_trials", "multivariate", "constant_liar"),
-    "nsga2": ("name", "seed", "population_size", "mutation_prob", "crossover_prob"),
-    "random": ("name", "seed"),
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """One entry of :data:`SAMPLERS`, read by the study file's validation and by
+    :func:`autodim.study.runner.make_sampler` alike.
+
+    Attributes:
+        cls: The class name on ``optuna.samplers`` (a string: this module imports no Optuna).
+        options: The settings a study file may give besides ``name`` and ``seed``, each
+            with its check: ``("int", minimum)``, ``("bool",)`` or ``("float",)``.
+        defaults: Constructor arguments used unless the file gives them.
+        linked: Constructor arguments that take the value of another one
+            (``{"group": "multivariate"}``).
+        experimental: The constructor arguments Optuna calls experimental; its warning about
+            them is noise, so the runner silences it.
+    """
+
+    cls: str
+    options: Mapping[str, tuple[Any, ...]] = field(default_factory=dict)
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    linked: Mapping[str, str] = field(default_factory=dict)
+    experimental: bool = False
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Every key a study file's ``sampler`` mapping may hold."""
+        return ("name", "seed", *self.options)
+
+
+#: Sampler name -> how it is validated and built.
+SAMPLERS: dict[str, SamplerSpec] = {
+    # group=multivariate: methods have different parameters (and baselines none), so the
+    # joint TPE model is fitted per group of trials that share a search space.
+    "tpe": SamplerSpec("TPESampler",
+                       {"n_startup_trials": ("int", 1), "multivariate": ("bool",),
+                        "constant_liar": ("bool",)},
+                       defaults={"multivariate": True, "constant_liar": True},
+                       linked={"group": "multivariate"}, experimental=True),
+    "nsga2": SamplerSpec("NSGAIISampler",
+                         {"population_size": ("int", 2), "mutation_prob": ("float",),
+                          "crossover_prob": ("float",)}),
+    "random": SamplerSpec("RandomSampler"),
 }
 #: Every baseline a study can record. The list is fixed (it is the choice set of the
 #: ``baseline`` parameter, which Optuna requires to stay the same across a study).
@@ -707,19 +746,16 @@ class StudyConfig:
             raise ConfigError(f"{source}: sampler.name: unknown sampler {sname!r}"
                               f"{_hint(sname, list(SAMPLERS))}; choose from "
                               f"{', '.join(SAMPLERS)}")
-        _check_keys(f"{source}: sampler", smp, SAMPLERS[sname])
+        spec = SAMPLERS[sname]
+        _check_keys(f"{source}: sampler", smp, spec.keys)
         smp = dict(smp, name=sname)
         smp["seed"] = _int(f"{source}: sampler.seed", smp.get("seed", cfg.seed), minimum=0)
-        for key in ("n_startup_trials", "population_size"):
+        for key, (kind, *minimum) in spec.options.items():
             if key in smp:
-                smp[key] = _int(f"{source}: sampler.{key}", smp[key], minimum=1 if key ==
-                                "n_startup_trials" else 2)
-        for key in ("multivariate", "constant_liar"):
-            if key in smp:
-                _bool(f"{source}: sampler.{key}", smp[key])
-        for key in ("mutation_prob", "crossover_prob"):
-            if key in smp:
-                smp[key] = _float(f"{source}: sampler.{key}", smp[key])
+                where = f"{source}: sampler.{key}"
+                smp[key] = (_int(where, smp[key], minimum=minimum[0]) if kind == "int" else
+                            _bool(where, smp[key]) if kind == "bool" else
+                            _float(where, smp[key]))
         cfg.sampler = smp
 
         st = raw.get("storage")
