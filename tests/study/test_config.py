@@ -1,4 +1,5 @@
-"""Study-file validation: the sampler table that validation and construction share."""
+"""Study-file validation: the sampler table that validation and construction share; the
+search-space names that autodim.study.config re-exports."""
 
 from __future__ import annotations
 
@@ -61,3 +62,12 @@ def test_sampler_settings_are_checked_by_their_kind():
         _config({"name": "tpe", "multivariate": "yes"})
     with pytest.raises(ConfigError, match=r"sampler.mutation_prob: expected a number"):
         _config({"name": "nsga2", "mutation_prob": "often"})
+
+
+def test_search_space_names_stay_importable_from_config():
+    import autodim.study.config as config
+    import autodim.study.space as space
+
+    for name in (*space.__all__, "SPACE_KEYS", "COMPRESS_KEYS", "METHOD_KEYS", "MEMCOM_KEYS",
+                 "PARAM_KEYS"):
+        assert getattr(config, name) is getattr(space, name), name
