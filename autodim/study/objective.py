@@ -26,7 +26,7 @@ import math
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -39,7 +39,7 @@ from autodim.data.dataset import CTRData
 from autodim.errors import AutodimError, BudgetError
 from autodim.plan import DimensionPlan
 from autodim.study.compact import compact_plan
-from autodim.study.config import BASELINE_NAMES, StudyConfig
+from autodim.study.config import BASELINE_NAMES, StudyConfig, TrainSettings
 from autodim.study.storage import Heartbeat
 from autodim.task import TrainingDiverged
 
@@ -192,7 +192,7 @@ class TrialObjective:
     def _search(self, trial, folder: Path, budget: int, t0: float) -> list[float]:
         import optuna
 
-        from autodim.searchers import SearchTask, Stopwatch, create_searcher, get_searcher
+        from autodim.searchers import Stopwatch, create_searcher, get_searcher
 
         cfg, space = self.config, self.config.search_space
         self._distill_weight, self._warm_backbone = 0.0, False
@@ -214,10 +214,7 @@ class TrialObjective:
         full = full_bytes(self.data.schema, cfg.D)
         search_budget = min(full, int(budget * inflate))
         cls = get_searcher(method)
-        task = SearchTask(data=self._datamodule(cfg.search_train.batch_size), D=cfg.D,
-                          budget_bytes=search_budget, candidate_dims=dims,
-                          backbone=cfg.backbone, backbone_kwargs=dict(cfg.backbone_kwargs),
-                          train=cfg.search_train.config(cfg.seed), seed=cfg.seed)
+        task = self._task(cfg.search_train, budget=search_budget, dims=dims)
         searcher = create_searcher(method, **settings)
         with Stopwatch() as sw:
             result = searcher.search(task)
@@ -254,16 +251,15 @@ class TrialObjective:
 
     def _baseline(self, trial, folder: Path, budget: int, t0: float) -> list[float]:
         from autodim.baselines import baseline_plan
-        from autodim.searchers import SearchTask, Stopwatch, create_searcher
+        from autodim.searchers import Stopwatch, create_searcher
 
         cfg = self.config
         name = trial.suggest_categorical("baseline", _baseline_choices(trial.study))
         trial.set_user_attr("method", f"baseline:{name}")
         if name == "magprune":
-            task = SearchTask(data=self._datamodule(cfg.search_train.batch_size), D=cfg.D,
-                              budget_bytes=budget, candidate_dims=(cfg.D,),
-                              backbone=cfg.backbone, backbone_kwargs=dict(cfg.backbone_kwargs),
-                              train=cfg.train.config(cfg.seed), seed=cfg.seed)
+            # magprune trains its full model like a retrain, on the search's batches.
+            task = self._task(cfg.train, budget=budget, dims=(cfg.D,),
+                              batch_size=cfg.search_train.batch_size)
             searcher = create_searcher("magprune")
             with Stopwatch() as sw:
                 result = searcher.search(task)
@@ -375,13 +371,28 @@ class TrialObjective:
         # a trial's shuffling depend on the trials before it.
         return CTRDataModule(self.data, batch_size=batch_size, seed=self.config.seed)
 
+    def _task(self, settings: TrainSettings, *, budget: int, dims: Sequence[int],
+              batch_size: int | None = None):
+        """The :class:`~autodim.searchers.SearchTask` of a search or a retrain: the study's
+        model, trained with ``settings`` on batches of ``batch_size`` (default
+        ``settings.batch_size``), the one batch size both the data module and the task's
+        train config carry."""
+        from autodim.searchers import SearchTask
+
+        cfg = self.config
+        batch_size = settings.batch_size if batch_size is None else batch_size
+        return SearchTask(data=self._datamodule(batch_size), D=cfg.D, budget_bytes=budget,
+                          candidate_dims=tuple(dims), backbone=cfg.backbone,
+                          backbone_kwargs=dict(cfg.backbone_kwargs),
+                          train=replace(settings.config(cfg.seed), batch_size=batch_size),
+                          seed=cfg.seed)
+
     def _train_and_record(self, trial, folder: Path, plan: DimensionPlan,
                           history: dict[str, Any], budget: int, t0: float, *,
                           warm_start: dict | None = None, prune: bool = True) -> list[float]:
         import optuna
 
         from autodim.searchers import SearchResult, retrain
-        from autodim.searchers.base import SearchTask
 
         cfg = self.config
         nbytes = plan.num_bytes()
@@ -389,10 +400,7 @@ class TrialObjective:
                                nbytes, max_epochs=cfg.train.epochs,
                                after_epochs=cfg.pruning.after_epochs,
                                margin=cfg.pruning.margin)
-        task = SearchTask(data=self._datamodule(cfg.train.batch_size), D=cfg.D,
-                          budget_bytes=budget, candidate_dims=(cfg.D,), backbone=cfg.backbone,
-                          backbone_kwargs=dict(cfg.backbone_kwargs),
-                          train=cfg.train.config(cfg.seed), seed=cfg.seed)
+        task = self._task(cfg.train, budget=budget, dims=(cfg.D,))
         callbacks: list[Callback] = [pruner]
         if prune and getattr(self, "_warm_backbone", False):
             callbacks.append(_CopyBackbone(self._teacher()))

@@ -19,7 +19,7 @@ from typing import Any, Callable
 from autodim._io import atomic_write_json
 from autodim.budget import format_bytes, full_bytes, min_feasible_bytes, parse_budget
 from autodim.errors import AutodimError, BudgetError, ConfigError, DataError
-from autodim.study.config import StudyConfig
+from autodim.study.config import SAMPLERS, StudyConfig
 
 __all__ = ["run_study", "resolve_budgets", "load_study_data", "make_sampler", "StudyWarning",
            "MANIFEST_NAME"]
@@ -81,19 +81,14 @@ def make_sampler(config: StudyConfig, seed_offset: int = 0):
 
     s = dict(config.sampler)
     name, seed = s.pop("name"), (int(s.pop("seed", config.seed)) + seed_offset) % 2**32
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, **s)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    kwargs: dict[str, Any] = {"multivariate": True, "constant_liar": True, **s}
-    multivariate = bool(kwargs.pop("multivariate"))
+    spec = SAMPLERS[name]
+    kwargs: dict[str, Any] = {**spec.defaults, **s}
+    kwargs.update({arg: kwargs[source] for arg, source in spec.linked.items()})
     with warnings.catch_warnings():
-        # multivariate/group/constant_liar are "experimental" in Optuna; the warning is noise.
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        # group=True: methods have different parameters (and baselines none), so the joint
-        # TPE model is fitted per group of trials that share a search space.
-        return optuna.samplers.TPESampler(seed=seed, multivariate=multivariate,
-                                          group=multivariate, **kwargs)
+        if spec.experimental:
+            # e.g. TPE's multivariate/group/constant_liar: the warning is noise.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return getattr(optuna.samplers, spec.cls)(seed=seed, **kwargs)
 
 
 def _seed_offset(study, resume: bool) -> int:
