@@ -7,7 +7,8 @@ Data flow of one study (see ARCHITECTURE.md)::
             each trial --objective--> searcher -> compact plan (+ MEmCom) -> retrain
         --result--> StudyResult (front, trials_dataframe, plan, best_under, model, export)
 
-Modules: :mod:`~autodim.study.config` (formats and validation),
+Modules: :mod:`~autodim.study.config` (the study file), :mod:`~autodim.study.space` (the
+search-space file), :mod:`~autodim.study._validate` (shared checks),
 :mod:`~autodim.study.compact` (the MEmCom decision), :mod:`~autodim.study.objective` (one
 trial, the pruning rule), :mod:`~autodim.study.storage` (storage, heartbeat, recovery),
 :mod:`~autodim.study.runner` (:func:`run_study`), :mod:`~autodim.study.result`.
