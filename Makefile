@@ -13,7 +13,7 @@ test: setup
 	.venv/bin/python -m pytest -q -n 2 --dist loadfile
 
 test-fast: setup
-	.venv/bin/python -m pytest -q -x -m "not slow"
+	.venv/bin/python -m pytest -q -x -n 2 --dist loadfile -m "not slow"
 
 lint: setup
 	.venv/bin/ruff check autodim tests benchmarks
