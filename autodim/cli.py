@@ -854,6 +854,19 @@ def _eof_line(exc: EOFError) -> str:
     return f"error: unexpected end of input, a truncated file? ({exc or 'EOFError'})"
 
 
+def _error_line(exc: BaseException) -> str:
+    """The one ``error: …`` line for a failure that is the input's or the machine's."""
+    if isinstance(exc, AutodimError):
+        return f"error: {exc}"
+    if isinstance(exc, OSError):
+        return _os_error_line(exc)
+    if isinstance(exc, EOFError):
+        return _eof_line(exc)
+    if isinstance(exc, RecursionError):
+        return "error: input nested too deeply (recursion limit reached)"
+    return "error: out of memory (try fewer rows, a smaller batch or smaller tables)"
+
+
 def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one except per error kind
     """Console entry point: run the app, turning user errors into one line and exit code 2.
 
@@ -916,31 +929,10 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one except per e
             typer.echo("interrupted", err=True)
             return 130
         raise
-    except AutodimError as exc:
+    except (AutodimError, OSError, EOFError, RecursionError, MemoryError) as exc:
         if debug:
             raise
-        typer.echo(f"error: {exc}", err=True)
-        return 2
-    except OSError as exc:
-        if debug:
-            raise
-        typer.echo(_os_error_line(exc), err=True)
-        return 2
-    except EOFError as exc:
-        if debug:
-            raise
-        typer.echo(_eof_line(exc), err=True)
-        return 2
-    except RecursionError:
-        if debug:
-            raise
-        typer.echo("error: input nested too deeply (recursion limit reached)", err=True)
-        return 2
-    except MemoryError:
-        if debug:
-            raise
-        typer.echo("error: out of memory (try fewer rows, a smaller batch or smaller "
-                   "tables)", err=True)
+        typer.echo(_error_line(exc), err=True)
         return 2
     return 0
 
