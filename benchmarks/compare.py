@@ -241,16 +241,13 @@ class Group:
         return row
 
     def candidates(self, budget: int) -> tuple[int, ...]:
-        """The candidate dims; ``auto``: 1..16, plus 0 (drop the field) only where the budget
-        is below every field at dim 1, so that no searcher drops a field it could keep."""
+        """The candidate dims; ``auto``: the library's default, 0 (drop the field), 1, 2, 4,
+        8 and 16, as every single run and study gets them."""
         if self.cands != "auto":
             return self.cands
-        from autodim.budget import min_feasible_bytes
+        from autodim.study.space import DEFAULT_CANDIDATE_DIMS
 
-        base = (1, 2, 4, 8, 16)
-        if budget < min_feasible_bytes(self.data.schema, D, base):
-            return (0, *base)
-        return base
+        return tuple(DEFAULT_CANDIDATE_DIMS)
 
     def settings(self, method: str) -> dict[str, Any]:
         from autodim.searchers import get_searcher
@@ -537,8 +534,7 @@ def describe(args, data_info: dict[str, str], cfg, ratios: list[str],
         "from other jobs on a shared machine disturbs less) over that of one full D=16 "
         "training of the same seed in the same process (sseds and magprune score that "
         "reference model, so theirs is that training plus their own pass). Candidate dims "
-        + ("1, 2, 4, 8, 16, and 0 (the field is dropped) only where the budget is below "
-           "every field at dim 1 (sseds likewise drops fields only there)."
+        + ("0 (the field is dropped), 1, 2, 4, 8 and 16, the library's default."
            if args.cands == "auto" else f"{list(args.cands)}."),
         "",
     ]
@@ -602,9 +598,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma list of baselines and searchers (default: all)")
     ap.add_argument("--seeds", default=None, help="comma list (default 0,1,2)")
     ap.add_argument("--epochs", type=int, default=None, help="max training epochs (10)")
+    ap.add_argument("--patience", type=int, default=2,
+                    help="early-stopping patience in epochs of no validation-AUC gain (2)")
     ap.add_argument("--candidate-dims", default="auto",
-                    help="comma list, or auto: 1,2,4,8,16 plus 0 where the budget is below "
-                         "every field at dim 1")
+                    help="comma list, or auto: the default 0,1,2,4,8,16 (0 drops a field)")
     ap.add_argument("--set", action="append", default=[], metavar="METHOD.KEY=JSON",
                     help="a searcher setting, e.g. --set optembed.generations=10")
     ap.add_argument("--warm-start", choices=("none", "searcher"), default="none",
@@ -650,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
         method, _, name = key.partition(".")
         overrides.setdefault(method, {})[name] = json.loads(value)
     cfg = TrainConfig(max_epochs=args.epochs or (1 if q else 10),
-                      batch_size=256 if q else 1024, lr=args.lr, patience=2)
+                      batch_size=256 if q else 1024, lr=args.lr, patience=args.patience)
     ratios = [float(r) for r in args.ratios.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     backbones = [b.strip() for b in args.backbones.split(",")]

@@ -124,7 +124,7 @@ class _SoftSelectionSearcher(Searcher):
             probs = embedding.probs().detach().double().cpu().numpy()
             argmax = embedding.argmax_dims()
             tau = module.tau() if settings.gumbel else None
-            values = fill = None
+            values = fill = gains = informative = None
             if self.plan_from == "projection":  # the old rule: argmax α, projected
                 slot_dims = project_to_budget(schema, task.D, task.candidate_dims, group_rows,
                                               probs, task.budget_bytes)
@@ -141,8 +141,13 @@ class _SoftSelectionSearcher(Searcher):
                     # one (a lower measured gain reflects how the supernet trained it).
                     values = np.maximum.accumulate(gains, axis=1)
                     fill = np.maximum.accumulate(mean, axis=1)
+                    # A slot none of whose wider candidates beats its smallest one by two
+                    # standard errors shows no signal: it keeps the knapsack's (cheapest)
+                    # choice instead of taking spare bytes (see ``_fill``).
+                    informative = values[:, -1] > values[:, 0]
                 slot_dims = knapsack_slots(schema, task.D, task.candidate_dims, group_rows,
-                                           values, task.budget_bytes, fill=fill)
+                                           values, task.budget_bytes, fill=fill,
+                                           informative=informative)
             uniform = uniform_alpha_dims(schema, task.D, task.candidate_dims, group_rows,
                                          task.budget_bytes)
             differs = [n for n, a, b in zip(embedding.slot_names, slot_dims, uniform) if a != b]
@@ -178,6 +183,20 @@ class _SoftSelectionSearcher(Searcher):
             slot_dims=dict(zip(embedding.slot_names, map(int, slot_dims))),
             uniform_alpha_dims=dict(zip(embedding.slot_names, map(int, uniform))),
             differs_from_uniform_alpha=differs)
+        if gains is not None:  # the measured gain per slot and candidate (lower bound, mean)
+            unspent = task.budget_bytes - plan.num_bytes() if task.budget_bytes else 0
+            history.update(
+                uninformative_slots=[n for n, i in zip(embedding.slot_names, informative)
+                                     if not i],
+                unspent_note=(f"{unspent} B of the budget left unspent: the slots without a "
+                              "significant gain over their smallest candidate keep it, since "
+                              "width given to a field without signal adds noise to every "
+                              "pair it enters" if unspent > 0.05 * (task.budget_bytes or 0)
+                              else None),
+                candidate_gain={n: [round(float(v), 6) for v in g]
+                                for n, g in zip(embedding.slot_names, gains)},
+                candidate_gain_mean={n: [round(float(v), 6) for v in g]
+                                     for n, g in zip(embedding.slot_names, mean)})
         if values is not None:
             history["plan_values"] = {n: [round(float(v), 6) for v in row] for n, row in
                                       zip(embedding.slot_names, np.asarray(values))}
