@@ -224,3 +224,44 @@ def test_candidate_gains_see_a_field_the_model_needs(tiny_data):
     # Field 2 (rank 8) loses more by being dropped than the noise fields 3 and 4.
     drop = -gains[:, 0]
     assert drop[2] > 0.01 and drop[2] > max(drop[3], drop[4])
+
+
+def test_spare_bytes_go_to_informative_slots_cheapest_step_first():
+    """The knapsack leaves bytes over; they go to slots whose gain over their smallest
+    candidate was significant, evenly (cheapest step first), never to a slot without one
+    (a noise field stays dropped), even when its wider candidates look value-neutral."""
+    schema = Schema([Field("a", vocab_size=100), Field("b", vocab_size=100),
+                     Field("noise", vocab_size=50)])
+    rows = [[100], [100], [50]]
+    # a, b: dim 1 is worth it, wider adds nothing measurable; noise: nothing anywhere.
+    values = np.array([[0.0, 0.1, 0.1, 0.1, 0.1], [0.0, 0.1, 0.1, 0.1, 0.1],
+                       [0.0, 0.0, 0.0, 0.0, 0.0]])
+    budget = dims_bytes(schema, 8, [4, 4, 0]) + 60
+    informative = values[:, -1] > values[:, 0]
+    dims = knapsack_slots(schema, 8, CANDS, rows, values, budget, fill=values,
+                          informative=informative)
+    assert dims == [4, 4, 0]
+    # Without the flags the noise field takes spare bytes too (what the flags prevent).
+    assert knapsack_slots(schema, 8, CANDS, rows, values, budget, fill=values)[2] > 0
+
+
+def test_candidate_gains_bound_the_step_over_the_smallest_candidate(decoupled):
+    """On a trained supernet, the lower bound of a signal field's best step over dropping
+    it is positive, and no wider candidate of a noise field (rank 0) beats dropping it by
+    two standard errors, so the plan drops the noise fields and keeps the signal."""
+    schema = decoupled.schema
+    torch.manual_seed(0)
+    emb = SupernetEmbedding(schema, 8, CANDS, weight_sharing=True)
+    module = BilevelSearch(emb, create_backbone("fm", schema.num_fields, 8),
+                           TensorBatches(decoupled.val, 1024), BilevelSettings(lr=1e-2))
+    opts = module.configure_optimizers()
+    for _ in range(2):
+        for b in TensorBatches(decoupled.train, 512, shuffle=True, seed=0):
+            module.weight_step(b, opts[:-1])
+    lcb, mean = candidate_gains(emb, module.backbone, TensorBatches(decoupled.val, 1024),
+                                with_mean=True)
+    assert np.allclose(lcb[:, 0], mean[:, 0])
+    step = np.maximum.accumulate(lcb, axis=1)[:, -1] - lcb[:, 0]
+    ranks = [decoupled.meta["planted_ranks"][n] for n in schema.names]
+    assert all(step[i] > 0 for i, r in enumerate(ranks) if r >= 4), (step, ranks)
+    assert all(step[i] == 0 for i, r in enumerate(ranks) if r == 0), (step, ranks)
