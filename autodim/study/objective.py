@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 from lightning.pytorch.callbacks import Callback
 
 from autodim._io import atomic_write_json
-from autodim.budget import full_bytes
+from autodim.budget import full_bytes, min_feasible_bytes
 from autodim.data.datamodule import CTRDataModule
 from autodim.data.dataset import CTRData
 from autodim.errors import AutodimError, BudgetError
@@ -213,6 +213,11 @@ class TrialObjective:
             return self._copy(trial, same, t0)
         full = full_bytes(self.data.schema, cfg.D)
         search_budget = min(full, int(budget * inflate))
+        if space.compress.enabled:
+            # The searchers plan in float32; below their smallest float32 plan they search
+            # at that size and the compressor (bits, hashing) brings the plan to the budget.
+            search_budget = min(full, max(search_budget,
+                                          min_feasible_bytes(self.data.schema, cfg.D, dims)))
         cls = get_searcher(method)
         task = self._task(cfg.search_train, budget=search_budget, dims=dims)
         searcher = create_searcher(method, **settings)

@@ -14,7 +14,7 @@ import math
 import warnings
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from autodim._io import atomic_write_json
 from autodim.budget import format_bytes, full_bytes, min_feasible_bytes, parse_budget
@@ -53,20 +53,53 @@ def _show(n: int) -> str:
     return f"{n:,} B" if n < 1000 else f"{n:,} B ({format_bytes(n)})"
 
 
+def _precision_options(config: StudyConfig) -> list[tuple[int, str]]:
+    """(bits, scale granularity) the compressor may give a field; float32 alone when off."""
+    cs = config.search_space.compress
+    if not cs.enabled:
+        return [(32, "row")]
+    bits = {b for v in cs.bits.candidates() for b in cs.parse_bits("compress.bits", v)}
+    scales = {str(v) for v in cs.scale.candidates()}
+    return [(b, sc) for b in sorted(bits | {32}) for sc in sorted(scales)]
+
+
+def smallest_model_bytes(schema, D: int, dims: Sequence[int],
+                         precisions: Sequence[tuple[int, str]] = ((32, "row"),)) -> int:
+    """Bytes of the smallest model a study can ship: every field at its smallest candidate
+    dim, each stored in the cheapest of ``precisions`` ((bits, scale granularity), packed,
+    with its scales and offsets, as the compressor stores it). MEmCom hashing could go
+    lower still and is not counted."""
+    from autodim.compress import field_option
+    from autodim.plan import DimensionPlan
+
+    d = min(dims)
+    plan = DimensionPlan.from_dims(schema, D, {n: d for n in schema.names})
+    if d == 0:
+        return plan.num_bytes()
+    fields = []
+    for fp in plan.fields:
+        options = [field_option(fp, d, b, None, scale=sc) for b, sc in precisions]
+        fields.append(min(options, key=lambda o: plan.replace(fields=[o]).num_bytes()))
+    return plan.replace(fields=fields).num_bytes()
+
+
 def resolve_budgets(config: StudyConfig, schema, warn: Callable[[str], None]) -> dict[str, int]:
-    """Budget label -> bytes; below the smallest feasible model is an error, above the full
-    model a warning."""
+    """Budget label -> bytes; below the smallest model the study can ship (at the lowest
+    precision the compressor may choose) is an error, above the full model a warning."""
     full = full_bytes(schema, config.D)
     dims = [config.candidate_dims(m) for m in config.methods] or [(1,)]
-    minimum = min(min_feasible_bytes(schema, config.D, d) for d in dims)
+    precisions = _precision_options(config)
+    minimum = min(smallest_model_bytes(schema, config.D, d, precisions) for d in dims)
     out = {}
     for b in config.budgets:
         nbytes = parse_budget(b, full)
         if nbytes < minimum:
+            at = "" if len(precisions) == 1 else " in its cheapest allowed precision"
             raise BudgetError(
                 f"{config.path or '<study>'}: budgets: {b!r} = {_show(nbytes)} is below the "
                 f"smallest feasible model, {_show(minimum)} (every field at its smallest "
-                "candidate dim)")
+                f"candidate dim{at}); adding 0 to the candidate dims, or fewer bits with "
+                "compress.enabled, lowers it")
         if nbytes >= full:
             warn(f"budget {b!r} = {nbytes:,} B is not below the full D={config.D} model "
                  f"({full:,} B): nothing needs compressing")

@@ -364,3 +364,32 @@ def test_collision_loss_uses_frequencies(tiny_data):
     loss_small, loss_big = collision_loss(f, 10), collision_loss(f, 400)
     assert 0.0 < loss_big < loss_small < 1.0
     assert math.isclose(collision_loss(type(f)(f.name, vocab_size=100), 25), 0.75)
+
+
+def test_a_budget_only_low_bits_reach_runs_with_the_compressor(tmp_path, tiny_data):
+    """Below the smallest float32 model (every field at dim 1) a study is refused, unless
+    the compressor may store weights in fewer bits: then the searcher plans at its smallest
+    float32 size and the compressor brings the plan under the budget."""
+    from autodim.budget import min_feasible_bytes
+    from autodim.study.runner import resolve_budgets, smallest_model_bytes
+
+    schema = tiny_data.schema
+    floor32 = min_feasible_bytes(schema, 8, (1, 2, 4, 8))
+    # Row-wise scales (float16 scale + offset per row) cost more than they save at dim 1;
+    # one scale per field does not.
+    assert smallest_model_bytes(schema, 8, (1, 2, 4, 8), [(32, "row"), (4, "row")]) == floor32
+    floor4 = smallest_model_bytes(schema, 8, (1, 2, 4, 8), [(32, "row"), (4, "field")])
+    assert floor4 < floor32
+    budget = (floor4 + floor32) // 2
+    cfg = StudyConfig.load(write_study(tmp_path, budget=budget, baselines=[]))
+    with pytest.raises(BudgetError, match="smallest feasible model"):
+        resolve_budgets(cfg, schema, print)
+    space = _space(compress={"enabled": True, "bits": "32,8,4", "scale": "field",
+                             "estimator": "proxy"})
+    cfg = StudyConfig.load(write_study(tmp_path, name="low", budget=budget, baselines=[],
+                                       space=space, n_trials=1))
+    assert resolve_budgets(cfg, schema, print) == {str(budget): budget}
+    res = run_study(cfg, data=tiny_data)
+    trial = res.study.trials[0]
+    assert trial.state.name == "COMPLETE", trial.user_attrs
+    assert 0 < trial.values[1] <= budget
