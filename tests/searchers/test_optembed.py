@@ -247,3 +247,30 @@ def test_search_with_a_sequence_field_fits_the_budget():
     settings = dict(OptEmbedSearcher.quick_settings, threshold_lr=0.01, alpha=1e-2)
     res = create_searcher("optembed", **settings).search(_task(data, budget=budget))
     assert res.plan.num_bytes() == res.plan.build().num_bytes() <= budget
+
+
+class _RowLossScorer:
+    """Per-row log loss of a candidate: field 0 carries signal, field 1 only noise."""
+
+    def __init__(self, n: int = 4000):
+        g = torch.Generator().manual_seed(0)
+        self.signal = torch.rand(n, generator=g, dtype=torch.float64) * 0.2 + 0.05
+        self.noise = (torch.rand(n, generator=g, dtype=torch.float64) - 0.5) * 1e-3
+
+    def row_losses(self, cand):
+        loss = torch.full_like(self.signal, 0.69)
+        if cand[0] > 0:
+            loss = loss - self.signal
+        if cand[1] > 0:
+            loss = loss + self.noise
+        return loss
+
+
+def test_drop_uninformative_drops_only_fields_without_signal():
+    from autodim.searchers._optembed import drop_uninformative
+
+    scorer = _RowLossScorer()
+    cand, dropped = drop_uninformative(scorer, (2, 3), [0, 1, 2, 4])
+    assert (cand, dropped) == ((2, 0), [1])
+    # Without 0 among the levels nothing can be dropped.
+    assert drop_uninformative(scorer, (2, 3), [1, 2, 4]) == ((2, 3), [])
