@@ -224,9 +224,9 @@ def train(
 
       autodim train --data synthetic --accelerator gpu --devices 2 --strategy ddp
     """
-    from autodim.data.datamodule import CTRDataModule
+    from autodim.api import retrain
     from autodim.study.config import parse_devices
-    from autodim.task import TrainConfig, train_plan
+    from autodim.task import TrainConfig
 
     if threads:
         import torch
@@ -235,14 +235,13 @@ def train(
     dev = parse_devices("--devices", devices)
     ds = load_source(data, rows, spec, data_opt=data_opt)
     p = _plan_from_arg(plan, ds.schema, dim, budget)
-    dm = CTRDataModule(ds, batch_size=batch_size, seed=seed)
     cfg = TrainConfig(max_epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
                       seed=seed, accelerator=accelerator.lower(), strategy=strategy,
                       devices=list(dev) if isinstance(dev, tuple) else dev)
     echo(f"training {backbone} on {data}: {ds.schema.num_fields} fields, {len(ds.train):,} train "
          f"rows, plan {p.searcher.get('name')} ({p.num_bytes():,} B)")
     with _progress_display():
-        result = train_plan(p, dm, backbone=backbone, config=cfg)
+        result = retrain(p, ds, cfg, backbone=backbone)
     m = result.metrics
     from autodim.metrics import format_auc
 

@@ -25,11 +25,12 @@ def main() -> None:
 
     import numpy as np
 
+    from autodim.api import retrain
     from autodim.baselines import BASELINES, baseline_plan
     from autodim.budget import full_bytes
     from autodim.data.datamodule import CTRDataModule
     from autodim.errors import BudgetError
-    from autodim.task import TrainConfig, train_plan
+    from autodim.task import TrainConfig
 
     cfg = TrainConfig(max_epochs=2 if args.quick else 15, lr=3e-3, patience=2)
     ratios = [1] + [float(r) for r in args.ratios.split(",")]
@@ -48,8 +49,7 @@ def main() -> None:
                 aucs, losses = [], []
                 for seed in range(args.seeds):
                     dm = CTRDataModule(data, batch_size=cfg.batch_size, seed=seed)
-                    m = train_plan(plan, dm, backbone=args.backbone,
-                                   config=TrainConfig(**{**cfg.to_dict(), "seed": seed})).metrics
+                    m = retrain(plan, dm, cfg, backbone=args.backbone, seed=seed).metrics
                     aucs.append(m["test_auc"])
                     losses.append(m["test_logloss"])
                 rows.append({"data": dname, "target": f"{ratio:g}x", "plan": name,

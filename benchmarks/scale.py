@@ -119,12 +119,13 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 
+    from autodim.api import retrain
     from autodim.baselines import memcom_plan
     from autodim.budget import full_bytes
     from autodim.data.datamodule import CTRDataModule, TensorBatches
     from autodim.data.synthetic import CRITEO_KAGGLE_CARDINALITIES, make_planted
     from autodim.plan import DimensionPlan
-    from autodim.task import TrainConfig, train_plan
+    from autodim.task import TrainConfig
 
     t_all = time.perf_counter()
     div = 1000 if args.quick else 1
@@ -173,7 +174,7 @@ def main() -> None:
     dm = CTRDataModule(data, batch_size=args.batch_size)
     full = DimensionPlan.full(schema, D)
     t0 = time.perf_counter()
-    res = train_plan(full, dm, config=cfg)
+    res = retrain(full, dm, cfg)
     full_s = time.perf_counter() - t0
     epoch_s = res.metrics["train_seconds"] / max(1, res.metrics["epochs"])
     record("full D=16: test AUC", round(res.metrics["test_auc"], 4), "",
@@ -193,7 +194,7 @@ def main() -> None:
     t0 = time.perf_counter()
     plan = memcom_plan(schema, D, budget)
     plan_s = time.perf_counter() - t0
-    res = train_plan(plan, dm, config=cfg)
+    res = retrain(plan, dm, cfg)
     record("memcom 10x: test AUC", round(res.metrics["test_auc"], 4), "",
            f"{plan.num_bytes() / 1e6:.1f} MB, plan in {plan_s:.2f}s, "
            f"{res.metrics['samples_per_s']:.0f} samples/s")
@@ -201,7 +202,7 @@ def main() -> None:
     gc.collect()
 
     if not args.skip_sseds:
-        from autodim.searchers import SearchTask, create_searcher, retrain
+        from autodim.searchers import SearchTask, create_searcher
 
         task = SearchTask(data=dm, D=D, budget_bytes=budget, candidate_dims=(1, 2, 4, 8, 16),
                           train=cfg, seed=0)
@@ -218,7 +219,7 @@ def main() -> None:
             del reference
         gc.collect()
         record("peak RSS after sseds search", round(peak_rss_gb(), 2), "GiB")
-        res = retrain(task, result, config=cfg)
+        res = retrain(result.plan, dm, cfg)
         record("sseds 10x: test AUC", round(res.metrics["test_auc"], 4), "",
                f"{result.plan.num_bytes() / 1e6:.1f} MB, dims "
                f"{' '.join(str(d) for d in result.plan.dims.values())}, "

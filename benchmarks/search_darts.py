@@ -45,14 +45,15 @@ import torch
 warnings.filterwarnings("ignore")
 logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 
+from autodim.api import retrain  # noqa: E402
 from autodim.budget import full_bytes  # noqa: E402
 from autodim.data.datamodule import CTRDataModule, TensorBatches  # noqa: E402
 from autodim.data.synthetic import make_planted  # noqa: E402
 from autodim.metrics import spearman  # noqa: E402
 from autodim.plan import DimensionPlan  # noqa: E402
-from autodim.searchers import SearchResult, SearchTask, create_searcher, retrain  # noqa: E402
+from autodim.searchers import SearchTask, create_searcher  # noqa: E402
 from autodim.searchers._supernet import BilevelSearch, BilevelSettings, SupernetEmbedding  # noqa: E402
-from autodim.task import TrainConfig, seed_everything, train_plan  # noqa: E402
+from autodim.task import TrainConfig, seed_everything  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 COLUMNS = ["dataset", "seed", "budget", "method", "bytes", "bytes/budget", "spearman", "test_auc",
@@ -146,8 +147,7 @@ def run_dataset(name: str, data, args, rows: list[dict[str, Any]], seed: int) ->
           f"{len(data.train)} train samples", flush=True)
 
     t0 = time.perf_counter()
-    full = train_plan(DimensionPlan.full(schema, D), _fresh(data, args.batch_size, seed),
-                      config=config)
+    full = retrain(DimensionPlan.full(schema, D), _fresh(data, args.batch_size, seed), config)
     full_seconds = time.perf_counter() - t0
     print(f"full D={D}: test AUC {full.metrics['test_auc']:.4f}, {full_seconds:.1f}s "
           f"({full.metrics['epochs']} epochs)", flush=True)
@@ -167,9 +167,8 @@ def run_dataset(name: str, data, args, rows: list[dict[str, Any]], seed: int) ->
             f"{k} {v * 1e3:.2f}" for k, v in times[method].items()), flush=True)
 
     def retrained(plan, budget, result=None, warm=False):
-        task = SearchTask(data=_fresh(data, args.batch_size, seed), D=D, budget_bytes=budget,
-                          candidate_dims=cands, train=config, seed=seed)
-        return retrain(task, result or SearchResult(plan=plan), warm_start=warm).metrics
+        return retrain(plan, _fresh(data, args.batch_size, seed), config,
+                       warm_start=result.warm_start if warm else None).metrics
 
     for ratio in args.budgets:
         budget = int(full_bytes(schema, D) / ratio)

@@ -109,11 +109,11 @@ class Bench:
                           D=D, budget_bytes=budget, backbone=self.backbone,
                           train=replace(self.cfg, seed=seed), seed=seed)
 
-    def train(self, plan, budget: int, seed: int, *, test: bool = True):
-        from autodim.task import train_plan
+    def train(self, plan, budget: int, seed: int, *, test: bool = True, warm_start=None):
+        from autodim.api import retrain
 
-        return train_plan(plan, self.task(budget, seed).data, backbone=self.backbone,
-                          config=replace(self.cfg, seed=seed), test=test)
+        return retrain(plan, self.task(budget, seed).data, replace(self.cfg, seed=seed),
+                       backbone=self.backbone, warm_start=warm_start, test=test)
 
     def add(self, method: str, tag: str, plan, metrics: list[dict],
             search_s: float | None = None, search_cpu: float | None = None) -> None:
@@ -138,7 +138,7 @@ def run_dataset(bench: Bench, ratios: list[float], settings: dict, search_seed: 
     from autodim.budget import full_bytes
     from autodim.errors import BudgetError
     from autodim.plan import DimensionPlan
-    from autodim.searchers import create_searcher, list_searchers, retrain
+    from autodim.searchers import create_searcher, list_searchers
 
     schema, seeds = bench.data.schema, bench.seeds
     full = full_bytes(schema, D)
@@ -174,7 +174,8 @@ def run_dataset(bench: Bench, ratios: list[float], settings: dict, search_seed: 
         h = res.history
         for method, warm in (("optembed", False), ("optembed (rewind)", True)):
             bench.add(method, tag, res.plan,
-                      [retrain(bench.task(budget, s), res, warm_start=warm).metrics
+                      [bench.train(res.plan, budget, s,
+                                   warm_start=res.warm_start if warm else None).metrics
                        for s in seeds], h["search_seconds"], cpu_search)
         g0, gl = h["generations"][0], h["generations"][-1]
         notes.append(

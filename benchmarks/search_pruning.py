@@ -44,13 +44,14 @@ logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 
 from _common import load_datasets, write_table  # noqa: E402
 
+from autodim.api import retrain  # noqa: E402
 from autodim.budget import full_bytes, parse_budget  # noqa: E402
 from autodim.data.datamodule import CTRDataModule  # noqa: E402
 from autodim.errors import BudgetError  # noqa: E402
 from autodim.metrics import spearman  # noqa: E402
 from autodim.plan import DimensionPlan  # noqa: E402
-from autodim.searchers import SearchResult, SearchTask, create_searcher, retrain  # noqa: E402
-from autodim.task import TrainConfig, train_plan  # noqa: E402
+from autodim.searchers import SearchTask, create_searcher  # noqa: E402
+from autodim.task import TrainConfig  # noqa: E402
 
 D = 16
 BUDGETS = ("4x", "10x", "20x")
@@ -117,7 +118,7 @@ def run_dataset(name: str, data, *, seed: int, budgets: tuple[str, ...], train: 
     # Reference: one full-model training run (its time is the unit of search cost).
     full_plan = DimensionPlan.full(schema, D)
     t0 = time.perf_counter()
-    reference = train_plan(full_plan, _fresh(data, bs, seed), config=replace(train, seed=seed))
+    reference = retrain(full_plan, _fresh(data, bs, seed), replace(train, seed=seed))
     t_full = time.perf_counter() - t0
     full_epochs = max(1, int(reference.metrics["epochs"]))
     rows.append({"dataset": name, "seed": seed, "budget": "1x", "method": "full",
@@ -144,7 +145,7 @@ def run_dataset(name: str, data, *, seed: int, budgets: tuple[str, ...], train: 
                              "method": method, "note": f"infeasible: {exc}"})
                 continue
             t0 = time.perf_counter()
-            m = train_plan(plan, _fresh(data, bs, seed), config=replace(train, seed=seed)).metrics
+            m = retrain(plan, _fresh(data, bs, seed), replace(train, seed=seed)).metrics
             add(budget_name, budget, method, plan, m["test_auc"], None,
                 time.perf_counter() - t0)
 
@@ -156,7 +157,7 @@ def run_dataset(name: str, data, *, seed: int, budgets: tuple[str, ...], train: 
         sseds = create_searcher("sseds", allow_drop_fields=True).search(
             task_for(budget), pretrained=reference)
         t0 = time.perf_counter()
-        m = retrain(task_for(budget), sseds, config=replace(train, seed=seed)).metrics
+        m = retrain(sseds.plan, _fresh(data, bs, seed), replace(train, seed=seed)).metrics
         add(budget_name, budget, "sseds", sseds.plan, m["test_auc"],
             t_full + sseds.history["search_seconds"], time.perf_counter() - t0,
             "search = full training + saliency pass")
@@ -167,10 +168,9 @@ def run_dataset(name: str, data, *, seed: int, budgets: tuple[str, ...], train: 
 
         snap = pep_result.history["snapshots"][str(budget)]
         plan = pep_result.plan if "plan" not in snap else DimensionPlan.from_dict(snap["plan"])
-        result = SearchResult(plan=plan, warm_start=pep.warm_start_for(plan))
         t0 = time.perf_counter()
-        m = retrain(task_for(budget), result, warm_start=True,
-                    config=replace(train, seed=seed)).metrics
+        m = retrain(plan, _fresh(data, bs, seed), replace(train, seed=seed),
+                    warm_start=pep.warm_start_for(plan)).metrics
         note = f"{snap['form']}, " + (f"snapshot at step {snap['step']}" if snap["reached"]
                                        else "target not reached: pruned after training")
         note += f"; one search for all budgets, {pep_result.history['total_steps']} steps"
