@@ -653,7 +653,7 @@ def report(
       autodim report studies/_results/quick --out quick.html --budget 10x
     """
     from autodim.study.result import load_study
-    from autodim.viz.report import choose_trial, write_report
+    from autodim.viz.report import write_report
 
     formats = _static_formats(png, svg)
     result = load_study(study, storage=storage)
@@ -668,7 +668,7 @@ def report(
         with _progress_status(f"rendering {len(targets)} images"):
             write_images(figs * len(formats), targets)
         echo(f"{len(targets)} image(s) written to {folder}")
-    chosen = choose_trial(result, budget)
+    chosen = result.choose(budget)
     if chosen is not None:
         echo(f"chosen plan: trial {chosen} ({result.trial(chosen).user_attrs.get('method')})")
     typer.echo(f"report written to {path}")
