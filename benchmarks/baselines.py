@@ -9,19 +9,16 @@ plans trained with the same backbone and settings. A baseline that cannot reach 
 
 from __future__ import annotations
 
-import argparse
-
-from _common import load_datasets, write_table
+from _common import load_datasets, parser, quiet, results_stem, write_table
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--ml100k", default=None, help="folder with ml-100k.inter/.user/.item")
+    ap = parser(__doc__, ml100k="folder with ml-100k.inter/.user/.item")
     ap.add_argument("--backbone", default="fm")
     ap.add_argument("--ratios", default="4,10,20")
     ap.add_argument("--seeds", type=int, default=1)
     args = ap.parse_args()
+    quiet(threads=None)
 
     import numpy as np
 
@@ -62,7 +59,7 @@ def main() -> None:
         if "bayes_auc" in data.meta:
             rows.append({"data": dname, "target": "-", "plan": "bayes (teacher)",
                          "test AUC": float(data.meta["bayes_auc"]), "note": "ceiling"})
-    print(write_table(rows, "baselines_quick" if args.quick else "baselines",
+    print(write_table(rows, results_stem("baselines", args.quick),
                       title=f"Baseline plans, backbone {args.backbone}"))
 
 

@@ -19,12 +19,11 @@ Measures, in one run:
 
 from __future__ import annotations
 
-import argparse
 import gc
 import resource
 import time
 
-from _common import write_table
+from _common import dims_text, parser, quiet, results_stem, write_table
 from throughput import lightning_loop, run_loop
 
 
@@ -89,8 +88,8 @@ def throughput(data, D: int, batch_size: int, threshold: int, warm: int, steps: 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true")
+    ap = parser(__doc__, threads="torch threads (0: torch's default; 1 keeps a shared 2-core "
+                                  "machine from oversubscribing)")
     ap.add_argument("--rows", type=int, default=10_000_000)
     ap.add_argument("--batch-size", type=int, default=4096)
     ap.add_argument("--steps", type=int, default=120, help="timed steps per throughput run")
@@ -104,20 +103,11 @@ def main() -> None:
     ap.add_argument("--sseds-pretrained", action="store_true",
                     help="let sseds score the full model trained above instead of training "
                          "its own (its search time is then that training + its pass)")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (0: torch's default; 1 keeps a shared 2-core machine "
-                         "from oversubscribing)")
     args = ap.parse_args()
-
-    import logging
-    import warnings
 
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore")
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    quiet(args.threads)
 
     from autodim.api import retrain
     from autodim.baselines import memcom_plan
@@ -222,7 +212,7 @@ def main() -> None:
         res = retrain(result.plan, dm, cfg)
         record("sseds 10x: test AUC", round(res.metrics["test_auc"], 4), "",
                f"{result.plan.num_bytes() / 1e6:.1f} MB, dims "
-               f"{' '.join(str(d) for d in result.plan.dims.values())}, "
+               f"{dims_text(result.plan)}, "
                f"{res.metrics['samples_per_s']:.0f} samples/s")
         record("sseds search time", round(search_s, 1), "s",
                f"{search_s / epoch_s:.2f} training epochs ({how})")
@@ -230,7 +220,7 @@ def main() -> None:
     record("peak RSS (end)", round(peak_rss_gb(), 2), "GiB")
     record("benchmark wall time", round(time.perf_counter() - t_all), "s",
            f"{torch.get_num_threads()} torch thread(s)")
-    print(write_table(out, "scale_quick" if args.quick else "scale",
+    print(write_table(out, results_stem("scale", args.quick),
                       title=f"Scale: Criteo-size planted data, {rows_n:,} rows"))
 
 

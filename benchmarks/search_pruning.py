@@ -28,30 +28,23 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import logging
 import math
 import sys
 import time
-import warnings
 from dataclasses import replace
 from typing import Any
 
 import torch
+from _common import dims_text, load_datasets, parser, quiet, results_stem, write_table
 
-warnings.filterwarnings("ignore")
-logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-
-from _common import load_datasets, write_table  # noqa: E402
-
-from autodim.api import retrain  # noqa: E402
-from autodim.budget import full_bytes, parse_budget  # noqa: E402
-from autodim.data.datamodule import CTRDataModule  # noqa: E402
-from autodim.errors import BudgetError  # noqa: E402
-from autodim.metrics import spearman  # noqa: E402
-from autodim.plan import DimensionPlan  # noqa: E402
-from autodim.searchers import SearchTask, create_searcher  # noqa: E402
-from autodim.task import TrainConfig  # noqa: E402
+from autodim.api import retrain
+from autodim.budget import full_bytes, parse_budget
+from autodim.data.datamodule import CTRDataModule
+from autodim.errors import BudgetError
+from autodim.metrics import spearman
+from autodim.plan import DimensionPlan
+from autodim.searchers import SearchTask, create_searcher
+from autodim.task import TrainConfig
 
 D = 16
 BUDGETS = ("4x", "10x", "20x")
@@ -82,16 +75,6 @@ def _spearman(plan: DimensionPlan, ranks: dict[str, int] | None) -> float:
     return spearman([alloc[n] for n in ranks], [ranks[n] for n in ranks])
 
 
-def _dims_text(plan: DimensionPlan) -> str:
-    parts = []
-    for f in plan.fields:
-        if f.sparse is not None:
-            parts.append(f"{f.sparse['nnz'] / f.vocab_size:.1f}s")
-        else:
-            parts.append(str(f.dim))
-    return " ".join(parts)
-
-
 def run_dataset(name: str, data, *, seed: int, budgets: tuple[str, ...], train: TrainConfig
                 ) -> list[dict[str, Any]]:
     torch.manual_seed(seed)
@@ -113,7 +96,7 @@ def run_dataset(name: str, data, *, seed: int, budgets: tuple[str, ...], train: 
             "test_auc": test_auc, "search_s": search_s,
             "search/full_train": None if search_s is None else search_s / t_full,
             "retrain_s": retrain_s, "spearman": _spearman(plan, ranks),
-            "alloc": _dims_text(plan), "note": note})
+            "alloc": dims_text(plan, sparse=True), "note": note})
 
     # Reference: one full-model training run (its time is the unit of search cost).
     full_plan = DimensionPlan.full(schema, D)
@@ -180,14 +163,13 @@ def run_dataset(name: str, data, *, seed: int, budgets: tuple[str, ...], train: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small data, few epochs (< 1 min)")
-    parser.add_argument("--ml100k", metavar="DIR", help="MovieLens-100K folder (RecBole atomic)")
-    parser.add_argument("--seeds", type=int, default=1, help="seeds per dataset (default 1)")
-    parser.add_argument("--budgets", default=",".join(BUDGETS),
-                        help="comma-separated budgets, largest first (default 4x,10x,20x)")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
+    ap = parser(__doc__.split("\n\n")[0], quick="small data, few epochs (< 1 min)",
+                ml100k="MovieLens-100K folder (RecBole atomic)")
+    ap.add_argument("--seeds", type=int, default=1, help="seeds per dataset (default 1)")
+    ap.add_argument("--budgets", default=",".join(BUDGETS),
+                    help="comma-separated budgets, largest first (default 4x,10x,20x)")
+    args = ap.parse_args(argv)
+    quiet(1)
     budgets = tuple(b.strip() for b in args.budgets.split(",") if b.strip())
     train = TrainConfig(max_epochs=3 if args.quick else 10, batch_size=1024, lr=3e-3,
                         patience=2)
@@ -197,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, data in load_datasets(names, quick=args.quick, ml100k=args.ml100k):
         for seed in range(args.seeds):
             rows += run_dataset(name, data, seed=seed, budgets=budgets, train=train)
-    stem = "search_pruning_quick" if args.quick else "search_pruning"
+    stem = results_stem("search_pruning", args.quick)
     title = (f"Pruning searchers (pep, sseds, magprune) vs uniform / mde, D={D}"
              f"{' (quick)' if args.quick else ''}")
     print(write_table(rows, stem, title=title))
