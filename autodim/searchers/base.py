@@ -240,8 +240,8 @@ def retrain_plan(plan: DimensionPlan, datamodule: CTRDataModule, config: TrainCo
                  warm_start: Mapping[str, Any] | None = None, test: bool = True,
                  callbacks=()):
     """Train a fresh compact model from ``plan``: the one retrain every caller shares
-    (:func:`autodim.api.retrain` checks its inputs and calls this; :func:`retrain`, the
-    study's trials and the benchmarks too).
+    (:func:`autodim.api.retrain` checks its inputs and calls this; so do :func:`retrain`
+    and the study's trials, which sit below the API).
 
     ``warm_start``: a state dict of the plan's embedding (a searcher's
     ``SearchResult.warm_start``) to start from instead of a fresh initialisation; the
