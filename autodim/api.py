@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from autodim.defaults import DEFAULT_LR
 
-__all__ = ["search", "load_study", "search_plan"]
+__all__ = ["search", "load_study", "search_plan", "retrain"]
 
 
 def _config(study: Any):
@@ -108,7 +108,6 @@ def search_plan(method: str, data: Any = "synthetic", *, budget: str | int = "10
     from autodim.data import load_data
     from autodim.data.datamodule import CTRDataModule
     from autodim.searchers import SearchTask, create_searcher, get_searcher
-    from autodim.searchers import retrain as _retrain
     from autodim.task import TrainConfig
 
     cls = get_searcher(method)  # an unknown method fails before any data is loaded
@@ -124,11 +123,119 @@ def search_plan(method: str, data: Any = "synthetic", *, budget: str | int = "10
     plan = result.plan
     if retrain:
         if cls.retrain:
-            m = _retrain(task, result, warm_start=result.warm_start is not None,
-                         config=replace(cfg, max_epochs=retrain_epochs, patience=2)).metrics
+            m = _retrain(plan, task.data, replace(cfg, max_epochs=retrain_epochs, patience=2),
+                         backbone=backbone, warm_start=result.warm_start).metrics
         else:
             m = dict(result.history.get("eval") or {})
         plan = plan.replace(metrics={**plan.metrics, **{
             k: float(m[k]) for k in ("val_auc", "val_logloss", "test_auc", "test_logloss")
             if k in m}})
     return plan, result
+
+
+def _train_config(settings: Any, seed: int | None):
+    """``settings`` as a :class:`~autodim.task.TrainConfig` (``seed`` overriding its own)."""
+    from dataclasses import replace
+
+    from autodim.errors import ConfigError
+    from autodim.study._validate import _int
+    from autodim.study.config import TrainSettings
+    from autodim.task import TrainConfig
+
+    if settings is None:
+        cfg = TrainConfig()
+    elif isinstance(settings, TrainConfig):
+        cfg = settings
+    elif isinstance(settings, TrainSettings):
+        cfg = settings.config(0)
+    elif isinstance(settings, Mapping):
+        raw = dict(settings)
+        own = _int("settings.seed", raw.pop("seed")) if "seed" in raw else 0
+        cfg = TrainSettings.parse("settings", raw, TrainSettings()).config(own)
+    else:
+        raise ConfigError(f"settings: expected a TrainConfig, TrainSettings or a mapping of "
+                          f"training settings (epochs, lr, batch_size, ...), got "
+                          f"{type(settings).__name__} {settings!r}")
+    return cfg if seed is None else replace(cfg, seed=int(seed))
+
+
+def retrain(plan: Any, data: Any = "synthetic", settings: Any = None, *, backbone: str = "fm",
+            backbone_kwargs: Mapping[str, Any] | None = None, seed: int | None = None,
+            warm_start: Mapping[str, Any] | None = None, teacher: Any = None,
+            distill_weight: float = 1.0, temperature: float = 1.0, test: bool = True,
+            callbacks: Sequence[Any] = ()):
+    """Train the compact model of ``plan`` from scratch: THE way to retrain a plan (the
+    CLI's ``autodim train``, :func:`search_plan`'s ``retrain=True`` and the benchmarks call
+    it; :func:`autodim.searchers.retrain` and the study's trials call
+    :func:`autodim.searchers.base.retrain_plan`, the function it wraps).
+
+    Args:
+        plan: A :class:`~autodim.plan.DimensionPlan` or the path of a plan JSON.
+        data: A ``CTRDataModule`` (used as it is, its batch size included), a loaded
+            ``CTRData`` or a source for :func:`autodim.data.load_data`.
+        settings: The training settings: a :class:`~autodim.task.TrainConfig`, a study's
+            :class:`~autodim.study.config.TrainSettings`, or a mapping with the study
+            file's ``train:`` keys (``epochs``, ``batch_size``, ``lr``, ``patience``,
+            ``weight_decay``, ``limit_train_batches``, ``accelerator``, ``devices``,
+            ``strategy``) and ``seed``. Default: ``TrainConfig()``.
+        backbone, backbone_kwargs: The model on the embeddings
+            (:func:`autodim.models.create_backbone`).
+        seed: Seeds initialisation and shuffling (overrides the settings' seed).
+        warm_start: A state dict of the plan's embedding to start from (a searcher's
+            ``SearchResult.warm_start``).
+        teacher: A trained model (an ``nn.Module`` mapping ids to logits, or a
+            :class:`~autodim.task.TrainResult`) to distil from
+            (:class:`~autodim.task.Distill` with ``distill_weight`` and ``temperature``).
+        test: Also evaluate on the test split.
+        callbacks: Extra Lightning callbacks.
+
+    Returns:
+        The :class:`~autodim.task.TrainResult` (``.task`` the trained model, ``.metrics``).
+
+    Example:
+        >>> from autodim.plan import DimensionPlan
+        >>> from autodim.data import load_data
+        >>> data = load_data("synthetic:tiny", rows=3000)                # doctest: +SKIP
+        >>> res = retrain(DimensionPlan.full(data.schema, 8), data, {"epochs": 1},
+        ...               seed=0)                                         # doctest: +SKIP
+        >>> 0.5 < res.metrics["test_auc"] <= 1                            # doctest: +SKIP
+        True
+    """
+    from dataclasses import replace
+
+    from torch import nn
+
+    from autodim.data import CTRData, load_data
+    from autodim.data.datamodule import CTRDataModule
+    from autodim.errors import ConfigError
+    from autodim.plan import DimensionPlan
+    from autodim.searchers.base import retrain_plan
+    from autodim.task import Distill, TrainResult
+
+    if isinstance(plan, (str, os.PathLike)):
+        plan = DimensionPlan.load(plan)
+    elif not isinstance(plan, DimensionPlan):
+        raise ConfigError(f"plan: expected a DimensionPlan or a plan JSON path, got "
+                          f"{type(plan).__name__} {plan!r}")
+    cfg = _train_config(settings, seed)
+    if isinstance(data, CTRDataModule):
+        dm = data
+        cfg = replace(cfg, batch_size=dm.batch_size)  # one batch size: the one it trains on
+    elif isinstance(data, (CTRData, str, os.PathLike)):
+        ds = load_data(data) if isinstance(data, (str, os.PathLike)) else data
+        dm = CTRDataModule(ds, batch_size=cfg.batch_size, seed=cfg.seed)
+    else:
+        raise ConfigError(f"data: expected a CTRDataModule, CTRData or a data source, got "
+                          f"{type(data).__name__} {data!r}")
+    extra = list(callbacks)
+    if teacher is not None:
+        model = teacher.task if isinstance(teacher, TrainResult) else teacher
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"teacher: expected a trained model (nn.Module or TrainResult), "
+                              f"got {type(teacher).__name__} {teacher!r}")
+        extra.append(Distill(model, weight=distill_weight, temperature=temperature))
+    return retrain_plan(plan, dm, cfg, backbone=backbone, backbone_kwargs=backbone_kwargs,
+                        warm_start=warm_start, test=test, callbacks=extra)
+
+
+_retrain = retrain  # for search_plan, whose ``retrain`` argument hides the function

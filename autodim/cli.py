@@ -224,9 +224,9 @@ def train(
 
       autodim train --data synthetic --accelerator gpu --devices 2 --strategy ddp
     """
-    from autodim.data.datamodule import CTRDataModule
+    from autodim.api import retrain
     from autodim.study.config import parse_devices
-    from autodim.task import TrainConfig, train_plan
+    from autodim.task import TrainConfig
 
     if threads:
         import torch
@@ -235,14 +235,13 @@ def train(
     dev = parse_devices("--devices", devices)
     ds = load_source(data, rows, spec, data_opt=data_opt)
     p = _plan_from_arg(plan, ds.schema, dim, budget)
-    dm = CTRDataModule(ds, batch_size=batch_size, seed=seed)
     cfg = TrainConfig(max_epochs=epochs, batch_size=batch_size, lr=lr, patience=patience,
                       seed=seed, accelerator=accelerator.lower(), strategy=strategy,
                       devices=list(dev) if isinstance(dev, tuple) else dev)
     echo(f"training {backbone} on {data}: {ds.schema.num_fields} fields, {len(ds.train):,} train "
          f"rows, plan {p.searcher.get('name')} ({p.num_bytes():,} B)")
     with _progress_display():
-        result = train_plan(p, dm, backbone=backbone, config=cfg)
+        result = retrain(p, ds, cfg, backbone=backbone)
     m = result.metrics
     from autodim.metrics import format_auc
 
@@ -654,7 +653,7 @@ def report(
       autodim report studies/_results/quick --out quick.html --budget 10x
     """
     from autodim.study.result import load_study
-    from autodim.viz.report import choose_trial, write_report
+    from autodim.viz.report import write_report
 
     formats = _static_formats(png, svg)
     result = load_study(study, storage=storage)
@@ -669,7 +668,7 @@ def report(
         with _progress_status(f"rendering {len(targets)} images"):
             write_images(figs * len(formats), targets)
         echo(f"{len(targets)} image(s) written to {folder}")
-    chosen = choose_trial(result, budget)
+    chosen = result.choose(budget)
     if chosen is not None:
         echo(f"chosen plan: trial {chosen} ({result.trial(chosen).user_attrs.get('method')})")
     typer.echo(f"report written to {path}")

@@ -1,12 +1,16 @@
-"""Helpers shared by the benchmark scripts: data loading, result tables."""
+"""What the benchmark scripts share: their command line (``--quick`` and friends), the
+quiet single-thread set-up, data loading, per-field dims as text and the result files
+(CSV + Markdown table)."""
 
 from __future__ import annotations
 
+import argparse
 import csv
+import io
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
@@ -54,27 +58,93 @@ def default_ml100k() -> str | None:
         return None
 
 
-def write_table(rows: list[dict[str, Any]], stem: str, *, title: str = "") -> str:
-    """Save ``results/<stem>.csv`` and ``.md``; return the Markdown table."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    if not rows:
-        return "(no rows)"
+def parser(description: str, *, quick: str = "a small run for the test suite",
+           ml100k: str | None = None, threads: str | None = None) -> argparse.ArgumentParser:
+    """The arguments every script has: ``--quick`` (help ``quick``); ``--ml100k DIR`` when
+    ``ml100k`` (its help) is given; ``--threads N`` (default 1) when ``threads`` is."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--quick", action="store_true", help=quick)
+    if ml100k is not None:
+        ap.add_argument("--ml100k", metavar="DIR", default=None, help=ml100k)
+    if threads is not None:
+        ap.add_argument("--threads", type=int, default=1, help=threads)
+    return ap
+
+
+def quiet(threads: int | None = 1) -> None:
+    """Silence warnings and Lightning's logs; ``threads`` torch CPU threads (``None`` or 0:
+    torch's default; 1 keeps a shared 2-core machine from oversubscribing)."""
+    import logging
+    import warnings
+
+    import torch
+
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def results_stem(name: str, quick: bool) -> str:
+    """The results file stem: quick runs write ``<name>_quick.*`` (git-ignored), so they
+    never overwrite the committed full results."""
+    return f"{name}_quick" if quick else name
+
+
+def dims_text(plan, sep: str = " ", *, sparse: bool = False) -> str:
+    """The plan's per-field dims in field order; ``sparse``: a sparse field as its stored
+    values per row (``0.4s``) instead of its nominal dim."""
+    return sep.join(f"{f.sparse['nnz'] / f.vocab_size:.1f}s" if sparse and f.sparse is not None
+                    else str(f.dim) for f in plan.fields)
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 100 else f"{v:,.0f}"
+    return "" if v is None else str(v)
+
+
+def _columns(rows: Sequence[dict[str, Any]]) -> list[str]:
     cols = list(rows[0].keys())
     for r in rows[1:]:
         cols += [c for c in r if c not in cols]
-    with open(RESULTS / f"{stem}.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=cols)
-        w.writeheader()
-        w.writerows(rows)
+    return cols
 
-    def cell(v: Any) -> str:
-        if isinstance(v, float):
-            return f"{v:.4f}" if abs(v) < 100 else f"{v:,.0f}"
-        return "" if v is None else str(v)
 
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, *,
+                   title: str = "", cell: Callable[[Any], str] = _cell) -> str:
+    """A Markdown table of ``rows`` (dicts; columns: every key, in first-seen order)."""
+    cols = list(columns or _columns(rows))
     lines = [f"### {title}", ""] if title else []
     lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(cell(r.get(c)) for c in cols) + " |" for r in rows]
-    md = "\n".join(lines) + "\n"
-    (RESULTS / f"{stem}.md").write_text(md)
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]],
+              columns: Sequence[str] | None = None) -> Path:
+    """Write ``rows`` as CSV (atomically; columns as :func:`markdown_table`)."""
+    from autodim._io import atomic_write_text
+
+    cols = list(columns or _columns(rows))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols)
+    w.writeheader()
+    w.writerows([{c: r.get(c) for c in cols} for r in rows])
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, buf.getvalue())
+    return path
+
+
+def write_table(rows: list[dict[str, Any]], stem: str, *, title: str = "",
+                markdown: bool = True) -> str:
+    """Save ``results/<stem>.csv`` and (``markdown``) ``.md``; return the Markdown table."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    if not rows:
+        return "(no rows)"
+    write_csv(RESULTS / f"{stem}.csv", rows)
+    md = markdown_table(rows, title=title)
+    if markdown:
+        (RESULTS / f"{stem}.md").write_text(md)
     return md

@@ -9,27 +9,25 @@ plans trained with the same backbone and settings. A baseline that cannot reach 
 
 from __future__ import annotations
 
-import argparse
-
-from _common import load_datasets, write_table
+from _common import load_datasets, parser, quiet, results_stem, write_table
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--ml100k", default=None, help="folder with ml-100k.inter/.user/.item")
+    ap = parser(__doc__, ml100k="folder with ml-100k.inter/.user/.item")
     ap.add_argument("--backbone", default="fm")
     ap.add_argument("--ratios", default="4,10,20")
     ap.add_argument("--seeds", type=int, default=1)
     args = ap.parse_args()
+    quiet(threads=None)
 
     import numpy as np
 
+    from autodim.api import retrain
     from autodim.baselines import BASELINES, baseline_plan
     from autodim.budget import full_bytes
     from autodim.data.datamodule import CTRDataModule
     from autodim.errors import BudgetError
-    from autodim.task import TrainConfig, train_plan
+    from autodim.task import TrainConfig
 
     cfg = TrainConfig(max_epochs=2 if args.quick else 15, lr=3e-3, patience=2)
     ratios = [1] + [float(r) for r in args.ratios.split(",")]
@@ -48,8 +46,7 @@ def main() -> None:
                 aucs, losses = [], []
                 for seed in range(args.seeds):
                     dm = CTRDataModule(data, batch_size=cfg.batch_size, seed=seed)
-                    m = train_plan(plan, dm, backbone=args.backbone,
-                                   config=TrainConfig(**{**cfg.to_dict(), "seed": seed})).metrics
+                    m = retrain(plan, dm, cfg, backbone=args.backbone, seed=seed).metrics
                     aucs.append(m["test_auc"])
                     losses.append(m["test_logloss"])
                 rows.append({"data": dname, "target": f"{ratio:g}x", "plan": name,
@@ -62,7 +59,7 @@ def main() -> None:
         if "bayes_auc" in data.meta:
             rows.append({"data": dname, "target": "-", "plan": "bayes (teacher)",
                          "test AUC": float(data.meta["bayes_auc"]), "note": "ceiling"})
-    print(write_table(rows, "baselines_quick" if args.quick else "baselines",
+    print(write_table(rows, results_stem("baselines", args.quick),
                       title=f"Baseline plans, backbone {args.backbone}"))
 
 

@@ -34,17 +34,15 @@ Writes ``benchmarks/results/inference.{csv,md}`` (``--quick``: ``inference_quick
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import struct
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
-from _common import write_table
+from _common import parser, quiet, results_stem, write_table
 
 D = 16
 
@@ -169,23 +167,18 @@ def time_models(models: dict, batches: dict[int, list], repeats: dict[int, int]
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="1/1000 of the vocabularies, few repeats")
+    ap = parser(__doc__.split("\n\n")[0], quick="1/1000 of the vocabularies, few repeats",
+                threads="torch threads")
     ap.add_argument("--ratio", type=float, default=10.0)
     ap.add_argument("--div", type=int, default=None,
                     help="divide Criteo's cardinalities by this (default 10; quick 1000)")
     ap.add_argument("--backbone", default="fm")
-    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch-sizes", default="1,256,4096")
     args = ap.parse_args(argv)
 
-    import logging
-
     import torch
 
-    warnings.filterwarnings("ignore")
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    torch.set_num_threads(args.threads)
+    quiet(args.threads)
 
     from autodim.baselines import baseline_plan
     from autodim.budget import full_bytes
@@ -243,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
              f"with Criteo Kaggle's cardinalities / {div} ({schema.total_rows:,} ids), "
              f"{args.backbone}, {torch.get_num_threads()} thread(s), median of "
              + ", ".join(f"{repeats[bs]} @{bs}" for bs in sizes) + " calls")
-    print(write_table(rows, "inference_quick" if q else "inference", title=title))
+    print(write_table(rows, results_stem("inference", q), title=title))
     return 0
 
 

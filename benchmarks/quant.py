@@ -35,18 +35,12 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import logging
 import statistics
 import sys
 import time
-import warnings
 from typing import Any
 
-from _common import RESULTS, default_ml100k, write_table
-
-warnings.filterwarnings("ignore")
-logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+from _common import RESULTS, default_ml100k, parser, quiet, results_stem, write_table
 
 HASH_RATIOS = (0.02, 0.05, 0.1, 0.2, 0.5)
 ALL_BITS = (32, 16, 8, 4, 2, 1)
@@ -250,9 +244,8 @@ def latency(data, *, reps: int, batches=(1, 256, 4096)) -> list[dict[str, Any]]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="tiny synthetic data, one seed")
-    ap.add_argument("--ml100k", default=None, help="MovieLens-100K folder")
+    ap = parser(__doc__.splitlines()[0], quick="tiny synthetic data, one seed",
+                ml100k="MovieLens-100K folder")
     ap.add_argument("--seeds", default="0", help="split (and training) seeds, e.g. 0,1,2")
     ap.add_argument("--ratios", default="10,40", help="budgets as compression ratios")
     ap.add_argument("--distill", type=float, default=0.5, help="distillation weight (0: off)")
@@ -264,11 +257,9 @@ def main(argv=None) -> int:
     ap.add_argument("--stem", default=None, help="results file stem")
     args = ap.parse_args(argv)
 
-    import torch
-
     from autodim.task import TrainConfig
 
-    torch.set_num_threads(1)
+    quiet(1)
     seeds = [int(s) for s in args.seeds.split(",")]
     ratios = [float(r) for r in args.ratios.split(",")]
     if args.quick:
@@ -278,7 +269,6 @@ def main(argv=None) -> int:
             return make_planted("tiny", rows=3000, seed=seed)
         seeds, ratios = seeds[:1], ratios[:1]
         cfg = TrainConfig(max_epochs=2, batch_size=256, lr=3e-3, patience=2)
-        stem = "quant_quick"
     else:
         folder = args.ml100k or default_ml100k()
         if not folder:
@@ -289,8 +279,7 @@ def main(argv=None) -> int:
         def load(seed):
             return load_data(folder, seed=seed)
         cfg = TrainConfig(max_epochs=args.epochs, batch_size=1024, lr=3e-3, patience=2)
-        stem = "quant"
-    stem = args.stem or stem
+    stem = args.stem or results_stem("quant", args.quick)
     RESULTS.mkdir(parents=True, exist_ok=True)
     if not args.latency_only:
         rows = []

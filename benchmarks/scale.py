@@ -19,12 +19,11 @@ Measures, in one run:
 
 from __future__ import annotations
 
-import argparse
 import gc
 import resource
 import time
 
-from _common import write_table
+from _common import dims_text, parser, quiet, results_stem, write_table
 from throughput import lightning_loop, run_loop
 
 
@@ -89,8 +88,8 @@ def throughput(data, D: int, batch_size: int, threshold: int, warm: int, steps: 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true")
+    ap = parser(__doc__, threads="torch threads (0: torch's default; 1 keeps a shared 2-core "
+                                  "machine from oversubscribing)")
     ap.add_argument("--rows", type=int, default=10_000_000)
     ap.add_argument("--batch-size", type=int, default=4096)
     ap.add_argument("--steps", type=int, default=120, help="timed steps per throughput run")
@@ -104,27 +103,19 @@ def main() -> None:
     ap.add_argument("--sseds-pretrained", action="store_true",
                     help="let sseds score the full model trained above instead of training "
                          "its own (its search time is then that training + its pass)")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (0: torch's default; 1 keeps a shared 2-core machine "
-                         "from oversubscribing)")
     args = ap.parse_args()
-
-    import logging
-    import warnings
 
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore")
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    quiet(args.threads)
 
+    from autodim.api import retrain
     from autodim.baselines import memcom_plan
     from autodim.budget import full_bytes
     from autodim.data.datamodule import CTRDataModule, TensorBatches
     from autodim.data.synthetic import CRITEO_KAGGLE_CARDINALITIES, make_planted
     from autodim.plan import DimensionPlan
-    from autodim.task import TrainConfig, train_plan
+    from autodim.task import TrainConfig
 
     t_all = time.perf_counter()
     div = 1000 if args.quick else 1
@@ -173,7 +164,7 @@ def main() -> None:
     dm = CTRDataModule(data, batch_size=args.batch_size)
     full = DimensionPlan.full(schema, D)
     t0 = time.perf_counter()
-    res = train_plan(full, dm, config=cfg)
+    res = retrain(full, dm, cfg)
     full_s = time.perf_counter() - t0
     epoch_s = res.metrics["train_seconds"] / max(1, res.metrics["epochs"])
     record("full D=16: test AUC", round(res.metrics["test_auc"], 4), "",
@@ -193,7 +184,7 @@ def main() -> None:
     t0 = time.perf_counter()
     plan = memcom_plan(schema, D, budget)
     plan_s = time.perf_counter() - t0
-    res = train_plan(plan, dm, config=cfg)
+    res = retrain(plan, dm, cfg)
     record("memcom 10x: test AUC", round(res.metrics["test_auc"], 4), "",
            f"{plan.num_bytes() / 1e6:.1f} MB, plan in {plan_s:.2f}s, "
            f"{res.metrics['samples_per_s']:.0f} samples/s")
@@ -201,7 +192,7 @@ def main() -> None:
     gc.collect()
 
     if not args.skip_sseds:
-        from autodim.searchers import SearchTask, create_searcher, retrain
+        from autodim.searchers import SearchTask, create_searcher
 
         task = SearchTask(data=dm, D=D, budget_bytes=budget, candidate_dims=(1, 2, 4, 8, 16),
                           train=cfg, seed=0)
@@ -218,10 +209,10 @@ def main() -> None:
             del reference
         gc.collect()
         record("peak RSS after sseds search", round(peak_rss_gb(), 2), "GiB")
-        res = retrain(task, result, config=cfg)
+        res = retrain(result.plan, dm, cfg)
         record("sseds 10x: test AUC", round(res.metrics["test_auc"], 4), "",
                f"{result.plan.num_bytes() / 1e6:.1f} MB, dims "
-               f"{' '.join(str(d) for d in result.plan.dims.values())}, "
+               f"{dims_text(result.plan)}, "
                f"{res.metrics['samples_per_s']:.0f} samples/s")
         record("sseds search time", round(search_s, 1), "s",
                f"{search_s / epoch_s:.2f} training epochs ({how})")
@@ -229,7 +220,7 @@ def main() -> None:
     record("peak RSS (end)", round(peak_rss_gb(), 2), "GiB")
     record("benchmark wall time", round(time.perf_counter() - t_all), "s",
            f"{torch.get_num_threads()} torch thread(s)")
-    print(write_table(out, "scale_quick" if args.quick else "scale",
+    print(write_table(out, results_stem("scale", args.quick),
                       title=f"Scale: Criteo-size planted data, {rows_n:,} rows"))
 
 

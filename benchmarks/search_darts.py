@@ -18,7 +18,8 @@ than the full D=16 table, over ``--seeds``, it reports per searcher and budget:
   bilevel step (α step on a validation batch + weight step), over a plain full-model step,
   timed side by side on the same batches.
 
-Prints a Markdown table and writes ``benchmarks/results/search_darts.csv`` (+ ``.md``).
+Prints a Markdown table and writes ``benchmarks/results/search_darts.csv`` (+ ``.md``;
+``search_darts_quick.*`` with ``--quick``).
 
 Usage::
 
@@ -30,31 +31,33 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import csv
-import logging
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+from _common import (
+    RESULTS,
+    dims_text,
+    markdown_table,
+    parser,
+    quiet,
+    results_stem,
+    write_csv,
+)
 
-warnings.filterwarnings("ignore")
-logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+from autodim.api import retrain
+from autodim.budget import full_bytes
+from autodim.data.datamodule import CTRDataModule, TensorBatches
+from autodim.data.synthetic import make_planted
+from autodim.metrics import spearman
+from autodim.plan import DimensionPlan
+from autodim.searchers import SearchTask, create_searcher
+from autodim.searchers._supernet import BilevelSearch, BilevelSettings, SupernetEmbedding
+from autodim.task import TrainConfig, seed_everything
 
-from autodim.budget import full_bytes  # noqa: E402
-from autodim.data.datamodule import CTRDataModule, TensorBatches  # noqa: E402
-from autodim.data.synthetic import make_planted  # noqa: E402
-from autodim.metrics import spearman  # noqa: E402
-from autodim.plan import DimensionPlan  # noqa: E402
-from autodim.searchers import SearchResult, SearchTask, create_searcher, retrain  # noqa: E402
-from autodim.searchers._supernet import BilevelSearch, BilevelSettings, SupernetEmbedding  # noqa: E402
-from autodim.task import TrainConfig, seed_everything, train_plan  # noqa: E402
-
-RESULTS = Path(__file__).resolve().parent / "results"
 COLUMNS = ["dataset", "seed", "budget", "method", "bytes", "bytes/budget", "spearman", "test_auc",
            "search_s", "search/full_train", "supernet/plain step", "bilevel/plain step", "dims"]
 
@@ -146,8 +149,7 @@ def run_dataset(name: str, data, args, rows: list[dict[str, Any]], seed: int) ->
           f"{len(data.train)} train samples", flush=True)
 
     t0 = time.perf_counter()
-    full = train_plan(DimensionPlan.full(schema, D), _fresh(data, args.batch_size, seed),
-                      config=config)
+    full = retrain(DimensionPlan.full(schema, D), _fresh(data, args.batch_size, seed), config)
     full_seconds = time.perf_counter() - t0
     print(f"full D={D}: test AUC {full.metrics['test_auc']:.4f}, {full_seconds:.1f}s "
           f"({full.metrics['epochs']} epochs)", flush=True)
@@ -167,9 +169,8 @@ def run_dataset(name: str, data, args, rows: list[dict[str, Any]], seed: int) ->
             f"{k} {v * 1e3:.2f}" for k, v in times[method].items()), flush=True)
 
     def retrained(plan, budget, result=None, warm=False):
-        task = SearchTask(data=_fresh(data, args.batch_size, seed), D=D, budget_bytes=budget,
-                          candidate_dims=cands, train=config, seed=seed)
-        return retrain(task, result or SearchResult(plan=plan), warm_start=warm).metrics
+        return retrain(plan, _fresh(data, args.batch_size, seed), config,
+                       warm_start=result.warm_start if warm else None).metrics
 
     for ratio in args.budgets:
         budget = int(full_bytes(schema, D) / ratio)
@@ -243,7 +244,7 @@ def _row(dataset, seed, ratio, method, plan, budget, metrics, ranks, schema, *, 
             "search_s": search_s,
             "search/full_train": None if search_s is None else search_s / full_s,
             "supernet/plain step": sup, "bilevel/plain step": bil,
-            "dims": " ".join(str(plan.dims[n]) for n in schema.names)}
+            "dims": dims_text(plan)}
 
 
 def _cell(v: Any) -> str:
@@ -255,18 +256,17 @@ def _cell(v: Any) -> str:
 
 
 def _fmt(row: dict[str, Any]) -> str:
-    return "| " + " | ".join(_cell(row.get(c)) for c in COLUMNS) + " |"
+    """One row of :func:`markdown` (printed as each run finishes)."""
+    return markdown_table([row], COLUMNS, cell=_cell).splitlines()[-1]
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    head = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
-    return head + "\n".join(_fmt(r) for r in rows) + "\n"
+    return markdown_table(rows, COLUMNS, cell=_cell)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="tiny run (< 1 minute)")
-    p.add_argument("--ml100k", metavar="DIR", help="also run on MovieLens-100K in DIR")
+    p = parser(__doc__.splitlines()[0], quick="tiny run (< 1 minute)",
+               ml100k="also run on MovieLens-100K in DIR", threads="torch threads")
     p.add_argument("--methods", nargs="+", default=["darts", "autodim"])
     p.add_argument("--budgets", nargs="+", type=float, default=[4.0, 10.0],
                    help="compression ratios vs the full D=16 table")
@@ -281,10 +281,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warm", action="store_true",
                    help="also retrain each searched plan from the exact warm start")
     p.add_argument("--no-step-times", dest="step_times", action="store_false")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default=str(RESULTS / "search_darts.csv"))
+    p.add_argument("--out", default=None,
+                   help="results CSV (default: results/search_darts.csv, quick: "
+                        "results/search_darts_quick.csv; the .md goes beside it)")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    quiet(args.threads)
 
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
@@ -302,12 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown(rows) + "\n" + summary(rows)
     print("\n" + table)
     print(f"total {time.perf_counter() - t0:.1f}s")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=COLUMNS)
-        w.writeheader()
-        w.writerows([{c: r.get(c) for c in COLUMNS} for r in rows])
+    out = Path(args.out or RESULTS / f"{results_stem('search_darts', args.quick)}.csv")
+    write_csv(out, rows, COLUMNS)
     out.with_suffix(".md").write_text(
         f"# search_darts ({'quick' if args.quick else 'full'} mode, "
         f"{torch.get_num_threads()} thread(s), {os.cpu_count()} CPUs)\n\n" + table)

@@ -23,32 +23,23 @@ appended to the ``.md``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-import warnings
 from dataclasses import replace
 
-from _common import RESULTS, load_datasets, write_table
+from _common import (
+    RESULTS,
+    dims_text,
+    load_datasets,
+    markdown_table,
+    parser,
+    quiet,
+    results_stem,
+    write_csv,
+    write_table,
+)
 
 D = 16
-
-
-def _dims(plan) -> str:
-    return ",".join(str(f.dim) for f in plan.fields)
-
-
-def _markdown(rows: list[dict], title: str) -> str:
-    cols = list(rows[0])
-
-    def cell(v) -> str:
-        if isinstance(v, float):
-            return f"{v:.4f}" if abs(v) < 100 else f"{v:,.0f}"
-        return "" if v is None else str(v)
-
-    lines = [f"### {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(cell(r.get(c)) for c in cols) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
 
 
 def pruning_rows(dname: str, data, results: dict[str, object]) -> list[dict]:
@@ -109,11 +100,11 @@ class Bench:
                           D=D, budget_bytes=budget, backbone=self.backbone,
                           train=replace(self.cfg, seed=seed), seed=seed)
 
-    def train(self, plan, budget: int, seed: int, *, test: bool = True):
-        from autodim.task import train_plan
+    def train(self, plan, budget: int, seed: int, *, test: bool = True, warm_start=None):
+        from autodim.api import retrain
 
-        return train_plan(plan, self.task(budget, seed).data, backbone=self.backbone,
-                          config=replace(self.cfg, seed=seed), test=test)
+        return retrain(plan, self.task(budget, seed).data, replace(self.cfg, seed=seed),
+                       backbone=self.backbone, warm_start=warm_start, test=test)
 
     def add(self, method: str, tag: str, plan, metrics: list[dict],
             search_s: float | None = None, search_cpu: float | None = None) -> None:
@@ -124,7 +115,8 @@ class Bench:
             "data": self.dname, "budget": tag, "method": method, "bytes": plan.num_bytes(),
             "compression": plan.compression(), "test AUC": float(np.mean(aucs)),
             "± std": float(np.std(aucs)) if len(aucs) > 1 else None,
-            "val AUC": float(np.mean([m["val_auc"] for m in metrics])), "dims": _dims(plan),
+            "val AUC": float(np.mean([m["val_auc"] for m in metrics])),
+            "dims": dims_text(plan, ","),
             "search s": search_s, "search / full train": None, "CPU ratio": None,
             "_cpu": search_cpu})
 
@@ -138,7 +130,7 @@ def run_dataset(bench: Bench, ratios: list[float], settings: dict, search_seed: 
     from autodim.budget import full_bytes
     from autodim.errors import BudgetError
     from autodim.plan import DimensionPlan
-    from autodim.searchers import create_searcher, list_searchers, retrain
+    from autodim.searchers import create_searcher, list_searchers
 
     schema, seeds = bench.data.schema, bench.seeds
     full = full_bytes(schema, D)
@@ -174,7 +166,8 @@ def run_dataset(bench: Bench, ratios: list[float], settings: dict, search_seed: 
         h = res.history
         for method, warm in (("optembed", False), ("optembed (rewind)", True)):
             bench.add(method, tag, res.plan,
-                      [retrain(bench.task(budget, s), res, warm_start=warm).metrics
+                      [bench.train(res.plan, budget, s,
+                                   warm_start=res.warm_start if warm else None).metrics
                        for s in seeds], h["search_seconds"], cpu_search)
         g0, gl = h["generations"][0], h["generations"][-1]
         notes.append(
@@ -208,9 +201,8 @@ def run_dataset(bench: Bench, ratios: list[float], settings: dict, search_seed: 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="small data and settings (< 1 min)")
-    ap.add_argument("--ml100k", default=None, help="RecBole folder with ml-100k.inter/.user/.item")
+    ap = parser(__doc__.split("\n\n")[0], quick="small data and settings (< 1 min)",
+                ml100k="RecBole folder with ml-100k.inter/.user/.item")
     ap.add_argument("--ratios", default="4,10", help="budgets as compression ratios vs full D")
     ap.add_argument("--seed", type=int, default=0, help="seed of the searches")
     ap.add_argument("--seeds", type=int, default=None,
@@ -220,13 +212,7 @@ def main() -> None:
                     help="an optembed setting (VALUE read as JSON), e.g. --set alpha=1e-3")
     args = ap.parse_args()
 
-    import logging
-
-    import torch
-
-    torch.set_num_threads(1)
-    warnings.filterwarnings("ignore")
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    quiet(1)
 
     from autodim.task import TrainConfig
 
@@ -241,7 +227,7 @@ def main() -> None:
         settings[key] = json.loads(value)
     seeds = [args.seed + i for i in range(args.seeds or (1 if quick else 2))]
     ratios = [float(r) for r in args.ratios.split(",")]
-    stem = "search_optembed_quick" if quick else "search_optembed"
+    stem = results_stem("search_optembed", quick)
     rows: list[dict] = []
     prune_rows: list[dict] = []
     notes: list[str] = []
@@ -257,10 +243,9 @@ def main() -> None:
                                        f"backbone, D={D})")
     md_prune = ""
     if prune_rows:
-        write_table(prune_rows, f"{stem}_pruning")
-        (RESULTS / f"{stem}_pruning.md").unlink()  # its Markdown goes into <stem>.md
-        md_prune = _markdown(prune_rows, "Rows pruned by the learned thresholds vs their "
-                                         "training frequency")
+        write_csv(RESULTS / f"{stem}_pruning.csv", prune_rows)  # its Markdown: in <stem>.md
+        md_prune = markdown_table(prune_rows, title="Rows pruned by the learned thresholds vs "
+                                                    "their training frequency")
     notes.append(f"- optembed settings: {settings or 'defaults'}; training: {cfg.to_dict()}")
     text = (md + "\n" + md_prune + "\n### Notes\n\n" + "\n".join(notes)
             + f"\n- benchmark wall time {time.perf_counter() - t_bench:.0f} s\n")

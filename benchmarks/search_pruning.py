@@ -28,29 +28,23 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import logging
 import math
 import sys
 import time
-import warnings
 from dataclasses import replace
 from typing import Any
 
 import torch
+from _common import dims_text, load_datasets, parser, quiet, results_stem, write_table
 
-warnings.filterwarnings("ignore")
-logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-
-from _common import load_datasets, write_table  # noqa: E402
-
-from autodim.budget import full_bytes, parse_budget  # noqa: E402
-from autodim.data.datamodule import CTRDataModule  # noqa: E402
-from autodim.errors import BudgetError  # noqa: E402
-from autodim.metrics import spearman  # noqa: E402
-from autodim.plan import DimensionPlan  # noqa: E402
-from autodim.searchers import SearchResult, SearchTask, create_searcher, retrain  # noqa: E402
-from autodim.task import TrainConfig, train_plan  # noqa: E402
+from autodim.api import retrain
+from autodim.budget import full_bytes, parse_budget
+from autodim.data.datamodule import CTRDataModule
+from autodim.errors import BudgetError
+from autodim.metrics import spearman
+from autodim.plan import DimensionPlan
+from autodim.searchers import SearchTask, create_searcher
+from autodim.task import TrainConfig
 
 D = 16
 BUDGETS = ("4x", "10x", "20x")
@@ -81,16 +75,6 @@ def _spearman(plan: DimensionPlan, ranks: dict[str, int] | None) -> float:
     return spearman([alloc[n] for n in ranks], [ranks[n] for n in ranks])
 
 
-def _dims_text(plan: DimensionPlan) -> str:
-    parts = []
-    for f in plan.fields:
-        if f.sparse is not None:
-            parts.append(f"{f.sparse['nnz'] / f.vocab_size:.1f}s")
-        else:
-            parts.append(str(f.dim))
-    return " ".join(parts)
-
-
 def run_dataset(name: str, data, *, seed: int, budgets: tuple[str, ...], train: TrainConfig
                 ) -> list[dict[str, Any]]:
     torch.manual_seed(seed)
@@ -112,12 +96,12 @@ def run_dataset(name: str, data, *, seed: int, budgets: tuple[str, ...], train: 
             "test_auc": test_auc, "search_s": search_s,
             "search/full_train": None if search_s is None else search_s / t_full,
             "retrain_s": retrain_s, "spearman": _spearman(plan, ranks),
-            "alloc": _dims_text(plan), "note": note})
+            "alloc": dims_text(plan, sparse=True), "note": note})
 
     # Reference: one full-model training run (its time is the unit of search cost).
     full_plan = DimensionPlan.full(schema, D)
     t0 = time.perf_counter()
-    reference = train_plan(full_plan, _fresh(data, bs, seed), config=replace(train, seed=seed))
+    reference = retrain(full_plan, _fresh(data, bs, seed), replace(train, seed=seed))
     t_full = time.perf_counter() - t0
     full_epochs = max(1, int(reference.metrics["epochs"]))
     rows.append({"dataset": name, "seed": seed, "budget": "1x", "method": "full",
@@ -144,7 +128,7 @@ def run_dataset(name: str, data, *, seed: int, budgets: tuple[str, ...], train: 
                              "method": method, "note": f"infeasible: {exc}"})
                 continue
             t0 = time.perf_counter()
-            m = train_plan(plan, _fresh(data, bs, seed), config=replace(train, seed=seed)).metrics
+            m = retrain(plan, _fresh(data, bs, seed), replace(train, seed=seed)).metrics
             add(budget_name, budget, method, plan, m["test_auc"], None,
                 time.perf_counter() - t0)
 
@@ -156,7 +140,7 @@ def run_dataset(name: str, data, *, seed: int, budgets: tuple[str, ...], train: 
         sseds = create_searcher("sseds", allow_drop_fields=True).search(
             task_for(budget), pretrained=reference)
         t0 = time.perf_counter()
-        m = retrain(task_for(budget), sseds, config=replace(train, seed=seed)).metrics
+        m = retrain(sseds.plan, _fresh(data, bs, seed), replace(train, seed=seed)).metrics
         add(budget_name, budget, "sseds", sseds.plan, m["test_auc"],
             t_full + sseds.history["search_seconds"], time.perf_counter() - t0,
             "search = full training + saliency pass")
@@ -167,10 +151,9 @@ def run_dataset(name: str, data, *, seed: int, budgets: tuple[str, ...], train: 
 
         snap = pep_result.history["snapshots"][str(budget)]
         plan = pep_result.plan if "plan" not in snap else DimensionPlan.from_dict(snap["plan"])
-        result = SearchResult(plan=plan, warm_start=pep.warm_start_for(plan))
         t0 = time.perf_counter()
-        m = retrain(task_for(budget), result, warm_start=True,
-                    config=replace(train, seed=seed)).metrics
+        m = retrain(plan, _fresh(data, bs, seed), replace(train, seed=seed),
+                    warm_start=pep.warm_start_for(plan)).metrics
         note = f"{snap['form']}, " + (f"snapshot at step {snap['step']}" if snap["reached"]
                                        else "target not reached: pruned after training")
         note += f"; one search for all budgets, {pep_result.history['total_steps']} steps"
@@ -180,14 +163,13 @@ def run_dataset(name: str, data, *, seed: int, budgets: tuple[str, ...], train: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="small data, few epochs (< 1 min)")
-    parser.add_argument("--ml100k", metavar="DIR", help="MovieLens-100K folder (RecBole atomic)")
-    parser.add_argument("--seeds", type=int, default=1, help="seeds per dataset (default 1)")
-    parser.add_argument("--budgets", default=",".join(BUDGETS),
-                        help="comma-separated budgets, largest first (default 4x,10x,20x)")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
+    ap = parser(__doc__.split("\n\n")[0], quick="small data, few epochs (< 1 min)",
+                ml100k="MovieLens-100K folder (RecBole atomic)")
+    ap.add_argument("--seeds", type=int, default=1, help="seeds per dataset (default 1)")
+    ap.add_argument("--budgets", default=",".join(BUDGETS),
+                    help="comma-separated budgets, largest first (default 4x,10x,20x)")
+    args = ap.parse_args(argv)
+    quiet(1)
     budgets = tuple(b.strip() for b in args.budgets.split(",") if b.strip())
     train = TrainConfig(max_epochs=3 if args.quick else 10, batch_size=1024, lr=3e-3,
                         patience=2)
@@ -197,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, data in load_datasets(names, quick=args.quick, ml100k=args.ml100k):
         for seed in range(args.seeds):
             rows += run_dataset(name, data, seed=seed, budgets=budgets, train=train)
-    stem = "search_pruning_quick" if args.quick else "search_pruning"
+    stem = results_stem("search_pruning", args.quick)
     title = (f"Pruning searchers (pep, sseds, magprune) vs uniform / mde, D={D}"
              f"{' (quick)' if args.quick else ''}")
     print(write_table(rows, stem, title=title))

@@ -13,26 +13,19 @@ data, its gap to the Bayes-optimal AUC. Writes ``benchmarks/results/study_front.
 
 from __future__ import annotations
 
-import argparse
-import csv
-import io
-import logging
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import torch
+from _common import RESULTS, parser, quiet, results_stem, write_csv
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))
+from autodim.searchers import get_searcher, list_searchers
+from autodim.study.config import StudyConfig
+from autodim.study.runner import run_study
 
-from autodim.searchers import get_searcher, list_searchers  # noqa: E402
-from autodim.study.config import StudyConfig  # noqa: E402
-from autodim.study.runner import run_study  # noqa: E402
-
+REPO = Path(__file__).resolve().parents[1]
 AIMS = {"10x": 0.01, "40x": 0.02}
 
 
@@ -64,7 +57,7 @@ def _space(quick: bool) -> dict:
     """The default search space with cheaper searcher settings in quick mode."""
     import yaml
 
-    space = yaml.safe_load((ROOT / "search_spaces" / "default.yaml").read_text())
+    space = yaml.safe_load((REPO / "search_spaces" / "default.yaml").read_text())
     if quick:
         bb = space["methods"]["blackbox"]["params"]
         bb["n_candidates"] = 4
@@ -123,12 +116,7 @@ def write(rows: list[dict], results: Path, quick: bool, stem: str = "study_front
     from autodim._io import atomic_write_text
     from autodim._table import format_table
 
-    results.mkdir(parents=True, exist_ok=True)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(results / f"{stem}.csv", buf.getvalue())
+    write_csv(results / f"{stem}.csv", rows)
     cols = ["dataset", "budget", "scope", "method", "trial", "test_auc", "bytes",
             "compression", "full_test_auc", "rel_to_full_pct", "aim_met", "gap_to_bayes"]
     shown = [{**r, "compression": f"{r['compression']:.1f}x",
@@ -144,25 +132,21 @@ def write(rows: list[dict], results: Path, quick: bool, stem: str = "study_front
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="small data, few trials (< 2 min)")
-    p.add_argument("--ml100k", type=Path, default=None, help="MovieLens-100K folder")
+    p = parser(__doc__.splitlines()[0], quick="small data, few trials (< 2 min)",
+               ml100k="MovieLens-100K folder")
     p.add_argument("--rows", type=int, default=None, help="synthetic rows")
     p.add_argument("--keep", type=Path, default=None, help="keep the study folders here")
-    p.add_argument("--results", type=Path, default=HERE / "results")
+    p.add_argument("--results", type=Path, default=RESULTS)
     args = p.parse_args(argv)
-    torch.set_num_threads(1)
-    warnings.filterwarnings("ignore")
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    quiet(1)
     out = args.keep or Path(tempfile.mkdtemp(prefix="autodim-study-front-"))
     rows = run("synthetic", "synthetic", {"rows": args.rows or (80_000 if args.quick
                                                                   else 150_000)},
                args.quick, out)
     if args.ml100k is not None:
-        rows += run("ml100k", str(args.ml100k.expanduser()), {}, args.quick, out)
+        rows += run("ml100k", str(Path(args.ml100k).expanduser()), {}, args.quick, out)
     # Quick runs into the default folder must not overwrite the committed full results.
-    stem = "study_front_quick" if args.quick and args.results == HERE / "results" else \
-        "study_front"
+    stem = results_stem("study_front", args.quick and args.results == RESULTS)
     write(rows, args.results, args.quick, stem)
     from autodim._table import format_table
 

@@ -37,7 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import default_ml100k, write_table
+from _common import default_ml100k, parser, quiet, results_stem, write_table
 
 KINDS = ("plain", "hand", "ctrtask", "train_plan")
 
@@ -250,8 +250,9 @@ def run_rss(scale: int, rows: int, batch_size: int, epochs: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--quick", action="store_true", help="tiny run for the test suite")
+    ap = parser(__doc__, quick="tiny run for the test suite",
+                ml100k="MovieLens-100K folder (default: cache)",
+                threads="torch threads (0: default)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--steps", type=int, default=60, help="timed steps per measurement")
     ap.add_argument("--batch-sizes", default="1024,4096")
@@ -259,8 +260,6 @@ def main() -> None:
     ap.add_argument("--scales", default="1,10,100", help="vocabulary multipliers of the sweep")
     ap.add_argument("--sweep-steps", type=int, default=0,
                     help="steps per sweep measurement (0: one epoch)")
-    ap.add_argument("--ml100k", default=None, help="MovieLens-100K folder (default: cache)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (0: default)")
     ap.add_argument("--skip", default="", help="comma list of parts to skip: models,sweep,rss")
     ap.add_argument("--rss-child", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--batch-size", type=int, default=1024, help=argparse.SUPPRESS)
@@ -271,15 +270,7 @@ def main() -> None:
         print(json.dumps(rss_child(args.rss_child, args.rows, args.batch_size, args.epochs)))
         return
 
-    import logging
-    import warnings
-
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore")
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    quiet(args.threads)
     from autodim.data.synthetic import PRESETS, make_planted
 
     skip = set(filter(None, args.skip.split(",")))
@@ -358,7 +349,7 @@ def main() -> None:
             rows.append(row)
             print(row, flush=True)
 
-    stem = "throughput_quick" if args.quick else "throughput"
+    stem = results_stem("throughput", args.quick)
     titles = {"model": "Training throughput vs an independent plain PyTorch loop",
               "vocab sweep": "Samples/s as the vocabulary grows (fixed rows)",
               "peak RSS": "Peak RSS of train_plan vs embedding bytes"}

@@ -181,3 +181,30 @@ def test_study_front(tmp_path):
     rows = read_csv(tmp_path / "study_front.csv")
     assert {r["budget"] for r in rows} >= {"10x", "40x"}
     assert all(is_auc(r["test_auc"]) for r in rows if r["test_auc"])
+
+
+def test_common_helpers_format_and_write(tmp_path):
+    """The helpers every script shares: dims as text, the Markdown table, the CSV."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import _common
+    finally:
+        sys.path.remove(str(BENCH))
+    from autodim.data.synthetic import make_planted
+    from autodim.plan import DimensionPlan
+
+    schema = make_planted("tiny", rows=600, seed=0).schema
+    dims = {n: [0, 1, 2, 4, 8][i % 5] for i, n in enumerate(schema.names)}
+    plan = DimensionPlan.from_dims(schema, 8, dims)
+    assert _common.dims_text(plan) == " ".join(str(dims[n]) for n in schema.names)
+    assert _common.dims_text(plan, ",").split(",") == [str(dims[n]) for n in schema.names]
+    assert _common.results_stem("scale", True) == "scale_quick"
+    assert _common.results_stem("scale", False) == "scale"
+    rows = [{"a": 1, "b": 0.123456}, {"a": 2, "c": None, "b": 1234.5}]
+    assert _common.markdown_table(rows, title="T") == (
+        "### T\n\n| a | b | c |\n|---|---|---|\n| 1 | 0.1235 |  |\n| 2 | 1,234 |  |\n")
+    path = _common.write_csv(tmp_path / "sub" / "t.csv", rows)
+    assert read_csv(path) == [{"a": "1", "b": "0.123456", "c": ""},
+                              {"a": "2", "b": "1234.5", "c": ""}]
+    args = _common.parser("d", ml100k="folder", threads="n").parse_args(["--quick"])
+    assert (args.quick, args.ml100k, args.threads) == (True, None, 1)

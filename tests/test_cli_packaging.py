@@ -89,6 +89,31 @@ def test_py_typed_and_starter_files_are_package_data():
         assert (pkg / "starter" / name).is_file()
 
 
+def _body(text: str) -> str:
+    """A YAML file's text below its header comment (the leading ``#`` lines)."""
+    lines = text.splitlines(keepends=True)
+    i = 0
+    while i < len(lines) and lines[i].startswith("#"):
+        i += 1
+    return "".join(lines[i:])
+
+
+def test_starter_search_space_is_the_default_one():
+    # One search space, two places: the repository's studies read search_spaces/default.yaml,
+    # `autodim init` writes the packaged copy. Only the header comment may differ.
+    default = ROOT / "search_spaces" / "default.yaml"
+    starter = resources.files("autodim") / "starter" / "search_space.yaml"
+    assert _body(starter.read_text(encoding="utf-8")) == \
+        _body(default.read_text(encoding="utf-8")), (
+        "autodim/starter/search_space.yaml differs from search_spaces/default.yaml below the "
+        "header comment: copy the default's body below the starter's header")
+
+
+def test_body_ignores_only_the_header():
+    assert _body("# a\n# b\n\nx: 1  # c\n") == "\nx: 1  # c\n"
+    assert _body("# a\nx: 1\n") != _body("# a\nx: 2\n")
+
+
 def test_static_extra_and_version_source():
     assert any(d.startswith("kaleido") for d in PYPROJECT["project"]["optional-dependencies"]
                ["static"])

@@ -18,8 +18,8 @@ from autodim.models import create_backbone
 from autodim.plan import DimensionPlan
 from autodim.task import TrainConfig
 
-__all__ = ["SearchTask", "SearchResult", "Searcher", "retrain", "Stopwatch", "bytes_only_dims",
-           "check_plan", "BUDGET_USE"]
+__all__ = ["SearchTask", "SearchResult", "Searcher", "retrain", "retrain_plan", "Stopwatch",
+           "bytes_only_dims", "check_plan", "BUDGET_USE"]
 
 #: Share of the budget a searcher's plan is expected to use (unless its history says why
 #: less is better).
@@ -235,19 +235,37 @@ def _jsonable(obj: Any) -> Any:
     return repr(obj)
 
 
-def retrain(task: SearchTask, result: SearchResult, *, warm_start: bool = False,
-            config: TrainConfig | None = None, test: bool = True, callbacks=()):
-    """Train a fresh compact model from ``result.plan`` (optionally starting from the
-    searcher's ``warm_start`` weights) and return its :class:`~autodim.task.TrainResult`.
-    ``callbacks`` are extra Lightning callbacks for the training run."""
+def retrain_plan(plan: DimensionPlan, datamodule: CTRDataModule, config: TrainConfig, *,
+                 backbone: str = "fm", backbone_kwargs: Mapping[str, Any] | None = None,
+                 warm_start: Mapping[str, Any] | None = None, test: bool = True,
+                 callbacks=()):
+    """Train a fresh compact model from ``plan``: the one retrain every caller shares
+    (:func:`autodim.api.retrain` checks its inputs and calls this; so do :func:`retrain`
+    and the study's trials, which sit below the API).
+
+    ``warm_start``: a state dict of the plan's embedding (a searcher's
+    ``SearchResult.warm_start``) to start from instead of a fresh initialisation; the
+    embedding is built under ``config.seed`` first, so entries the state dict lacks are
+    initialised exactly as a cold retrain would initialise them. Returns the
+    :class:`~autodim.task.TrainResult`."""
     from autodim.task import seed_everything, train_plan
 
-    config = config or task.train
     embedding = None
-    if warm_start and result.warm_start is not None:
+    if warm_start is not None:
         seed_everything(config.seed)
-        embedding = result.plan.build(sparse_threshold=config.sparse_threshold)
-        embedding.load_state_dict(result.warm_start, strict=False)
-    return train_plan(result.plan, task.data, backbone=task.backbone,
-                      backbone_kwargs=task.backbone_kwargs, config=config,
+        embedding = plan.build(sparse_threshold=config.sparse_threshold)
+        embedding.load_state_dict(warm_start, strict=False)
+    return train_plan(plan, datamodule, backbone=backbone,
+                      backbone_kwargs=dict(backbone_kwargs or {}), config=config,
                       embedding=embedding, test=test, callbacks=callbacks)
+
+
+def retrain(task: SearchTask, result: SearchResult, *, warm_start: bool = False,
+            config: TrainConfig | None = None, test: bool = True, callbacks=()):
+    """Retrain ``result.plan`` on ``task``'s data and model (optionally starting from the
+    searcher's ``warm_start`` weights); :func:`retrain_plan` with the task's settings.
+    ``callbacks`` are extra Lightning callbacks for the training run."""
+    return retrain_plan(result.plan, task.data, config or task.train, backbone=task.backbone,
+                        backbone_kwargs=task.backbone_kwargs,
+                        warm_start=result.warm_start if warm_start else None, test=test,
+                        callbacks=callbacks)

@@ -397,7 +397,7 @@ class TrialObjective:
                           warm_start: dict | None = None, prune: bool = True) -> list[float]:
         import optuna
 
-        from autodim.searchers import SearchResult, retrain
+        from autodim.searchers.base import retrain_plan
 
         cfg = self.config
         nbytes = plan.num_bytes()
@@ -405,7 +405,6 @@ class TrialObjective:
                                nbytes, max_epochs=cfg.train.epochs,
                                after_epochs=cfg.pruning.after_epochs,
                                margin=cfg.pruning.margin)
-        task = self._task(cfg.train, budget=budget, dims=(cfg.D,))
         callbacks: list[Callback] = [pruner]
         if prune and getattr(self, "_warm_backbone", False):
             callbacks.append(_CopyBackbone(self._teacher()))
@@ -414,8 +413,12 @@ class TrialObjective:
 
             callbacks.append(Distill(self._teacher(), weight=self._distill_weight,
                                      temperature=cfg.search_space.compress.temperature))
-        trained = retrain(task, SearchResult(plan=plan, history=history, warm_start=warm_start),
-                          warm_start=warm_start is not None, callbacks=callbacks)
+        # The study's model with its ``train:`` settings; retrain_plan is what autodim.api.retrain
+        # wraps (the API sits above this layer).
+        trained = retrain_plan(plan, self._datamodule(cfg.train.batch_size),
+                               cfg.train.config(cfg.seed), backbone=cfg.backbone,
+                               backbone_kwargs=cfg.backbone_kwargs, warm_start=warm_start,
+                               callbacks=callbacks)
         metrics = dict(trained.metrics)
         trial.set_user_attr("curve", pruner.curve)
         if pruner.pruned is not None:

@@ -258,6 +258,35 @@ class StudyResult:
         best = ok.sort_values([metric, "bytes"], ascending=[metric.endswith("logloss"), True])
         return int(best.iloc[0]["trial"])
 
+    def resolve_budget(self, budget: str | int | None = None
+                       ) -> tuple[str | None, int | None]:
+        """``(label, bytes)`` of ``budget``: one of the study's budget labels, ``"10x"``,
+        ``"2MB"`` or bytes; ``None``: the study's first budget (``(None, None)`` when the
+        study has none)."""
+        from autodim.budget import parse_budget
+
+        budgets = self.budgets
+        if budget is None:
+            if not budgets:
+                return None, None
+            label = next(iter(budgets))
+            return label, int(budgets[label])
+        if str(budget) in budgets:
+            return str(budget), int(budgets[str(budget)])
+        return str(budget), parse_budget(budget, self.full_bytes or 0)
+
+    def choose(self, budget: str | int | None = None) -> int | None:
+        """The trial a user ships under ``budget`` (see :meth:`resolve_budget`; default the study's
+        first): :meth:`best_under` it by validation AUC, or ``None`` when the study has no
+        budget or no complete trial fits."""
+        _, nbytes = self.resolve_budget(budget)
+        if nbytes is None:
+            return None
+        try:
+            return self.best_under(nbytes)
+        except ConfigError:
+            return None
+
     def summary_lines(self) -> list[str]:
         """What ``autodim search`` / ``autodim pareto`` print under the front: trial counts by
         state, and per budget the best trial under it (picked by :meth:`best_under`) with its

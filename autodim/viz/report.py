@@ -48,39 +48,11 @@ class Section:
 
 
 # -- choosing -------------------------------------------------------------------------------
-def _budget_bytes(result: Any, budget: str | int | None) -> tuple[str | None, int | None]:
-    """(label, bytes) of the budget the plan is chosen under (default: the study's
-    first budget)."""
-    from autodim.budget import parse_budget
-
-    budgets = result.budgets
-    if budget is None:
-        if not budgets:
-            return None, None
-        label = next(iter(budgets))
-        return label, int(budgets[label])
-    if str(budget) in budgets:
-        return str(budget), int(budgets[str(budget)])
-    return str(budget), parse_budget(budget, result.full_bytes or 0)
-
-
 def choose_trial(result: Any, budget: str | int | None = None) -> int | None:
-    """The best complete trial (validation AUC) that fits the budget, or ``None``.
-
-    Args:
-        result: A :class:`~autodim.study.result.StudyResult`.
-        budget: A budget label of the study, ``"10x"``, ``"2MB"`` or bytes (default: the
-            study's first budget).
-    """
-    from autodim.errors import ConfigError
-
-    _, nbytes = _budget_bytes(result, budget)
-    if nbytes is None:
-        return None
-    try:
-        return result.best_under(nbytes)
-    except ConfigError:
-        return None
+    """The best complete trial (validation AUC) that fits the budget, or ``None``: an alias
+    of :meth:`StudyResult.choose <autodim.study.result.StudyResult.choose>`, kept for
+    callers of this name (the choice is the study's, not the report's)."""
+    return result.choose(budget)
 
 
 # -- small HTML helpers ---------------------------------------------------------------------
@@ -293,8 +265,8 @@ def report_sections(result: Any, *, budget: str | int | None = None) -> list[Sec
     )
 
     df = result.trials_dataframe()
-    label, nbytes = _budget_bytes(result, budget)
-    chosen = choose_trial(result, budget)
+    label, nbytes = result.resolve_budget(budget)
+    chosen = result.choose(budget)
     sections = [_chosen_section(result, df, chosen, label, nbytes)]
 
     front = Section("Pareto front")

@@ -15,7 +15,7 @@ from conftest import run_cli, write_study
 from optuna.trial import TrialState
 
 import autodim
-import autodim.searchers as searchers
+import autodim.searchers.base as base
 from autodim.task import CTRTask
 
 torch.set_num_threads(1)
@@ -23,7 +23,7 @@ optuna.logging.set_verbosity(optuna.logging.ERROR)
 
 
 def test_nan_loss_fails_the_trial_and_the_study_goes_on(tmp_path, monkeypatch):
-    real_retrain, real_loss = searchers.retrain, CTRTask.loss
+    real_retrain, real_loss = base.retrain_plan, CTRTask.loss
     state = {"calls": 0, "poison": False}
 
     def retrain(*args, **kwargs):
@@ -38,7 +38,7 @@ def test_nan_loss_fails_the_trial_and_the_study_goes_on(tmp_path, monkeypatch):
         out = real_loss(self, logits, labels)
         return out * math.nan if state["poison"] else out
 
-    monkeypatch.setattr(searchers, "retrain", retrain)
+    monkeypatch.setattr(base, "retrain_plan", retrain)  # what every trial retrains with
     monkeypatch.setattr(CTRTask, "loss", loss)
     path = write_study(tmp_path, n_trials=3)
     rc, out, err = run_cli(["search", str(path)])

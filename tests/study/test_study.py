@@ -275,10 +275,10 @@ def test_resume_requeues_a_trial_left_running(tmp_path, tiny_data):
 
 
 def test_diverged_trial_fails_with_reason_and_the_study_goes_on(tmp_path, tiny_data, monkeypatch):
-    import autodim.searchers as searchers
+    import autodim.searchers.base as base
     from autodim.task import TrainingDiverged
 
-    real = searchers.retrain
+    real = base.retrain_plan
     calls = {"n": 0}
 
     def flaky(*args, **kwargs):
@@ -287,7 +287,7 @@ def test_diverged_trial_fails_with_reason_and_the_study_goes_on(tmp_path, tiny_d
             raise TrainingDiverged("training loss became nan at epoch 0, step 3")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(searchers, "retrain", flaky)
+    monkeypatch.setattr(base, "retrain_plan", flaky)  # what every trial retrains with
     cfg = StudyConfig.load(write_study(tmp_path, baselines=["uniform"], n_trials=2))
     res = run_study(cfg, data=tiny_data)
     states = [t.state for t in res.study.trials]
