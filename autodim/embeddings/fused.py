@@ -31,24 +31,35 @@ from autodim.embeddings.compact import FieldwiseEmbedding
 from autodim.embeddings.field import Align, DroppedField, FieldEmbedding, Project, Select
 from autodim.embeddings.quant import FakeQuantEmbedding, QuantizedEmbedding
 from autodim.embeddings.tables import (
+    KEPT_LUT_BYTES,
+    CSRTable,
     DenseTable,
     HashTable,
+    KeptRowsTable,
     MEmComTable,
     QRTable,
     RowPrunedTable,
     SparseTable,
+    csr_gather,
+    kept_row_index,
+    rank_directory,
+    _kept_lut,
 )
 
-__all__ = ["FusedEmbedding", "fusable", "named_field_modules"]
+__all__ = ["FusedEmbedding", "fusable", "named_field_modules", "resident_bytes", "rank_bytes"]
 
 
-_TABLES = (DenseTable, HashTable, RowPrunedTable, SparseTable, QRTable, MEmComTable)
+_TABLES = (DenseTable, HashTable, RowPrunedTable, SparseTable, QRTable, MEmComTable,
+           KeptRowsTable, CSRTable)
 
 
 def _family(table: nn.Module) -> str:
-    """Tables of one family and width share a group: one table (``plain``) or two whose
-    rows multiply (``qr``: quotient x remainder; ``memcom``: shared row x per-id scale)."""
-    return {QRTable: "qr", MEmComTable: "memcom"}.get(type(table), "plain")
+    """Tables of one family and width share a group: one table (``plain``), two whose
+    rows multiply (``qr``: quotient x remainder; ``memcom``: shared row x per-id scale), or
+    the serving forms of masked tables (``kept``: kept rows read through a rank of the keep
+    bitmap; ``csr``: CSR entries gathered)."""
+    return {QRTable: "qr", MEmComTable: "memcom", KeptRowsTable: "kept",
+            CSRTable: "csr"}.get(type(table), "plain")
 
 
 def _weights(table: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -57,6 +68,10 @@ def _weights(table: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
         return table.quotient.weight, table.remainder.weight
     if type(table) is MEmComTable:
         return table.shared.weight, table.scale.weight
+    if type(table) is KeptRowsTable:
+        return table.rows, None
+    if type(table) is CSRTable:
+        return table.values, None
     return table.embedding.weight, None
 
 
@@ -133,7 +148,7 @@ class _Group(nn.Module):
         self.hashed = self.family == "memcom" or any(type(t) is HashTable for t in tables)
         if self.hashed:
             col_buffer("col_modulus", sizes if self.family == "plain" else buckets)
-        self.product = self.family != "plain"
+        self.product = self.family in ("qr", "memcom")
         if self.product:  # second table's row: QR id mod m, MEmCom the id
             seconds = [_weights(t)[1] for t in tables]
             sizes_b = [w.shape[0] for w in seconds]
@@ -161,10 +176,38 @@ class _Group(nn.Module):
                                  persistent=False)
             self.register_buffer("col_bag", torch.arange(len(members)).repeat_interleave(per_col),
                                  persistent=False)
+        self.csr = self.family == "csr"
+        self.kept = self.family == "kept"
         with torch.no_grad():
             weight = torch.cat(firsts)
-        self.table = nn.Embedding(weight.shape[0], dim, sparse=weight.shape[0] > sparse_threshold,
-                                  _weight=weight)
+        if self.csr:  # values, columns and row pointers of every field, concatenated
+            self.register_buffer("values", weight, persistent=False)
+            self.register_buffer("col_index", torch.cat([t.col_index for t in tables]),
+                                 persistent=False)
+            self.register_buffer("row_ptr", torch.cat([t.row_ptr for t in tables]),
+                                 persistent=False)
+            ptr_sizes = [t.row_ptr.numel() for t in tables]
+            ptr_starts = torch.tensor([0] + ptr_sizes[:-1]).cumsum(0)
+            self.ptr_bounds = [(int(s), int(s) + n) for s, n in zip(ptr_starts, ptr_sizes)]
+            col_buffer("col_ptr_off", ptr_starts.tolist())
+            self.table = None
+        else:
+            self.table = nn.Embedding(weight.shape[0], dim,
+                                      sparse=weight.shape[0] > sparse_threshold, _weight=weight)
+        if self.kept:
+            # one bitmap for the group (each field's starts at a byte); its rank directory
+            # maps (bit offset + id) straight to the row in the concatenated kept rows
+            self.table.weight.requires_grad_(False)
+            self.register_buffer("bits", torch.cat([t.keep_bits for t in tables]),
+                                 persistent=False)
+            byte_sizes = [t.keep_bits.numel() for t in tables]
+            byte_starts = torch.tensor([0] + byte_sizes[:-1]).cumsum(0)
+            self.bit_bounds = [(int(s), int(s) + n) for s, n in zip(byte_starts, byte_sizes)]
+            col_buffer("col_bitoff", (byte_starts * 8).tolist())
+            block, prefix = rank_directory(self.bits)  # see KeptRowsTable
+            self.register_buffer("rank_block", block, persistent=False)
+            self.register_buffer("rank_prefix", prefix, persistent=False)
+            self.register_buffer("kept_lut", _kept_lut(), persistent=False)
         self.row_pruned = any(type(t) is RowPrunedTable for t in tables)
         if self.row_pruned:
             self.register_buffer("keep", torch.cat([
@@ -205,14 +248,22 @@ class _Group(nn.Module):
 
     def rebind(self, members: list[FieldEmbedding]) -> None:
         """Point the per-field modules' tensors at views of the fused tensors."""
-        w = self.table.weight
+        w = self.values if self.csr else self.table.weight
 
         def view(src: torch.Tensor, lo: int, hi: int) -> nn.Parameter:
             return nn.Parameter(src.data[lo:hi], requires_grad=src.requires_grad)
 
         for j, ((lo, hi), m) in enumerate(zip(self.bounds, members)):
             t = m.table
-            if type(t) is QRTable:
+            if type(t) is CSRTable:
+                t.values = self.values[lo:hi]
+                t.col_index = self.col_index[lo:hi]
+                t.row_ptr = self.row_ptr[slice(*self.ptr_bounds[j])]
+            elif type(t) is KeptRowsTable:
+                t.rows = w.data[lo:hi]
+                t.keep_bits = self.bits[slice(*self.bit_bounds[j])]
+                t.drop_index()  # the group's rank directory serves the field
+            elif type(t) is QRTable:
                 t.quotient.weight = view(w, lo, hi)
                 t.remainder.weight = view(self.table_b.weight, *self.bounds_b[j])
             elif type(t) is MEmComTable:
@@ -244,7 +295,11 @@ class _Group(nn.Module):
             rows = torch.div(rows, self.col_div, rounding_mode="floor")
         if self.hashed:
             rows = torch.remainder(rows, self.col_modulus)
-        rows = rows + self.col_offsets
+        if self.kept:  # the rank of the id among its field's kept ids, else the OOV row
+            rows = kept_row_index(local + self.col_bitoff, self.bits, self.kept_lut,
+                                  self.rank_block, self.rank_prefix, self.col_offsets)
+        elif not self.csr:
+            rows = rows + self.col_offsets
         if self.row_pruned:
             rows = torch.where(self.keep[rows], rows, self.col_offsets.expand_as(rows))
         # baked (zeros where masked): serving needs no mask; training still masks gradients
@@ -252,17 +307,21 @@ class _Group(nn.Module):
         B = ids.shape[0]
         if self.pooled:
             m = torch.where(self.col_is_seq, local != 0, torch.ones_like(local, dtype=torch.bool))
-            m = m.to(self.table.weight.dtype)
+            m = m.to(torch.float32)  # fused tables are float32
             count = m.new_zeros(B, len(self.bounds)).index_add_(1, self.col_bag, m)
             weights = m / count.clamp_min(1.0).index_select(1, self.col_bag)
-            if not (use_mask or self.product):  # one embedding_bag does gather + mean
+            if not (use_mask or self.product or self.csr):  # one embedding_bag: gather + mean
                 offsets = (torch.arange(B, device=ids.device).unsqueeze(1) * self.num_cols
                            + self.bag_starts).reshape(-1)
                 out = nn.functional.embedding_bag(rows.reshape(-1), self.table.weight, offsets,
                                                   mode="sum", sparse=self.table.sparse,
                                                   per_sample_weights=weights.reshape(-1))
                 return out.view(B, len(self.bounds), self.dim)
-        v = self.table(rows)
+        if self.csr:  # only the stored entries are read
+            v = csr_gather(local + self.col_ptr_off, self.col_offsets, self.values,
+                           self.col_index, self.row_ptr, self.dim)
+        else:
+            v = self.table(rows)
         if self.product:
             rows_b = torch.remainder(local, self.col_modulus_b) if self.family == "qr" else local
             v = v * self.table_b(rows_b + self.col_offsets_b)
@@ -484,3 +543,37 @@ def named_field_modules(model: nn.Module):
             for i in mod.fused_fields:
                 for sub, m in per_field.fields[i].named_modules(prefix=f"{prefix}fields.{i}"):
                     yield sub, m
+
+
+def resident_bytes(module: nn.Module) -> int:
+    """Bytes of every distinct tensor storage ``module`` holds: parameters and buffers
+    (persistent or not), the per-field modules a fused layer keeps, and its serving copies
+    (flat rows, maps). Views of one storage count once, a view of a bigger storage counts
+    all of it (what stays in memory)."""
+    tensors = list(module.parameters()) + list(module.buffers())
+    for m in module.modules():
+        if isinstance(m, FusedEmbedding):
+            per_field = m.fieldwise()
+            tensors += list(per_field.parameters()) + list(per_field.buffers())
+            tensors += [v for v in (m._serve or {}).values() if torch.is_tensor(v)]
+    seen: dict[int, int] = {}
+    for t in tensors:
+        st = t.untyped_storage()
+        seen[st.data_ptr()] = st.nbytes()
+    return sum(seen.values())
+
+
+def rank_bytes(module: nn.Module) -> int:
+    """Bytes of the rank directories and bit tables ``module`` holds for its kept-rows
+    tables (derived from the keep bitmaps at load, not stored in files): per bitmap of
+    ``b`` bytes ``ceil(b/32) * 4 + b``, plus :data:`KEPT_LUT_BYTES`."""
+    def one(bits: torch.Tensor) -> int:
+        return -(-bits.numel() // 32) * 4 + bits.numel() + KEPT_LUT_BYTES
+
+    total = 0
+    for m in module.modules():
+        if isinstance(m, _Group) and m.kept:
+            total += one(m.bits)
+        elif isinstance(m, KeptRowsTable) and m.rank_block is not None:
+            total += one(m.keep_bits)
+    return total
