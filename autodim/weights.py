@@ -217,7 +217,7 @@ def _load_state(model, plan, state: Mapping[str, Any], meta: Mapping[str, str],
     # one table per width and family
     serving_tables(model)
     if fusable(model.embedding):
-        model.embedding = FusedEmbedding(model.embedding).bake()
+        model.embedding = FusedEmbedding(model.embedding, serving=True).bake()
 
 
 def check_weights(plan, tensors: Mapping[str, Any], meta: Mapping[str, str], *,

@@ -106,6 +106,17 @@ def fusable(emb: nn.Module) -> bool:
     return any(n > 1 for n in dims.values())
 
 
+def _zero_field(dim: int, family: str, out_dim: int) -> FieldEmbedding:
+    """A stand-in for a dropped field inside a serving group: one zero row that every id
+    reads (a 1-bucket hash table, or a CSR table of one empty row)."""
+    if family == "csr":
+        table = CSRTable(1, dim, 0)
+    else:
+        table = HashTable(1, 1, dim)
+        nn.init.zeros_(table.embedding.weight)
+    return FieldEmbedding(table, Align() if dim == out_dim else Select(range(dim), out_dim))
+
+
 class _Group(nn.Module):
     """The fields of one width: one table, their columns, their alignment.
 
@@ -146,6 +157,9 @@ class _Group(nn.Module):
         if self.divided:
             col_buffer("col_div", buckets)
         self.hashed = self.family == "memcom" or any(type(t) is HashTable for t in tables)
+        if self.family == "csr":  # a dropped field's stand-in: every id reads its row 0
+            self.hashed = any(t.num_ids == 1 for t in tables)
+            buckets = [t.num_ids for t in tables]
         if self.hashed:
             col_buffer("col_modulus", sizes if self.family == "plain" else buckets)
         self.product = self.family in ("qr", "memcom")
@@ -181,11 +195,17 @@ class _Group(nn.Module):
         with torch.no_grad():
             weight = torch.cat(firsts)
         if self.csr:  # values, columns and row pointers of every field, concatenated
-            self.register_buffer("values", weight, persistent=False)
-            self.register_buffer("col_index", torch.cat([t.col_index for t in tables]),
+            # one zero entry at the end: the padding entry of the small-batch gather
+            self.register_buffer("values", torch.cat([weight, weight.new_zeros(1)]),
+                                 persistent=False)
+            col_index = torch.cat([t.col_index for t in tables])
+            self.register_buffer("col_index", torch.cat([col_index, col_index.new_zeros(1)]),
                                  persistent=False)
             self.register_buffer("row_ptr", torch.cat([t.row_ptr for t in tables]),
                                  persistent=False)
+            counts = torch.cat([t.row_ptr.diff() for t in tables])
+            self.max_nnz = int(counts.max()) if counts.numel() else 0  # entries of a row
+            self.register_buffer("entry_k", torch.arange(self.max_nnz), persistent=False)
             ptr_sizes = [t.row_ptr.numel() for t in tables]
             ptr_starts = torch.tensor([0] + ptr_sizes[:-1]).cumsum(0)
             self.ptr_bounds = [(int(s), int(s) + n) for s, n in zip(ptr_starts, ptr_sizes)]
@@ -195,14 +215,21 @@ class _Group(nn.Module):
             self.table = nn.Embedding(weight.shape[0], dim,
                                       sparse=weight.shape[0] > sparse_threshold, _weight=weight)
         if self.kept:
-            # one bitmap for the group (each field's starts at a byte); its rank directory
-            # maps (bit offset + id) straight to the row in the concatenated kept rows
             self.table.weight.requires_grad_(False)
+            # Ids are numbered by descending frequency, so a field often keeps a prefix of
+            # them: then its kept row is the id itself (below the prefix) and no rank is read.
+            kept_n = [t.rows.shape[0] for t in tables]
+            self.prefix_only = all(_keeps_prefix(t) for t in tables)
+            col_buffer("col_kept", kept_n)
+            # one bitmap for the group (each field's starts at a byte), shared with the fields
             self.register_buffer("bits", torch.cat([t.keep_bits for t in tables]),
                                  persistent=False)
             byte_sizes = [t.keep_bits.numel() for t in tables]
             byte_starts = torch.tensor([0] + byte_sizes[:-1]).cumsum(0)
             self.bit_bounds = [(int(s), int(s) + n) for s, n in zip(byte_starts, byte_sizes)]
+        if self.kept and not self.prefix_only:
+            # the rank directory maps (bit offset + id) straight to the row in the
+            # concatenated kept rows
             col_buffer("col_bitoff", (byte_starts * 8).tolist())
             block, prefix = rank_directory(self.bits)  # see KeptRowsTable
             self.register_buffer("rank_block", block, persistent=False)
@@ -254,7 +281,9 @@ class _Group(nn.Module):
             return nn.Parameter(src.data[lo:hi], requires_grad=src.requires_grad)
 
         for j, ((lo, hi), m) in enumerate(zip(self.bounds, members)):
-            t = m.table
+            t = getattr(m, "table", None)
+            if type(m) is DroppedField:
+                continue  # a stand-in's zero row: nothing to share
             if type(t) is CSRTable:
                 t.values = self.values[lo:hi]
                 t.col_index = self.col_index[lo:hi]
@@ -295,7 +324,10 @@ class _Group(nn.Module):
             rows = torch.div(rows, self.col_div, rounding_mode="floor")
         if self.hashed:
             rows = torch.remainder(rows, self.col_modulus)
-        if self.kept:  # the rank of the id among its field's kept ids, else the OOV row
+        if self.kept and self.prefix_only:  # kept ids are 0..k-1: the id is the row
+            rows = torch.where(local < self.col_kept, local + self.col_offsets,
+                               self.col_offsets)
+        elif self.kept:  # the rank of the id among its field's kept ids, else the OOV row
             rows = kept_row_index(local + self.col_bitoff, self.bits, self.kept_lut,
                                   self.rank_block, self.rank_prefix, self.col_offsets)
         elif not self.csr:
@@ -318,8 +350,8 @@ class _Group(nn.Module):
                                                   per_sample_weights=weights.reshape(-1))
                 return out.view(B, len(self.bounds), self.dim)
         if self.csr:  # only the stored entries are read
-            v = csr_gather(local + self.col_ptr_off, self.col_offsets, self.values,
-                           self.col_index, self.row_ptr, self.dim)
+            v = csr_gather(rows + self.col_ptr_off, self.col_offsets, self.values,
+                           self.col_index, self.row_ptr, self.dim, self.entry_k)
         else:
             v = self.table(rows)
         if self.product:
@@ -366,7 +398,8 @@ class FusedEmbedding(FieldwiseEmbedding):
             (stepped by a row-wise optimiser, see :func:`autodim.task.make_optimizers`).
     """
 
-    def __init__(self, fieldwise: FieldwiseEmbedding, *, sparse_threshold: int = 1_000_000):
+    def __init__(self, fieldwise: FieldwiseEmbedding, *, sparse_threshold: int = 1_000_000,
+                 serving: bool = False):
         # The per-field modules that are not fused stay in ``fields`` (same keys); fused
         # ones are replaced there by an empty placeholder.
         placeholders = []
@@ -374,6 +407,17 @@ class FusedEmbedding(FieldwiseEmbedding):
         for i, m in enumerate(fieldwise.fields):
             if _kind(m) is not None:
                 by_dim[(m.table.dim, _family(m.table))].append(i)
+        stand_in: dict[int, FieldEmbedding] = {}
+        dropped = [i for i, m in enumerate(fieldwise.fields) if type(m) is DroppedField]
+        hosts = [k for k in by_dim if k[1] in ("plain", "csr")]
+        if serving and dropped and hosts:
+            # Serving only (a trainable zero row would not stay zero): dropped fields join
+            # the biggest plain / CSR group as a column that reads a zero row, so the group
+            # writes the whole [B, F, D] output and nothing is concatenated or reordered.
+            host = max(hosts, key=lambda k: len(by_dim[k]))
+            for i in dropped:
+                stand_in[i] = _zero_field(host[0], host[1], fieldwise.out_dim)
+            by_dim[host] = sorted(by_dim[host] + dropped)  # field order: no reordering
         # every field the path can take joins a group (a width of its own is a group of one)
         fused = {i for members in by_dim.values() for i in members}
         for i, m in enumerate(fieldwise.fields):
@@ -383,13 +427,14 @@ class FusedEmbedding(FieldwiseEmbedding):
         self.fused_fields = sorted(fused)
         groups = []
         for _, members in sorted(by_dim.items()):
-            groups.append(_Group([(i, fieldwise.fields[i], self._slices[i]) for i in members],
-                                 self.out_dim, sparse_threshold))
+            groups.append(_Group([(i, stand_in.get(i, fieldwise.fields[i]), self._slices[i])
+                                  for i in members], self.out_dim, sparse_threshold))
         self.groups = nn.ModuleList(groups)
         self.rest = [i for i in range(len(placeholders)) if i not in fused]
         order = [i for g in self.groups for i in g.field_index] + self.rest
         self.register_buffer("order", torch.tensor(order).argsort(), persistent=False)
-        self.single = (len(self.groups) == 1 and not self.rest)
+        self.single = (len(self.groups) == 1 and not self.rest
+                       and self.groups[0].field_index == sorted(self.groups[0].field_index))
         self._serve: dict | None = None
         self._rebind()
         self._register_state_dict_hook(FusedEmbedding._to_fieldwise_keys)
@@ -460,6 +505,8 @@ class FusedEmbedding(FieldwiseEmbedding):
                 g.table.weight = nn.Parameter(seg.view(g.table.weight.shape),
                                               requires_grad=g.table.weight.requires_grad)
                 for j, i in enumerate(g.field_index):
+                    if type(self._fieldwise.fields[i]) is DroppedField:
+                        continue  # a stand-in: width 0 reads the zero element
                     lo, hi = g.bounds[j]
                     base[i], width[i], modulus[i] = start + lo * g.dim, g.dim, hi - lo
                     align = self._fieldwise.fields[i].align
@@ -545,6 +592,19 @@ def named_field_modules(model: nn.Module):
                     yield sub, m
 
 
+def _keeps_prefix(table: KeptRowsTable) -> bool:
+    """Whether the table keeps exactly the ids ``0 .. k-1``."""
+    k, bits = table.rows.shape[0], table.keep_bits
+    full, rest = divmod(k, 8)
+    if not bool((bits[:full] == 255).all()):
+        return False
+    tail = bits[full:]
+    want = torch.zeros_like(tail)
+    if rest:
+        want[0] = (0xFF << (8 - rest)) & 0xFF
+    return bool(torch.equal(tail, want))
+
+
 def resident_bytes(module: nn.Module) -> int:
     """Bytes of every distinct tensor storage ``module`` holds: parameters and buffers
     (persistent or not), the per-field modules a fused layer keeps, and its serving copies
@@ -572,7 +632,7 @@ def rank_bytes(module: nn.Module) -> int:
 
     total = 0
     for m in module.modules():
-        if isinstance(m, _Group) and m.kept:
+        if isinstance(m, _Group) and m.kept and not m.prefix_only:
             total += one(m.bits)
         elif isinstance(m, KeptRowsTable) and m.rank_block is not None:
             total += one(m.keep_bits)

@@ -225,19 +225,32 @@ def kept_row_index(pos: torch.Tensor, bits: torch.Tensor, lut: torch.Tensor,
 
 
 def csr_gather(ptr: torch.Tensor, value_offset: torch.Tensor | int, values: torch.Tensor,
-               col_index: torch.Tensor, row_ptr: torch.Tensor, dim: int) -> torch.Tensor:
+               col_index: torch.Tensor, row_ptr: torch.Tensor, dim: int,
+               entry_k: torch.Tensor | None = None, small: int = 8192) -> torch.Tensor:
     """Rows ``ptr`` of a CSR table as dense ``[*ptr.shape, dim]``: only the stored entries
     are read (one gather each for values and columns, one scatter), no dense mask.
-    ``value_offset`` is added to every row's start (tables concatenated in one buffer)."""
+    ``value_offset`` is added to every row's start (tables concatenated in one buffer).
+
+    With ``entry_k = arange(L)`` (``L`` = the most entries a row has) and ``values`` /
+    ``col_index`` ending in a zero padding entry, lookups of up to ``small`` entries read
+    ``L`` entries a row (missing ones the padding) in a fixed number of operations; larger
+    ones read the exact entries (the per-row counts decide how many).
+    """
     start = row_ptr[ptr].long()
-    counts = (row_ptr[ptr + 1].long() - start).reshape(-1)
-    start = (start + value_offset).reshape(-1)
+    counts = row_ptr[ptr + 1].long() - start
+    start = start + value_offset
+    if entry_k is not None and counts.numel() * entry_k.numel() <= small:
+        k = entry_k.numel()
+        entry = torch.where(entry_k < counts.unsqueeze(-1), start.unsqueeze(-1) + entry_k,
+                            values.numel() - 1)  # [..., L], padding entry past the count
+        out = values.new_zeros(*ptr.shape, dim)
+        return out.scatter_add_(-1, col_index[entry].long(), values[entry]) if k else out
+    counts, start = counts.reshape(-1), start.reshape(-1)
     n = counts.numel()
     out = values.new_zeros(n * dim)
     total = int(counts.sum())
     if total:
-        bag = torch.repeat_interleave(torch.arange(n, device=ptr.device), counts,
-                                      output_size=total)
+        bag = torch.repeat_interleave(counts, output_size=total)
         entry = (torch.arange(total, device=ptr.device)
                  + (start - (torch.cumsum(counts, 0) - counts))[bag])
         out[bag * dim + col_index[entry].long()] = values[entry]
