@@ -139,3 +139,30 @@ def test_resident_bytes_are_plan_bytes_plus_a_constant(kind, tmp_path):
     assert 0 <= extra[40] - extra[1] <= 8 * D and 0 <= extra[1] < 8192, extra
     # and below what the dense rows alone would take (40x the vocabulary)
     assert resident_bytes(emb) < sum(f.vocab_size * f.dim * 4 for f in plan.fields)
+
+
+@pytest.mark.parametrize("method", ["qr", "memcom"])
+def test_dense_fields_join_the_product_group_when_served(method, tmp_path):
+    """A QR / MEmCom plan's dense fields of the same width are served in the product group
+    (a row of ones as their second factor): one group, the same outputs and file."""
+    schema = _schema(1)
+    hashed = {"user": 7, "tags": 5}
+    fields = [FieldPlan(name=f.name, vocab_size=f.vocab_size, kind=f.kind, width=f.width,
+                        dim=4, align="pad" if f.name == "item" else "project",
+                        hashing={"method": method, "buckets": hashed[f.name]}
+                        if f.name in hashed else None)
+              for f in schema.fields]
+    plan = DimensionPlan(fields=fields, D=D, schema_fingerprint=schema.fingerprint())
+    model, path, loaded = _saved_and_loaded(plan, tmp_path)
+    groups = loaded.embedding.groups
+    assert [g.family for g in groups] == [method] and not loaded.embedding.rest
+    x = _batch(plan)
+    with torch.no_grad():
+        for bs in (1, 64, len(x)):
+            got = torch.cat([loaded(x[i:i + bs]) for i in range(0, len(x), bs)])
+            assert torch.allclose(got, model(x), atol=1e-6), bs
+    again = save_weights(loaded, tmp_path / "again.safetensors", plan=plan, backbone="fm")
+    a, b = load_weights(path)[0], load_weights(again)[0]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # the dense weights are shared with the group, not copied
+    assert resident_bytes(loaded.embedding) - plan.num_bytes() < 8192

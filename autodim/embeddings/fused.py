@@ -34,6 +34,7 @@ from autodim.embeddings.tables import (
     KEPT_LUT_BYTES,
     CSRTable,
     DenseTable,
+    FieldTable,
     HashTable,
     KeptRowsTable,
     MEmComTable,
@@ -117,6 +118,26 @@ def _zero_field(dim: int, family: str, out_dim: int) -> FieldEmbedding:
     return FieldEmbedding(table, Align() if dim == out_dim else Select(range(dim), out_dim))
 
 
+def _product_field(field: FieldEmbedding, family: str) -> FieldEmbedding:
+    """A dense field as a product table of its family whose second factor is one row of
+    ones (same outputs; the dense weight is shared, not copied)."""
+    t = field.table
+    with torch.no_grad():
+        if family == "qr":  # Q[i // 1] * R[i mod 1], R = ones
+            table = QRTable.__new__(QRTable)
+            FieldTable.__init__(table)
+            table.rows, table.buckets, table.dim = t.rows, 1, t.dim
+            table.quotient = t.embedding
+            table.remainder = nn.Embedding(1, t.dim, _weight=torch.ones(1, t.dim))
+        else:  # U[i mod n] * w[i mod 1], w = 1
+            table = MEmComTable.__new__(MEmComTable)
+            FieldTable.__init__(table)
+            table.rows, table.buckets, table.dim = 1, t.rows, t.dim
+            table.shared = t.embedding
+            table.scale = nn.Embedding(1, 1, _weight=torch.ones(1, 1))
+    return FieldEmbedding(table, field.align, is_sequence=field.is_sequence)
+
+
 class _Group(nn.Module):
     """The fields of one width: one table, their columns, their alignment.
 
@@ -169,8 +190,12 @@ class _Group(nn.Module):
             self.bounds_b = [(int(s), int(s) + n) for s, n in zip(
                 torch.tensor([0] + sizes_b[:-1]).cumsum(0), sizes_b)]
             col_buffer("col_offsets_b", [lo for lo, _ in self.bounds_b])
+            # MEmCom stand-ins for dense fields have one scale (1.0) that every id reads
+            self.scale_hashed = self.family == "memcom" and any(t.rows == 1 for t in tables)
             if self.family == "qr":
                 col_buffer("col_modulus_b", buckets)
+            elif self.scale_hashed:
+                col_buffer("col_modulus_b", [t.rows for t in tables])
             with torch.no_grad():
                 weight_b = torch.cat(seconds)
             self.table_b = nn.Embedding(weight_b.shape[0], weight_b.shape[1],
@@ -355,7 +380,8 @@ class _Group(nn.Module):
         else:
             v = self.table(rows)
         if self.product:
-            rows_b = torch.remainder(local, self.col_modulus_b) if self.family == "qr" else local
+            rows_b = (torch.remainder(local, self.col_modulus_b)
+                      if self.family == "qr" or self.scale_hashed else local)
             v = v * self.table_b(rows_b + self.col_offsets_b)
         if use_mask:
             v = v * self.mask[rows]
@@ -409,6 +435,23 @@ class FusedEmbedding(FieldwiseEmbedding):
                 by_dim[(m.table.dim, _family(m.table))].append(i)
         stand_in: dict[int, FieldEmbedding] = {}
         dropped = [i for i, m in enumerate(fieldwise.fields) if type(m) is DroppedField]
+        products = [k for k in by_dim if k[1] in ("qr", "memcom")]
+        if serving and products:
+            # Serving only: dense fields of a product group's width join it as a product
+            # with a row of ones (QR with one remainder bucket: Q[i] * 1; MEmCom with one
+            # scale: U[i mod n] * 1), so the width is one group, not two to concatenate.
+            for key in sorted(products, key=lambda k: -len(by_dim[k])):
+                plain = (key[0], "plain")
+                dense = [i for i in by_dim.get(plain, [])
+                         if type(fieldwise.fields[i].table) is DenseTable]
+                if not dense:
+                    continue
+                for i in dense:
+                    stand_in[i] = _product_field(fieldwise.fields[i], key[1])
+                by_dim[key] = sorted(by_dim[key] + dense)
+                by_dim[plain] = [i for i in by_dim[plain] if i not in dense]
+                if not by_dim[plain]:
+                    del by_dim[plain]
         hosts = [k for k in by_dim if k[1] in ("plain", "csr")]
         if serving and dropped and hosts:
             # Serving only (a trainable zero row would not stay zero): dropped fields join
