@@ -107,6 +107,11 @@ def fusable(emb: nn.Module) -> bool:
     return any(n > 1 for n in dims.values())
 
 
+# Lookups of up to this many (row, entry) slots read a fixed number of entries per row
+# (see csr_gather); measured with benchmarks/inference.py.
+CSR_SMALL = 8192
+
+
 def _zero_field(dim: int, family: str, out_dim: int) -> FieldEmbedding:
     """A stand-in for a dropped field inside a serving group: one zero row that every id
     reads (a 1-bucket hash table, or a CSR table of one empty row)."""
@@ -178,9 +183,9 @@ class _Group(nn.Module):
         if self.divided:
             col_buffer("col_div", buckets)
         self.hashed = self.family == "memcom" or any(type(t) is HashTable for t in tables)
-        if self.family == "csr":  # a dropped field's stand-in: every id reads its row 0
-            self.hashed = any(t.num_ids == 1 for t in tables)
-            buckets = [t.num_ids for t in tables]
+        if self.family == "csr" and any(t.num_ids == 1 for t in tables):
+            # a dropped field's stand-in: every id reads its row 0 (min, cheaper than mod)
+            col_buffer("col_max", [t.num_ids - 1 for t in tables])
         if self.hashed:
             col_buffer("col_modulus", sizes if self.family == "plain" else buckets)
         self.product = self.family in ("qr", "memcom")
@@ -230,6 +235,7 @@ class _Group(nn.Module):
                                  persistent=False)
             counts = torch.cat([t.row_ptr.diff() for t in tables])
             self.max_nnz = int(counts.max()) if counts.numel() else 0  # entries of a row
+            self.csr_small = CSR_SMALL
             self.register_buffer("entry_k", torch.arange(self.max_nnz), persistent=False)
             ptr_sizes = [t.row_ptr.numel() for t in tables]
             ptr_starts = torch.tensor([0] + ptr_sizes[:-1]).cumsum(0)
@@ -349,6 +355,8 @@ class _Group(nn.Module):
             rows = torch.div(rows, self.col_div, rounding_mode="floor")
         if self.hashed:
             rows = torch.remainder(rows, self.col_modulus)
+        if self.csr and hasattr(self, "col_max"):
+            rows = torch.minimum(rows, self.col_max)
         if self.kept and self.prefix_only:  # kept ids are 0..k-1: the id is the row
             rows = torch.where(local < self.col_kept, local + self.col_offsets,
                                self.col_offsets)
@@ -376,7 +384,8 @@ class _Group(nn.Module):
                 return out.view(B, len(self.bounds), self.dim)
         if self.csr:  # only the stored entries are read
             v = csr_gather(rows + self.col_ptr_off, self.col_offsets, self.values,
-                           self.col_index, self.row_ptr, self.dim, self.entry_k)
+                           self.col_index, self.row_ptr, self.dim, self.entry_k,
+                           small=self.csr_small)
         else:
             v = self.table(rows)
         if self.product:
@@ -495,9 +504,9 @@ class FusedEmbedding(FieldwiseEmbedding):
         return self._fieldwise
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        # the flat path wins at small batches (few ops); from ~512 rows the element gather
+        # the flat path wins at small batches (few ops); from ~200 rows the element gather
         # and the dense [d_max x D] maps cost more than the groups' row gathers
-        if self._serve is not None and not self.training and ids.shape[0] <= 512:
+        if self._serve is not None and not self.training and ids.shape[0] <= 128:
             return self._serve_forward(ids)
         if self.single:
             return self.groups[0](ids)
@@ -521,7 +530,7 @@ class FusedEmbedding(FieldwiseEmbedding):
         eval-mode batch is one gather of ``[B, F, d_max]`` elements (positions beyond a
         field's width read a zero) and one batched ``[F, B, d_max] x [F, d_max, D]`` map
         (identity, projection or column placement per field), whatever the number of
-        widths (used up to 512 rows a batch). ``train()`` turns that path off again (the
+        widths (used up to 128 rows a batch). ``train()`` turns that path off again (the
         map copies the projections).
         """
         for g in self.groups:
