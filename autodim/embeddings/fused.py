@@ -42,9 +42,9 @@ from autodim.embeddings.tables import (
     RowPrunedTable,
     SparseTable,
     csr_gather,
+    kept_lut_table,
     kept_row_index,
     rank_directory,
-    _kept_lut,
 )
 
 __all__ = ["FusedEmbedding", "fusable", "named_field_modules", "resident_bytes", "rank_bytes"]
@@ -265,7 +265,7 @@ class _Group(nn.Module):
             block, prefix = rank_directory(self.bits)  # see KeptRowsTable
             self.register_buffer("rank_block", block, persistent=False)
             self.register_buffer("rank_prefix", prefix, persistent=False)
-            self.register_buffer("kept_lut", _kept_lut(), persistent=False)
+            self.register_buffer("kept_lut", kept_lut_table(), persistent=False)
         self.row_pruned = any(type(t) is RowPrunedTable for t in tables)
         if self.row_pruned:
             self.register_buffer("keep", torch.cat([

@@ -17,7 +17,7 @@ __all__ = [
     "FLOAT_BYTES", "tensor_bytes", "FieldTable", "DenseTable", "HashTable", "QRTable",
     "MEmComTable", "RowPrunedTable", "SparseTable", "sparse_table_bytes", "row_pruned_bytes",
     "col_index_bytes", "KeptRowsTable", "CSRTable", "serving_tables", "rank_directory",
-    "kept_row_index", "csr_gather", "KEPT_LUT_BYTES",
+    "kept_row_index", "csr_gather", "kept_lut_table", "KEPT_LUT_BYTES",
 ]
 
 FLOAT_BYTES = 4  # float32 storage everywhere
@@ -192,7 +192,7 @@ def _popcount8() -> torch.Tensor:
     return sum((b >> i) & 1 for i in range(8))
 
 
-def _kept_lut() -> torch.Tensor:
+def kept_lut_table() -> torch.Tensor:
     """``lut[byte * 8 + k]``: for the id at bit ``k`` of ``byte`` (np.packbits order, bit 7
     first), the number of kept ids before it in that byte if it is kept, else -1."""
     b, k = torch.arange(256).unsqueeze(1), torch.arange(8).unsqueeze(0)
@@ -282,7 +282,7 @@ class KeptRowsTable(FieldTable):
         """(bit table, rank blocks, rank prefixes), derived on first use."""
         if self.rank_block is None:
             self.rank_block, self.rank_prefix = rank_directory(self.keep_bits)
-            self.kept_lut = _kept_lut().to(self.keep_bits.device)
+            self.kept_lut = kept_lut_table().to(self.keep_bits.device)
         return self.kept_lut, self.rank_block, self.rank_prefix
 
     @classmethod

@@ -43,7 +43,8 @@ def test_kept_rows_table_reads_what_the_row_pruned_table_reads(shape):
     dense = RowPrunedTable(300, 6, keep)
     served = KeptRowsTable.from_table(dense)
     assert set(served.state_dict()) == {"rows", "keep_bits"}
-    assert served.num_bytes() == dense.num_bytes() == row_pruned_bytes(300, 6, int(dense.keep.sum()))
+    kept = int(dense.keep.sum())
+    assert served.num_bytes() == dense.num_bytes() == row_pruned_bytes(300, 6, kept)
     ids = torch.randint(0, 300, shape)
     assert torch.equal(served(ids), dense(ids))
     # pruned ids read the shared row 0
