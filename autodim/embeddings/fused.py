@@ -13,6 +13,14 @@
 - QR and MEmCom fields of one width fuse their two tables each (two gathers for the group);
 - every other field (frequency groups, dropped, non-float32 precision) keeps its own module.
 
+Served (``FusedEmbedding(..., serving=True)``, what :func:`autodim.weights.build_model` and
+``load_model`` build): masked tables arrive in their stored form
+(:class:`~autodim.embeddings.tables.KeptRowsTable`, :class:`~autodim.embeddings.tables.CSRTable`)
+and group as the ``kept`` and ``csr`` families; dense fields of a QR / MEmCom plan's width
+join the product group (second factor: a row of ones) and dropped fields join the biggest
+plain / CSR group as a zero row, so a plan of one width is one group whose output needs no
+concatenation or reordering.
+
 It is built from a ``FieldwiseEmbedding`` and keeps it: the per-field parameters become
 views of the fused tensors, so :meth:`FusedEmbedding.fieldwise` hands back the per-field
 module holding the trained weights without a copy. ``state_dict`` keys are the per-field
