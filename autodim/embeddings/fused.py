@@ -142,12 +142,14 @@ def _product_field(field: FieldEmbedding, family: str) -> FieldEmbedding:
             table.rows, table.buckets, table.dim = t.rows, 1, t.dim
             table.quotient = t.embedding
             table.remainder = nn.Embedding(1, t.dim, _weight=torch.ones(1, t.dim))
+            table.ones_factor = True
         else:  # U[i mod n] * w[i mod 1], w = 1
             table = MEmComTable.__new__(MEmComTable)
             FieldTable.__init__(table)
             table.rows, table.buckets, table.dim = 1, t.rows, t.dim
             table.shared = t.embedding
             table.scale = nn.Embedding(1, 1, _weight=torch.ones(1, 1))
+            table.ones_factor = True
     return FieldEmbedding(table, field.align, is_sequence=field.is_sequence)
 
 
@@ -205,6 +207,14 @@ class _Group(nn.Module):
             col_buffer("col_offsets_b", [lo for lo, _ in self.bounds_b])
             # MEmCom stand-ins for dense fields have one scale (1.0) that every id reads
             self.scale_hashed = self.family == "memcom" and any(t.rows == 1 for t in tables)
+            # Columns of real product fields (not the dense stand-ins, whose factor is 1):
+            # from 64 rows a batch only they gather the second table (measured: the gather
+            # and multiply of every column cost more than selecting these).
+            ones = [getattr(t, "ones_factor", False) for t in tables]
+            self.partial_product = any(ones) and not all(ones)
+            if self.partial_product:
+                real = torch.tensor([not o for o in ones]).repeat_interleave(per_col)
+                self.register_buffer("prod_cols", real.nonzero()[:, 0], persistent=False)
             if self.family == "qr":
                 col_buffer("col_modulus_b", buckets)
             elif self.scale_hashed:
@@ -396,7 +406,14 @@ class _Group(nn.Module):
                            small=self.csr_small)
         else:
             v = self.table(rows)
-        if self.product:
+        if self.product and self.partial_product and B > 64:
+            pc = self.prod_cols
+            rows_b = local.index_select(1, pc)
+            if self.family == "qr":
+                rows_b = torch.remainder(rows_b, self.col_modulus_b.index_select(0, pc))
+            rows_b = rows_b + self.col_offsets_b.index_select(0, pc)
+            v = v.index_copy(1, pc, v.index_select(1, pc) * self.table_b(rows_b))
+        elif self.product:
             rows_b = (torch.remainder(local, self.col_modulus_b)
                       if self.family == "qr" or self.scale_hashed else local)
             v = v * self.table_b(rows_b + self.col_offsets_b)
