@@ -65,12 +65,14 @@ def compact_state_dict(model) -> dict[str, Any]:
     Every other tensor is saved as is, so the file's tensor bytes equal
     ``plan.num_bytes()`` plus the backbone. :func:`expand_state_dict` inverts it.
     """
-    import numpy as np
-    import torch
-
     from autodim.embeddings.fused import named_field_modules
     from autodim.embeddings.quant import FakeQuantEmbedding
-    from autodim.embeddings.tables import RowPrunedTable, SparseTable
+    from autodim.embeddings.tables import (
+        CSRTable,
+        KeptRowsTable,
+        RowPrunedTable,
+        SparseTable,
+    )
 
     state = dict(model.state_dict())
     for name, mod in named_field_modules(model):  # fused layers: their per-field modules
@@ -80,20 +82,12 @@ def compact_state_dict(model) -> dict[str, Any]:
             for key in [k for k in state if k.startswith(prefix)]:
                 state.pop(key)
             state.update({prefix + k: v for k, v in mod.export().items()})
-        elif isinstance(mod, SparseTable):
-            weight = state.pop(prefix + "embedding.weight")
-            mask = state.pop(prefix + "mask")
-            rows, cols = mask.nonzero(as_tuple=True)  # row-major, as CSR wants
-            index_dtype = torch.uint8 if mod.dim <= 256 else torch.int16
-            state[prefix + "values"] = weight[rows, cols]
-            state[prefix + "col_index"] = cols.to(index_dtype)
-            state[prefix + "row_ptr"] = torch.cat(
-                [torch.zeros(1, dtype=torch.long), mask.sum(1).cumsum(0)]).to(torch.int32)
-        elif isinstance(mod, RowPrunedTable):
-            weight = state.pop(prefix + "embedding.weight")
-            keep = state.pop(prefix + "keep")
-            state[prefix + "rows"] = weight[keep]
-            state[prefix + "keep_bits"] = torch.from_numpy(np.packbits(keep.cpu().numpy()))
+        elif isinstance(mod, (SparseTable, RowPrunedTable)):
+            # the serving form (CSR / kept rows + bitmap) is the stored form
+            state.pop(prefix + "embedding.weight")
+            state.pop(prefix + ("mask" if isinstance(mod, SparseTable) else "keep"))
+            form = CSRTable if isinstance(mod, SparseTable) else KeptRowsTable
+            state.update({prefix + k: v for k, v in form.from_table(mod).state_dict().items()})
     return state
 
 
@@ -205,9 +199,11 @@ def build_model(plan, backbone: str = "fm", *, backbone_kwargs: Mapping[str, Any
 def _load_state(model, plan, state: Mapping[str, Any], meta: Mapping[str, str],
                 source: str) -> None:
     """Load checked weights into a freshly built model and put it in its serving layout:
-    quantized fields as packed tables, plain fields fused with their masks baked in."""
+    quantized fields as packed tables, masked tables in their stored (compact) form, plain
+    fields fused."""
     from autodim.embeddings.fused import FusedEmbedding, fusable
     from autodim.embeddings.quant import packed_skeleton
+    from autodim.embeddings.tables import serving_tables
 
     packed_skeleton(model)  # quantized fields load as packed inference tables
     check_weights(plan, state, meta, source=source, model=model)
@@ -217,8 +213,11 @@ def _load_state(model, plan, state: Mapping[str, Any], meta: Mapping[str, str],
         raise PlanError(f"{source}: the weights do not fit this plan/backbone "
                         f"({str(exc).splitlines()[0]})") from None
     model.eval()
-    if fusable(model.embedding):  # serving layout: one table per width, masks baked in
-        model.embedding = FusedEmbedding(model.embedding).bake()
+    # serving layout: masked tables in their stored form (kept rows + bitmap, CSR), then
+    # one table per width and family
+    serving_tables(model)
+    if fusable(model.embedding):
+        model.embedding = FusedEmbedding(model.embedding, serving=True).bake()
 
 
 def check_weights(plan, tensors: Mapping[str, Any], meta: Mapping[str, str], *,

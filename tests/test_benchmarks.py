@@ -101,12 +101,16 @@ def test_inference():
     run_script("inference.py")
     rows = {r["model"]: r for r in read_csv(RESULTS / "inference_quick.csv")}
     assert set(rows) == {"full", "uniform", "mde", "hash", "qr", "memcom", "sparse",
-                         "row-pruned", "select"}
+                         "row-pruned", "row-scattered", "select"}
     for r in rows.values():
         assert float(r["ms @1"]) > 0 and float(r["ms @4096"]) > 0
         assert int(r["file bytes"]) > int(r["embedding in file"]) > 0
-        # The exported embedding stores exactly what the plan counts, masked forms too.
+        # The exported embedding stores exactly what the plan counts, masked forms too,
+        # and the loaded one holds it plus a small constant (no dense rows + masks).
         assert r["bytes match"] == "True", r
+        assert int(r["resident - plan"]) == int(r["of which rank dirs"]) + int(
+            r["of which metadata"]), r
+        assert float(r["resident / plan"]) < 1.5, r
 
 
 @pytest.mark.slow

@@ -13,6 +13,14 @@
 - QR and MEmCom fields of one width fuse their two tables each (two gathers for the group);
 - every other field (frequency groups, dropped, non-float32 precision) keeps its own module.
 
+Served (``FusedEmbedding(..., serving=True)``, what :func:`autodim.weights.build_model` and
+``load_model`` build): masked tables arrive in their stored form
+(:class:`~autodim.embeddings.tables.KeptRowsTable`, :class:`~autodim.embeddings.tables.CSRTable`)
+and group as the ``kept`` and ``csr`` families; dense fields of a QR / MEmCom plan's width
+join the product group (second factor: a row of ones) and dropped fields join the biggest
+plain / CSR group as a zero row, so a plan of one width is one group whose output needs no
+concatenation or reordering.
+
 It is built from a ``FieldwiseEmbedding`` and keeps it: the per-field parameters become
 views of the fused tensors, so :meth:`FusedEmbedding.fieldwise` hands back the per-field
 module holding the trained weights without a copy. ``state_dict`` keys are the per-field
@@ -31,24 +39,36 @@ from autodim.embeddings.compact import FieldwiseEmbedding
 from autodim.embeddings.field import Align, DroppedField, FieldEmbedding, Project, Select
 from autodim.embeddings.quant import FakeQuantEmbedding, QuantizedEmbedding
 from autodim.embeddings.tables import (
+    KEPT_LUT_BYTES,
+    CSRTable,
     DenseTable,
+    FieldTable,
     HashTable,
+    KeptRowsTable,
     MEmComTable,
     QRTable,
     RowPrunedTable,
     SparseTable,
+    csr_gather,
+    kept_lut_table,
+    kept_row_index,
+    rank_directory,
 )
 
-__all__ = ["FusedEmbedding", "fusable", "named_field_modules"]
+__all__ = ["FusedEmbedding", "fusable", "named_field_modules", "resident_bytes", "rank_bytes"]
 
 
-_TABLES = (DenseTable, HashTable, RowPrunedTable, SparseTable, QRTable, MEmComTable)
+_TABLES = (DenseTable, HashTable, RowPrunedTable, SparseTable, QRTable, MEmComTable,
+           KeptRowsTable, CSRTable)
 
 
 def _family(table: nn.Module) -> str:
-    """Tables of one family and width share a group: one table (``plain``) or two whose
-    rows multiply (``qr``: quotient x remainder; ``memcom``: shared row x per-id scale)."""
-    return {QRTable: "qr", MEmComTable: "memcom"}.get(type(table), "plain")
+    """Tables of one family and width share a group: one table (``plain``), two whose
+    rows multiply (``qr``: quotient x remainder; ``memcom``: shared row x per-id scale), or
+    the serving forms of masked tables (``kept``: kept rows read through a rank of the keep
+    bitmap; ``csr``: CSR entries gathered)."""
+    return {QRTable: "qr", MEmComTable: "memcom", KeptRowsTable: "kept",
+            CSRTable: "csr"}.get(type(table), "plain")
 
 
 def _weights(table: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -57,6 +77,10 @@ def _weights(table: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
         return table.quotient.weight, table.remainder.weight
     if type(table) is MEmComTable:
         return table.shared.weight, table.scale.weight
+    if type(table) is KeptRowsTable:
+        return table.rows, None
+    if type(table) is CSRTable:
+        return table.values, None
     return table.embedding.weight, None
 
 
@@ -89,6 +113,44 @@ def fusable(emb: nn.Module) -> bool:
         if _kind(m) is not None:
             dims[(m.table.dim, _family(m.table))] += 1
     return any(n > 1 for n in dims.values())
+
+
+# Lookups of up to this many (row, entry) slots read a fixed number of entries per row
+# (see csr_gather); measured with benchmarks/inference.py.
+CSR_SMALL = 8192
+
+
+def _zero_field(dim: int, family: str, out_dim: int) -> FieldEmbedding:
+    """A stand-in for a dropped field inside a serving group: one zero row that every id
+    reads (a 1-bucket hash table, or a CSR table of one empty row)."""
+    if family == "csr":
+        table = CSRTable(1, dim, 0)
+    else:
+        table = HashTable(1, 1, dim)
+        nn.init.zeros_(table.embedding.weight)
+    return FieldEmbedding(table, Align() if dim == out_dim else Select(range(dim), out_dim))
+
+
+def _product_field(field: FieldEmbedding, family: str) -> FieldEmbedding:
+    """A dense field as a product table of its family whose second factor is one row of
+    ones (same outputs; the dense weight is shared, not copied)."""
+    t = field.table
+    with torch.no_grad():
+        if family == "qr":  # Q[i // 1] * R[i mod 1], R = ones
+            table = QRTable.__new__(QRTable)
+            FieldTable.__init__(table)
+            table.rows, table.buckets, table.dim = t.rows, 1, t.dim
+            table.quotient = t.embedding
+            table.remainder = nn.Embedding(1, t.dim, _weight=torch.ones(1, t.dim))
+            table.ones_factor = True
+        else:  # U[i mod n] * w[i mod 1], w = 1
+            table = MEmComTable.__new__(MEmComTable)
+            FieldTable.__init__(table)
+            table.rows, table.buckets, table.dim = 1, t.rows, t.dim
+            table.shared = t.embedding
+            table.scale = nn.Embedding(1, 1, _weight=torch.ones(1, 1))
+            table.ones_factor = True
+    return FieldEmbedding(table, field.align, is_sequence=field.is_sequence)
 
 
 class _Group(nn.Module):
@@ -131,17 +193,32 @@ class _Group(nn.Module):
         if self.divided:
             col_buffer("col_div", buckets)
         self.hashed = self.family == "memcom" or any(type(t) is HashTable for t in tables)
+        if self.family == "csr" and any(t.num_ids == 1 for t in tables):
+            # a dropped field's stand-in: every id reads its row 0 (min, cheaper than mod)
+            col_buffer("col_max", [t.num_ids - 1 for t in tables])
         if self.hashed:
             col_buffer("col_modulus", sizes if self.family == "plain" else buckets)
-        self.product = self.family != "plain"
+        self.product = self.family in ("qr", "memcom")
         if self.product:  # second table's row: QR id mod m, MEmCom the id
             seconds = [_weights(t)[1] for t in tables]
             sizes_b = [w.shape[0] for w in seconds]
             self.bounds_b = [(int(s), int(s) + n) for s, n in zip(
                 torch.tensor([0] + sizes_b[:-1]).cumsum(0), sizes_b)]
             col_buffer("col_offsets_b", [lo for lo, _ in self.bounds_b])
+            # MEmCom stand-ins for dense fields have one scale (1.0) that every id reads
+            self.scale_hashed = self.family == "memcom" and any(t.rows == 1 for t in tables)
+            # Columns of real product fields (not the dense stand-ins, whose factor is 1):
+            # from 64 rows a batch only they gather the second table (measured: the gather
+            # and multiply of every column cost more than selecting these).
+            ones = [getattr(t, "ones_factor", False) for t in tables]
+            self.partial_product = any(ones) and not all(ones)
+            if self.partial_product:
+                real = torch.tensor([not o for o in ones]).repeat_interleave(per_col)
+                self.register_buffer("prod_cols", real.nonzero()[:, 0], persistent=False)
             if self.family == "qr":
                 col_buffer("col_modulus_b", buckets)
+            elif self.scale_hashed:
+                col_buffer("col_modulus_b", [t.rows for t in tables])
             with torch.no_grad():
                 weight_b = torch.cat(seconds)
             self.table_b = nn.Embedding(weight_b.shape[0], weight_b.shape[1],
@@ -161,10 +238,52 @@ class _Group(nn.Module):
                                  persistent=False)
             self.register_buffer("col_bag", torch.arange(len(members)).repeat_interleave(per_col),
                                  persistent=False)
+        self.csr = self.family == "csr"
+        self.kept = self.family == "kept"
         with torch.no_grad():
             weight = torch.cat(firsts)
-        self.table = nn.Embedding(weight.shape[0], dim, sparse=weight.shape[0] > sparse_threshold,
-                                  _weight=weight)
+        if self.csr:  # values, columns and row pointers of every field, concatenated
+            # one zero entry at the end: the padding entry of the small-batch gather
+            self.register_buffer("values", torch.cat([weight, weight.new_zeros(1)]),
+                                 persistent=False)
+            col_index = torch.cat([t.col_index for t in tables])
+            self.register_buffer("col_index", torch.cat([col_index, col_index.new_zeros(1)]),
+                                 persistent=False)
+            self.register_buffer("row_ptr", torch.cat([t.row_ptr for t in tables]),
+                                 persistent=False)
+            counts = torch.cat([t.row_ptr.diff() for t in tables])
+            self.max_nnz = int(counts.max()) if counts.numel() else 0  # entries of a row
+            self.csr_small = CSR_SMALL
+            self.register_buffer("entry_k", torch.arange(self.max_nnz), persistent=False)
+            ptr_sizes = [t.row_ptr.numel() for t in tables]
+            ptr_starts = torch.tensor([0] + ptr_sizes[:-1]).cumsum(0)
+            self.ptr_bounds = [(int(s), int(s) + n) for s, n in zip(ptr_starts, ptr_sizes)]
+            col_buffer("col_ptr_off", ptr_starts.tolist())
+            self.table = None
+        else:
+            self.table = nn.Embedding(weight.shape[0], dim,
+                                      sparse=weight.shape[0] > sparse_threshold, _weight=weight)
+        if self.kept:
+            self.table.weight.requires_grad_(False)
+            # Ids are numbered by descending frequency, so a field often keeps a prefix of
+            # them: then its kept row is the id itself (below the prefix) and no rank is read.
+            kept_n = [t.rows.shape[0] for t in tables]
+            self.prefix_only = all(_keeps_prefix(t) for t in tables)
+            col_buffer("col_kept", kept_n)
+            # one bitmap for the group (each field's starts at a byte), shared with the fields
+            self.register_buffer("bits", torch.cat([t.keep_bits for t in tables]),
+                                 persistent=False)
+            byte_sizes = [t.keep_bits.numel() for t in tables]
+            byte_starts = torch.tensor([0] + byte_sizes[:-1]).cumsum(0)
+            self.bit_bounds = [(int(s), int(s) + n) for s, n in zip(byte_starts, byte_sizes)]
+        if self.kept and not self.prefix_only:
+            # the rank directory maps (bit offset + id) straight to the row in the
+            # concatenated kept rows
+            col_buffer("col_bitoff", (byte_starts * 8).tolist())
+            block, prefix = rank_directory(self.bits)  # see KeptRowsTable
+            self.register_buffer("rank_block", block, persistent=False)
+            self.register_buffer("rank_prefix", prefix, persistent=False)
+            self.register_buffer("kept_lut", kept_lut_table(), persistent=False)
         self.row_pruned = any(type(t) is RowPrunedTable for t in tables)
         if self.row_pruned:
             self.register_buffer("keep", torch.cat([
@@ -205,14 +324,24 @@ class _Group(nn.Module):
 
     def rebind(self, members: list[FieldEmbedding]) -> None:
         """Point the per-field modules' tensors at views of the fused tensors."""
-        w = self.table.weight
+        w = self.values if self.csr else self.table.weight
 
         def view(src: torch.Tensor, lo: int, hi: int) -> nn.Parameter:
             return nn.Parameter(src.data[lo:hi], requires_grad=src.requires_grad)
 
         for j, ((lo, hi), m) in enumerate(zip(self.bounds, members)):
-            t = m.table
-            if type(t) is QRTable:
+            t = getattr(m, "table", None)
+            if type(m) is DroppedField:
+                continue  # a stand-in's zero row: nothing to share
+            if type(t) is CSRTable:
+                t.values = self.values[lo:hi]
+                t.col_index = self.col_index[lo:hi]
+                t.row_ptr = self.row_ptr[slice(*self.ptr_bounds[j])]
+            elif type(t) is KeptRowsTable:
+                t.rows = w.data[lo:hi]
+                t.keep_bits = self.bits[slice(*self.bit_bounds[j])]
+                t.drop_index()  # the group's rank directory serves the field
+            elif type(t) is QRTable:
                 t.quotient.weight = view(w, lo, hi)
                 t.remainder.weight = view(self.table_b.weight, *self.bounds_b[j])
             elif type(t) is MEmComTable:
@@ -244,7 +373,16 @@ class _Group(nn.Module):
             rows = torch.div(rows, self.col_div, rounding_mode="floor")
         if self.hashed:
             rows = torch.remainder(rows, self.col_modulus)
-        rows = rows + self.col_offsets
+        if self.csr and hasattr(self, "col_max"):
+            rows = torch.minimum(rows, self.col_max)
+        if self.kept and self.prefix_only:  # kept ids are 0..k-1: the id is the row
+            rows = torch.where(local < self.col_kept, local + self.col_offsets,
+                               self.col_offsets)
+        elif self.kept:  # the rank of the id among its field's kept ids, else the OOV row
+            rows = kept_row_index(local + self.col_bitoff, self.bits, self.kept_lut,
+                                  self.rank_block, self.rank_prefix, self.col_offsets)
+        elif not self.csr:
+            rows = rows + self.col_offsets
         if self.row_pruned:
             rows = torch.where(self.keep[rows], rows, self.col_offsets.expand_as(rows))
         # baked (zeros where masked): serving needs no mask; training still masks gradients
@@ -252,19 +390,32 @@ class _Group(nn.Module):
         B = ids.shape[0]
         if self.pooled:
             m = torch.where(self.col_is_seq, local != 0, torch.ones_like(local, dtype=torch.bool))
-            m = m.to(self.table.weight.dtype)
+            m = m.to(torch.float32)  # fused tables are float32
             count = m.new_zeros(B, len(self.bounds)).index_add_(1, self.col_bag, m)
             weights = m / count.clamp_min(1.0).index_select(1, self.col_bag)
-            if not (use_mask or self.product):  # one embedding_bag does gather + mean
+            if not (use_mask or self.product or self.csr):  # one embedding_bag: gather + mean
                 offsets = (torch.arange(B, device=ids.device).unsqueeze(1) * self.num_cols
                            + self.bag_starts).reshape(-1)
                 out = nn.functional.embedding_bag(rows.reshape(-1), self.table.weight, offsets,
                                                   mode="sum", sparse=self.table.sparse,
                                                   per_sample_weights=weights.reshape(-1))
                 return out.view(B, len(self.bounds), self.dim)
-        v = self.table(rows)
-        if self.product:
-            rows_b = torch.remainder(local, self.col_modulus_b) if self.family == "qr" else local
+        if self.csr:  # only the stored entries are read
+            v = csr_gather(rows + self.col_ptr_off, self.col_offsets, self.values,
+                           self.col_index, self.row_ptr, self.dim, self.entry_k,
+                           small=self.csr_small)
+        else:
+            v = self.table(rows)
+        if self.product and self.partial_product and B > 64:
+            pc = self.prod_cols
+            rows_b = local.index_select(1, pc)
+            if self.family == "qr":
+                rows_b = torch.remainder(rows_b, self.col_modulus_b.index_select(0, pc))
+            rows_b = rows_b + self.col_offsets_b.index_select(0, pc)
+            v = v.index_copy(1, pc, v.index_select(1, pc) * self.table_b(rows_b))
+        elif self.product:
+            rows_b = (torch.remainder(local, self.col_modulus_b)
+                      if self.family == "qr" or self.scale_hashed else local)
             v = v * self.table_b(rows_b + self.col_offsets_b)
         if use_mask:
             v = v * self.mask[rows]
@@ -307,7 +458,8 @@ class FusedEmbedding(FieldwiseEmbedding):
             (stepped by a row-wise optimiser, see :func:`autodim.task.make_optimizers`).
     """
 
-    def __init__(self, fieldwise: FieldwiseEmbedding, *, sparse_threshold: int = 1_000_000):
+    def __init__(self, fieldwise: FieldwiseEmbedding, *, sparse_threshold: int = 1_000_000,
+                 serving: bool = False):
         # The per-field modules that are not fused stay in ``fields`` (same keys); fused
         # ones are replaced there by an empty placeholder.
         placeholders = []
@@ -315,6 +467,34 @@ class FusedEmbedding(FieldwiseEmbedding):
         for i, m in enumerate(fieldwise.fields):
             if _kind(m) is not None:
                 by_dim[(m.table.dim, _family(m.table))].append(i)
+        stand_in: dict[int, FieldEmbedding] = {}
+        dropped = [i for i, m in enumerate(fieldwise.fields) if type(m) is DroppedField]
+        products = [k for k in by_dim if k[1] in ("qr", "memcom")]
+        if serving and products:
+            # Serving only: dense fields of a product group's width join it as a product
+            # with a row of ones (QR with one remainder bucket: Q[i] * 1; MEmCom with one
+            # scale: U[i mod n] * 1), so the width is one group, not two to concatenate.
+            for key in sorted(products, key=lambda k: -len(by_dim[k])):
+                plain = (key[0], "plain")
+                dense = [i for i in by_dim.get(plain, [])
+                         if type(fieldwise.fields[i].table) is DenseTable]
+                if not dense:
+                    continue
+                for i in dense:
+                    stand_in[i] = _product_field(fieldwise.fields[i], key[1])
+                by_dim[key] = sorted(by_dim[key] + dense)
+                by_dim[plain] = [i for i in by_dim[plain] if i not in dense]
+                if not by_dim[plain]:
+                    del by_dim[plain]
+        hosts = [k for k in by_dim if k[1] in ("plain", "csr")]
+        if serving and dropped and hosts:
+            # Serving only (a trainable zero row would not stay zero): dropped fields join
+            # the biggest plain / CSR group as a column that reads a zero row, so the group
+            # writes the whole [B, F, D] output and nothing is concatenated or reordered.
+            host = max(hosts, key=lambda k: len(by_dim[k]))
+            for i in dropped:
+                stand_in[i] = _zero_field(host[0], host[1], fieldwise.out_dim)
+            by_dim[host] = sorted(by_dim[host] + dropped)  # field order: no reordering
         # every field the path can take joins a group (a width of its own is a group of one)
         fused = {i for members in by_dim.values() for i in members}
         for i, m in enumerate(fieldwise.fields):
@@ -324,13 +504,14 @@ class FusedEmbedding(FieldwiseEmbedding):
         self.fused_fields = sorted(fused)
         groups = []
         for _, members in sorted(by_dim.items()):
-            groups.append(_Group([(i, fieldwise.fields[i], self._slices[i]) for i in members],
-                                 self.out_dim, sparse_threshold))
+            groups.append(_Group([(i, stand_in.get(i, fieldwise.fields[i]), self._slices[i])
+                                  for i in members], self.out_dim, sparse_threshold))
         self.groups = nn.ModuleList(groups)
         self.rest = [i for i in range(len(placeholders)) if i not in fused]
         order = [i for g in self.groups for i in g.field_index] + self.rest
         self.register_buffer("order", torch.tensor(order).argsort(), persistent=False)
-        self.single = (len(self.groups) == 1 and not self.rest)
+        self.single = (len(self.groups) == 1 and not self.rest
+                       and self.groups[0].field_index == sorted(self.groups[0].field_index))
         self._serve: dict | None = None
         self._rebind()
         self._register_state_dict_hook(FusedEmbedding._to_fieldwise_keys)
@@ -348,9 +529,9 @@ class FusedEmbedding(FieldwiseEmbedding):
         return self._fieldwise
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        # the flat path wins at small batches (few ops); from ~512 rows the element gather
+        # the flat path wins at small batches (few ops); from ~200 rows the element gather
         # and the dense [d_max x D] maps cost more than the groups' row gathers
-        if self._serve is not None and not self.training and ids.shape[0] <= 512:
+        if self._serve is not None and not self.training and ids.shape[0] <= 128:
             return self._serve_forward(ids)
         if self.single:
             return self.groups[0](ids)
@@ -374,7 +555,7 @@ class FusedEmbedding(FieldwiseEmbedding):
         eval-mode batch is one gather of ``[B, F, d_max]`` elements (positions beyond a
         field's width read a zero) and one batched ``[F, B, d_max] x [F, d_max, D]`` map
         (identity, projection or column placement per field), whatever the number of
-        widths (used up to 512 rows a batch). ``train()`` turns that path off again (the
+        widths (used up to 128 rows a batch). ``train()`` turns that path off again (the
         map copies the projections).
         """
         for g in self.groups:
@@ -401,6 +582,8 @@ class FusedEmbedding(FieldwiseEmbedding):
                 g.table.weight = nn.Parameter(seg.view(g.table.weight.shape),
                                               requires_grad=g.table.weight.requires_grad)
                 for j, i in enumerate(g.field_index):
+                    if type(self._fieldwise.fields[i]) is DroppedField:
+                        continue  # a stand-in: width 0 reads the zero element
                     lo, hi = g.bounds[j]
                     base[i], width[i], modulus[i] = start + lo * g.dim, g.dim, hi - lo
                     align = self._fieldwise.fields[i].align
@@ -484,3 +667,50 @@ def named_field_modules(model: nn.Module):
             for i in mod.fused_fields:
                 for sub, m in per_field.fields[i].named_modules(prefix=f"{prefix}fields.{i}"):
                     yield sub, m
+
+
+def _keeps_prefix(table: KeptRowsTable) -> bool:
+    """Whether the table keeps exactly the ids ``0 .. k-1``."""
+    k, bits = table.rows.shape[0], table.keep_bits
+    full, rest = divmod(k, 8)
+    if not bool((bits[:full] == 255).all()):
+        return False
+    tail = bits[full:]
+    want = torch.zeros_like(tail)
+    if rest:
+        want[0] = (0xFF << (8 - rest)) & 0xFF
+    return bool(torch.equal(tail, want))
+
+
+def resident_bytes(module: nn.Module) -> int:
+    """Bytes of every distinct tensor storage ``module`` holds: parameters and buffers
+    (persistent or not), the per-field modules a fused layer keeps, and its serving copies
+    (flat rows, maps). Views of one storage count once, a view of a bigger storage counts
+    all of it (what stays in memory)."""
+    tensors = list(module.parameters()) + list(module.buffers())
+    for m in module.modules():
+        if isinstance(m, FusedEmbedding):
+            per_field = m.fieldwise()
+            tensors += list(per_field.parameters()) + list(per_field.buffers())
+            tensors += [v for v in (m._serve or {}).values() if torch.is_tensor(v)]
+    seen: dict[int, int] = {}
+    for t in tensors:
+        st = t.untyped_storage()
+        seen[st.data_ptr()] = st.nbytes()
+    return sum(seen.values())
+
+
+def rank_bytes(module: nn.Module) -> int:
+    """Bytes of the rank directories and bit tables ``module`` holds for its kept-rows
+    tables (derived from the keep bitmaps at load, not stored in files): per bitmap of
+    ``b`` bytes ``ceil(b/32) * 4 + b``, plus :data:`KEPT_LUT_BYTES`."""
+    def one(bits: torch.Tensor) -> int:
+        return -(-bits.numel() // 32) * 4 + bits.numel() + KEPT_LUT_BYTES
+
+    total = 0
+    for m in module.modules():
+        if isinstance(m, _Group) and m.kept and not m.prefix_only:
+            total += one(m.bits)
+        elif isinstance(m, KeptRowsTable) and m.rank_block is not None:
+            total += one(m.keep_bits)
+    return total
