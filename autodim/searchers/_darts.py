@@ -45,7 +45,7 @@ from autodim.searchers._supernet import (
     slot_plan_fields,
     uniform_alpha_dims,
 )
-from autodim.searchers.base import Searcher, SearchResult, SearchTask, Stopwatch
+from autodim.searchers.base import Searcher, SearchResult, SearchTask, Stopwatch, check_plan
 from autodim.searchers.registry import register_searcher
 from autodim.task import evaluate, make_trainer, seed_everything
 
@@ -183,16 +183,16 @@ class _SoftSelectionSearcher(Searcher):
             slot_dims=dict(zip(embedding.slot_names, map(int, slot_dims))),
             uniform_alpha_dims=dict(zip(embedding.slot_names, map(int, uniform))),
             differs_from_uniform_alpha=differs)
+        why_less = None
         if gains is not None:  # the measured gain per slot and candidate (lower bound, mean)
-            unspent = task.budget_bytes - plan.num_bytes() if task.budget_bytes else 0
+            idle = [n for n, i in zip(embedding.slot_names, informative) if not i]
+            if idle:
+                why_less = (f"slots {idle} keep their smallest candidate: none of their wider "
+                            "candidates beats it by two standard errors of the validation "
+                            "loss, and width given to a field without signal adds noise to "
+                            "every pair it enters once retrained (see _supernet._fill)")
             history.update(
-                uninformative_slots=[n for n, i in zip(embedding.slot_names, informative)
-                                     if not i],
-                unspent_note=(f"{unspent} B of the budget left unspent: the slots without a "
-                              "significant gain over their smallest candidate keep it, since "
-                              "width given to a field without signal adds noise to every "
-                              "pair it enters" if unspent > 0.05 * (task.budget_bytes or 0)
-                              else None),
+                uninformative_slots=idle,
                 candidate_gain={n: [round(float(v), 6) for v in g]
                                 for n, g in zip(embedding.slot_names, gains)},
                 candidate_gain_mean={n: [round(float(v), 6) for v in g]
@@ -202,6 +202,7 @@ class _SoftSelectionSearcher(Searcher):
                                       zip(embedding.slot_names, np.asarray(values))}
         if embedding.grouped:
             history["frequency_groups"] = {f.name: g for f, g in zip(schema.fields, group_rows)}
+        check_plan(self, task, plan, history, why_less=why_less)
         return SearchResult(plan=plan, history=history, warm_start=warm)
 
 

@@ -217,7 +217,12 @@ def test_plan_fits_and_uses_the_budget(tiny_data, name, ratio):
     budget = int(full_bytes(tiny_data.schema, 8) / ratio)
     result = create_searcher(name, warm_start="exact", **FAST).search(_task(tiny_data, budget))
     nbytes = result.plan.num_bytes()
-    assert 0.9 * budget <= nbytes <= budget
+    h = result.history
+    assert nbytes <= budget
+    # Less than 90 % only with the measured reason on record: the slots left out of it.
+    assert nbytes >= 0.9 * budget or (h["uninformative_slots"]
+                                      and "two standard errors" in h["budget_note"]), h
+    assert h["budget_used"] == pytest.approx(nbytes / budget)
     assert result.history["plan_bytes"] == nbytes == result.plan.build().num_bytes()
     assert "alpha" in json.dumps(result.history)  # JSON-able for the plots
     _check_warm_start(result)
