@@ -99,6 +99,13 @@ def summarise(res, dataset: str) -> list[dict]:
     return rows
 
 
+def pruned_for_budget(res) -> int:
+    """Trials pruned because the compaction step could not bring the searched plan (searched
+    under ``inflate x budget``) back under the budget."""
+    return sum(1 for t in res.study.trials
+               if (t.user_attrs.get("prune_reason") or {}).get("budget"))
+
+
 def run(name: str, source: str, data_options: dict, quick: bool, out: Path) -> list[dict]:
     cfg = study_config(name, source, data_options, quick=quick, out=out)
     t0 = time.perf_counter()
@@ -107,8 +114,12 @@ def run(name: str, source: str, data_options: dict, quick: bool, out: Path) -> l
     print(f"\nPareto front ({name}, {seconds:.0f} s):")
     print(res.front_table())
     rows = summarise(res, name)
+    over = pruned_for_budget(res)
+    print(f"trials pruned because their plan could not be brought under the budget: {over} "
+          "(target 0)")
     for r in rows:
         r["study_seconds"] = round(seconds)
+        r["pruned_for_budget"] = over
     return rows
 
 
@@ -118,7 +129,8 @@ def write(rows: list[dict], results: Path, quick: bool, stem: str = "study_front
 
     write_csv(results / f"{stem}.csv", rows)
     cols = ["dataset", "budget", "scope", "method", "trial", "test_auc", "bytes",
-            "compression", "full_test_auc", "rel_to_full_pct", "aim_met", "gap_to_bayes"]
+            "compression", "full_test_auc", "rel_to_full_pct", "aim_met", "gap_to_bayes",
+            "pruned_for_budget"]
     shown = [{**r, "compression": f"{r['compression']:.1f}x",
               "rel_to_full_pct": f"{r['rel_to_full_pct']:+.2f}%",
               "gap_to_bayes": "-" if r["gap_to_bayes"] is None else f"{r['gap_to_bayes']:.4f}"}

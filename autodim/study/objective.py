@@ -235,7 +235,7 @@ class TrialObjective:
             except BudgetError as exc:
                 # Not a failure of the method: this inflate/ratio cannot work for its plan.
                 # Pruned with the violation on record, so the sampler learns to avoid it.
-                trial.set_user_attr("prune_reason", {"reason": str(exc)})
+                trial.set_user_attr("prune_reason", {"reason": str(exc), "budget": True})
                 trial.set_user_attr("wall_seconds", time.perf_counter() - t0)
                 trial.set_constraint("bytes_over_budget",
                                      float(result.plan.num_bytes() - budget))
