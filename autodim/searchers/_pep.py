@@ -67,6 +67,7 @@ from autodim.searchers._tables import (
     magnitude_masks,
     select_bytes,
     select_columns,
+    uninformative_fields,
 )
 from autodim.searchers.base import (
     BUDGET_USE,
@@ -399,6 +400,10 @@ class PEPSearcher(Searcher):
         refill: When a snapshot's plan leaves more than 5 % of its target unused (one step
             can prune many entries at once), re-select under the target from the learned
             margins ``|e| − g(s)`` (our addition; ``False``: the snapshot as PEP takes it).
+        drop_uninformative: After training, drop the fields whose removal does not raise
+            the validation log loss of the pruned model by two standard errors
+            (:func:`~autodim.searchers._tables.uninformative_fields`), and re-select the
+            other fields' entries under the target (our addition; see ``search``).
 
     Attributes (after :meth:`search`):
         initial_tables_: Per field, the weights at initialisation (the rewind point).
@@ -413,7 +418,8 @@ class PEPSearcher(Searcher):
                  ramp: float = 0.8, budget_control: bool = True,
                  targets: Sequence[str | int] = (), plan_form: str = "auto",
                  rewind: str = "init", epochs: int | None = None, init_std: float = 0.01,
-                 check_every: int | None = None, refill: bool = True) -> None:
+                 check_every: int | None = None, refill: bool = True,
+                 drop_uninformative: bool = True) -> None:
         self.granularity = granularity
         self.threshold_init = threshold_init
         self.threshold_lr = threshold_lr
@@ -427,6 +433,7 @@ class PEPSearcher(Searcher):
         self.init_std = init_std
         self.check_every = check_every
         self.refill = refill
+        self.drop_uninformative = drop_uninformative
 
     # -- search -----------------------------------------------------------------------------
     def search(self, task: SearchTask) -> SearchResult:
@@ -480,6 +487,21 @@ class PEPSearcher(Searcher):
             final_masks = embedding.masks()
             final_tables = embedding.pruned_tables()
             final_margins = embedding.margins()
+            # PEP's thresholds learn from the training loss, and a field without signal
+            # fits training noise as well as a signal field fits signal, so its entries
+            # survive (decoupled preset: noise fields kept more entries per row than the
+            # signal fields). The validation loss tells them apart: such fields are
+            # dropped and their bytes re-selected for the others from the margins.
+            idle = (uninformative_fields(embedding, model.backbone,
+                                         task.data.val_dataloader(), list(schema.names))
+                    if self.drop_uninformative else [])
+            field_test = ("off" if not self.drop_uninformative else
+                          "skipped: the trained model's validation log loss is not below the "
+                          "label rate's, so it cannot tell the fields apart"
+                          if idle is None else "done")
+            if idle is not None and len(idle) == schema.num_fields:
+                idle, field_test = [], "skipped: no field passed the test"
+            idle = idle or []
 
             plans: dict[int | None, DimensionPlan] = {}
             snapshots: dict[str, dict[str, Any]] = {}
@@ -487,8 +509,12 @@ class PEPSearcher(Searcher):
                 snap = monitor.snapshots.get(target) if target is not None else None
                 masks = snap["masks"] if snap else final_masks
                 margins = snap["margins"] if snap else final_margins
+                if idle:
+                    masks = {n: (torch.zeros_like(m) if n in idle else m)
+                             for n, m in masks.items()}
                 plan, info = self._derive_plan(task, masks, final_tables, target,
-                                               reached=snap is not None, margins=margins)
+                                               reached=snap is not None, margins=margins,
+                                               idle=idle)
                 plans[target] = plan
                 entry = {"step": snap["step"] if snap else None,
                          "nnz": snap["nnz"] if snap else int(final_counts.sum()),
@@ -510,8 +536,13 @@ class PEPSearcher(Searcher):
             "total_steps": monitor.step,
             "planned_steps": planned,
             "search_seconds": sw.seconds,
+            "dropped_uninformative": idle,
+            "field_test": field_test,
         }
-        check_plan(self, task, plan, history)
+        check_plan(self, task, plan, history, why_less=(
+            f"fields {idle} were dropped: removing each does not raise the validation log "
+            "loss by two standard errors; the others kept what the margins select" if idle
+            else None))
         return SearchResult(plan=plan, history=history, warm_start=warm)
 
     def warm_start_for(self, plan: DimensionPlan) -> dict[str, torch.Tensor]:
@@ -560,8 +591,8 @@ class PEPSearcher(Searcher):
 
     def _derive_plan(self, task: SearchTask, masks: Mapping[str, torch.Tensor],
                      tables: Mapping[str, torch.Tensor], target: int | None, *, reached: bool,
-                     margins: Mapping[str, torch.Tensor] | None = None
-                     ) -> tuple[DimensionPlan, dict[str, Any]]:
+                     margins: Mapping[str, torch.Tensor] | None = None,
+                     idle: Sequence[str] = ()) -> tuple[DimensionPlan, dict[str, Any]]:
         """The plan of one target from its snapshot mask (or, if the target was never
         reached, from the final table pruned further to fit; or, if the snapshot's plan
         leaves more than 5 % of the target unused, re-selected under the target from the
@@ -588,7 +619,7 @@ class PEPSearcher(Searcher):
             # or columns (dims form, a knapsack over per-field column counts) with the
             # largest margins that fit the target. The snapshot's survivors have the largest
             # margins, so the re-selection is a superset of the snapshot's mask.
-            plan, kind, kept_share = self._refill(task, margins, np_masks, target)
+            plan, kind, kept_share = self._refill(task, margins, np_masks, target, idle)
             info.update(form=kind, refill={"reason": "the snapshot's plan used "
                                            f"{used / target:.1%} of the target",
                                            "snapshot_bytes": int(used),
@@ -623,7 +654,7 @@ class PEPSearcher(Searcher):
         return plan, info
 
     def _refill(self, task: SearchTask, margins: Mapping[str, torch.Tensor],
-                np_masks: Mapping[str, np.ndarray], target: int
+                np_masks: Mapping[str, np.ndarray], target: int, idle: Sequence[str] = ()
                 ) -> tuple[DimensionPlan, str, float]:
         """The plan under ``target`` keeping the entries/columns with the largest learned
         margins (see :meth:`_derive_plan`); ``(plan, form, kept score share)``."""
@@ -633,6 +664,8 @@ class PEPSearcher(Searcher):
         low = min(float(v.min()) for v in m.values())
         # Shifted so every score is positive: ranking by score is ranking by margin.
         score = {n: v - low + 1e-12 for n, v in m.items()}
+        for n in idle:  # a dropped field keeps nothing (zeros are never kept)
+            score[n] = np.zeros_like(score[n])
         candidates = {}
         if self.plan_form in ("auto", "sparse"):
             sp = magnitude_masks(score, D, target)

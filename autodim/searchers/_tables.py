@@ -7,6 +7,7 @@ built plan. A searcher module imports these from here, never from another search
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Any, Mapping, Sequence
 
@@ -252,3 +253,54 @@ def sparse_plan(searcher: Searcher, task: SearchTask, masks: Mapping[str, np.nda
             fp.sparse = {"nnz": int(masks[fp.name].sum()), "bits": encode_mask(masks[fp.name])}
     plan.validate()
     return plan
+
+
+@torch.no_grad()
+def uninformative_fields(embed, backbone: torch.nn.Module, batches: Any, names: Sequence[str],
+                         *, z: float = 2.0, max_rows: int = 50_000) -> list[str] | None:
+    """Fields whose removal does not raise the validation log loss by ``z`` standard errors.
+
+    ``embed(ids)`` gives the ``[B, F, D]`` field vectors the ``backbone`` reads; a field is
+    removed by zeroing its vector (what dim 0 stores). The loss difference is paired, row by
+    row, over up to ``max_rows`` rows of ``batches``, so what the rows share (how hard they
+    are) cancels. A field without signal lands well inside two standard errors; one the
+    model needs stands out. ``None`` when the model's validation log loss is not below the
+    constant predictor's (the label rate): an overfit model gains by losing any field, so
+    the test says nothing about the fields.
+    """
+    was = backbone.training
+    backbone.eval()
+    loss = torch.nn.functional.binary_cross_entropy_with_logits
+    F = len(names)
+    s = torch.zeros(F, dtype=torch.float64)
+    sq = torch.zeros(F, dtype=torch.float64)
+    n, base_sum, pos = 0, 0.0, 0.0
+    try:
+        for ids, labels in batches:
+            e = embed(ids)
+            y = labels.float()
+            base = loss(backbone(e).float(), y, reduction="none").double()
+            base_sum += float(base.sum())
+            pos += float(y.sum())
+            for f in range(F):
+                out = e.clone()
+                out[:, f] = 0.0
+                d = loss(backbone(out).float(), y, reduction="none").double() - base
+                s[f] += d.sum()
+                sq[f] += d.pow(2).sum()
+            n += len(labels)
+            if n >= max_rows:
+                break
+    finally:
+        backbone.train(was)
+    if n < 2:
+        return []
+    p = min(max(pos / n, 1e-6), 1 - 1e-6)
+    if base_sum / n >= -(p * math.log(p) + (1 - p) * math.log(1 - p)):
+        return None
+    mean = s / n
+    se = ((sq / n - mean.pow(2)).clamp_min(0.0) / (n - 1)).sqrt()
+    return [names[f] for f in range(F) if float(mean[f] - z * se[f]) <= 0.0]
+
+
+__all__ += ["uninformative_fields"]

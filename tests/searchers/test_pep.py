@@ -83,7 +83,8 @@ def test_pressure_raises_undefended_thresholds(tiny_data):
 
 def test_snapshot_mask_reproduces_its_sparsity(tiny_data):
     task = _task(tiny_data, ratio=2.0)
-    result = create_searcher("pep", plan_form="sparse", epochs=2, refill=False).search(task)
+    result = create_searcher("pep", plan_form="sparse", epochs=2, refill=False,
+                             drop_uninformative=False).search(task)
     snap = result.history["snapshots"][str(task.budget_bytes)]
     assert snap["reached"] and snap["step"] is not None
     plan = result.plan
@@ -181,14 +182,17 @@ def test_refill_uses_the_budget_and_keeps_the_snapshot_survivors(tiny_data, form
     # One step can prune far below the target (the snapshot is the first step at or below
     # it); the refill re-selects by learned margin, so the plan uses >= 95 % of the budget.
     task = _task(tiny_data, ratio=2.0)
-    result = create_searcher("pep", plan_form=form, epochs=2).search(task)
+    # The field test is off: a dropped field's bytes may rightly stay unspent.
+    result = create_searcher("pep", plan_form=form, epochs=2,
+                             drop_uninformative=False).search(task)
     plan, snap = result.plan, result.history["snapshots"][str(task.budget_bytes)]
     assert plan.num_bytes() <= task.budget_bytes
     assert plan.num_bytes() >= 0.95 * task.budget_bytes
     assert result.history["budget_used"] >= 0.95
     if "refill" in snap:
         assert snap["plan_bytes"] > snap["refill"]["snapshot_bytes"]
-        base = create_searcher("pep", plan_form=form, epochs=2, refill=False).search(task)
+        base = create_searcher("pep", plan_form=form, epochs=2, refill=False,
+                               drop_uninformative=False).search(task)
         assert base.plan.num_bytes() < 0.95 * task.budget_bytes  # what the refill fixed
         for fp, bp in zip(plan.fields, base.plan.fields):
             if form == "dims":  # the snapshot's columns are kept (largest margins)
@@ -239,3 +243,41 @@ def test_signal_entries_outlive_noise_entries():
     signal = min(density[n] for n in ("f00", "f01"))
     noise = max(density[n] for n in ("f02", "f03"))
     assert signal > noise + 0.05, density  # a flipped threshold gradient inverts this
+
+
+def test_uninformative_fields_tells_signal_from_noise_and_refuses_an_overfit_model():
+    """The backbone reads field 0's vector and ignores field 1's: field 1 is uninformative,
+    field 0 is not. A model whose loss is above the label rate's gets no verdict."""
+    from autodim.searchers._tables import uninformative_fields
+
+    g = torch.Generator().manual_seed(0)
+    n = 4000
+    x = torch.randn(n, generator=g)
+    y = (torch.rand(n, generator=g) < torch.sigmoid(2 * x)).float()
+    emb = torch.stack([x, torch.randn(n, generator=g)], 1).unsqueeze(-1)  # [n, 2, 1]
+
+    class Reader(torch.nn.Module):
+        def __init__(self, w: float):
+            super().__init__()
+            self.w = w
+
+        def forward(self, e):
+            return self.w * e[:, 0, 0]
+
+    batches = [(emb[i:i + 1000], y[i:i + 1000]) for i in range(0, n, 1000)]
+    ident = lambda e: e  # noqa: E731
+    assert uninformative_fields(ident, Reader(2.0), batches, ["signal", "noise"]) == ["noise"]
+    assert uninformative_fields(ident, Reader(-8.0), batches, ["signal", "noise"]) is None
+
+
+def test_fields_that_fail_the_validation_test_are_dropped_from_the_plan(tiny_data):
+    """tiny has two rank-0 fields; whatever the test drops is dim 0 in the plan, its budget
+    note says why, and turning the test off keeps those fields."""
+    task = _task(tiny_data, ratio=2.0)
+    h = (res := create_searcher("pep", epochs=2).search(task)).history
+    assert h["field_test"] == "done", h["field_test"]
+    idle = h["dropped_uninformative"]
+    assert idle and set(idle) <= {"f03", "f04"}, idle  # only rank-0 fields
+    assert all(res.plan.dims[n] == 0 for n in idle)
+    off = create_searcher("pep", epochs=2, drop_uninformative=False).search(task)
+    assert any(off.plan.dims[n] > 0 for n in idle)
