@@ -644,7 +644,7 @@ class PEPSearcher(Searcher):
                                   allow_drop_fields=True, per_byte=True)
             plan = self._build(task, {n: "dims" for n in rows}, np_masks, kept)
             candidates["dims"] = (sum(float(mass[n][kept[n]].sum()) for n in rows), plan)
-        kind = max(candidates, key=lambda k: (candidates[k][0], k == "dims"))
+        kind = _better_form(candidates)
         plan = candidates[kind][1]
         total = sum(float(m.sum()) for m in mags.values())
         info.update(form=kind, fallback={
@@ -684,7 +684,7 @@ class PEPSearcher(Searcher):
             kept = {n: sorted(order[n][:d]) for n, d in zip(names, chosen)}
             plan = self._build(task, {n: "dims" for n in names}, np_masks, kept)
             candidates["dims"] = (sum(values[i][d] for i, d in enumerate(chosen)), plan)
-        kind = max(candidates, key=lambda k: (candidates[k][0], k == "dims"))
+        kind = _better_form(candidates)
         total = sum(float(v.sum()) for v in score.values())
         return candidates[kind][1], kind, candidates[kind][0] / total
 
@@ -710,6 +710,15 @@ class PEPSearcher(Searcher):
                 fp.columns = sorted(int(c) for c in cols[fp.name])
         plan.validate()
         return plan
+
+
+def _better_form(candidates: Mapping[str, tuple[float, DimensionPlan]]) -> str:
+    """The form that keeps more score; on a tie (to 1e-9 relative, since the two forms sum
+    the same entries in a different order) the one with fewer bytes, then ``dims``. A
+    sparse table that keeps every entry of its field costs more than the dense columns."""
+    top = max(v for v, _ in candidates.values())
+    tied = [k for k, (v, _) in candidates.items() if v >= top - 1e-9 * max(abs(top), 1.0)]
+    return min(tied, key=lambda k: (candidates[k][1].num_bytes(), k != "dims"))
 
 
 def _summarise(kinds: Mapping[str, str], masks: Mapping[str, np.ndarray]) -> str:

@@ -281,3 +281,15 @@ def test_fields_that_fail_the_validation_test_are_dropped_from_the_plan(tiny_dat
     assert all(res.plan.dims[n] == 0 for n in idle)
     off = create_searcher("pep", epochs=2, drop_uninformative=False).search(task)
     assert any(off.plan.dims[n] > 0 for n in idle)
+
+
+def test_equal_scores_pick_the_form_with_fewer_bytes():
+    """Keeping every entry, the sparse and the dims form keep the same score (summed in a
+    different order); the cheaper form wins, and a real score gap still decides."""
+    from types import SimpleNamespace
+
+    from autodim.searchers._pep import _better_form
+
+    plan = lambda b: SimpleNamespace(num_bytes=lambda: b)  # noqa: E731
+    assert _better_form({"sparse": (10.0 + 1e-12, plan(85)), "dims": (10.0, plan(65))}) == "dims"
+    assert _better_form({"sparse": (11.0, plan(85)), "dims": (10.0, plan(65))}) == "sparse"
