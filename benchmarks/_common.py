@@ -91,11 +91,27 @@ def results_stem(name: str, quick: bool) -> str:
     return f"{name}_quick" if quick else name
 
 
-def dims_text(plan, sep: str = " ", *, sparse: bool = False) -> str:
+def dims_text(plan, sep: str = " ", *, sparse: bool = False, detail: bool = False) -> str:
     """The plan's per-field dims in field order; ``sparse``: a sparse field as its stored
-    values per row (``0.4s``) instead of its nominal dim."""
-    return sep.join(f"{f.sparse['nnz'] / f.vocab_size:.1f}s" if sparse and f.sparse is not None
-                    else str(f.dim) for f in plan.fields)
+    values per row (``0.4s``) instead of its nominal dim. ``detail``: every field's form,
+    ``s0.42`` (stored values per row) for sparse fields, ``d/hN`` or ``d/qN`` for hashed
+    ones, ``4+2+1`` for frequency groups and ``dK`` with K kept rows for row-pruned ones."""
+    if not detail:
+        return sep.join(f"{f.sparse['nnz'] / f.vocab_size:.1f}s"
+                        if sparse and f.sparse is not None else str(f.dim) for f in plan.fields)
+    out = []
+    for f in plan.fields:
+        if f.sparse is not None:
+            out.append(f"s{f.sparse['nnz'] / f.vocab_size:.2f}")
+        elif f.hashing is not None:
+            out.append(f"{f.dim}/{f.hashing['method'][0]}{f.hashing['buckets']}")
+        elif f.frequency_groups:
+            out.append("+".join(str(g["dim"]) for g in f.frequency_groups))
+        elif f.row_mask is not None:
+            out.append(f"{f.dim}r{f.row_mask['kept']}")
+        else:
+            out.append(str(f.dim))
+    return sep.join(out)
 
 
 def _cell(v: Any) -> str:

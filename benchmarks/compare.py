@@ -67,7 +67,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from _common import RESULTS, default_ml100k, load_datasets
+from _common import RESULTS, default_ml100k, dims_text, load_datasets
 
 D = 16
 PLAN_BASELINES = ("full", "uniform", "mde", "hash", "qr", "memcom", "uniform-alpha", "oracle")
@@ -170,24 +170,6 @@ def uniform_alpha_dims(schema, D: int, cands, budget: int) -> dict[str, int]:
                               budget)
 
 
-def dims_text(plan) -> str:
-    """Per field: its dim, ``d/hN`` for hashed fields, ``s0.42`` (stored values per row)
-    for sparse fields, ``dK`` with K kept rows for row-pruned fields."""
-    out = []
-    for f in plan.fields:
-        if f.sparse is not None:
-            out.append(f"s{f.sparse['nnz'] / f.vocab_size:.2f}")
-        elif f.hashing is not None:
-            out.append(f"{f.dim}/{f.hashing['method'][0]}{f.hashing['buckets']}")
-        elif f.frequency_groups:
-            out.append("+".join(str(g["dim"]) for g in f.frequency_groups))
-        elif f.row_mask is not None:
-            out.append(f"{f.dim}r{f.row_mask['kept']}")
-        else:
-            out.append(str(f.dim))
-    return " ".join(out)
-
-
 # -- one (dataset, backbone, seed) group ------------------------------------------------------
 class Group:
     """Runs the methods of one dataset, backbone and seed, around one full reference run."""
@@ -237,7 +219,7 @@ class Group:
                    val_auc=m["val_auc"], bytes=plan.num_bytes(), compression=1.0,
                    full_train_s=self.t_full, full_train_cpu_s=self.cpu_full,
                    train_s=self.t_full, epochs=m["epochs"],
-                   retrained=True, warm_start=False, dims=dims_text(plan))
+                   retrained=True, warm_start=False, dims=dims_text(plan, detail=True))
         return row
 
     def candidates(self, budget: int) -> tuple[int, ...]:
@@ -318,7 +300,7 @@ class Group:
                 "spearman": spearman_to_ranks(plan, self.data.meta.get("planted_ranks")),
                 "search_cpu_s": plan_cpu,
                 "train_s": time.perf_counter() - t0, "epochs": m["epochs"], "retrained": True,
-                "warm_start": False, "dims": dims_text(plan),
+                "warm_start": False, "dims": dims_text(plan, detail=True),
                 "settings": plan.searcher.get("settings", {})}
 
     def _search_run(self, method: str, budget: int) -> dict[str, Any]:
@@ -339,7 +321,8 @@ class Group:
         plan = result.plan
         out = {"bytes": plan.num_bytes(), "compression": plan.compression(),
                "spearman": spearman_to_ranks(plan, self.data.meta.get("planted_ranks")),
-               "search_s": search_s, "search_cpu_s": search_cpu, "dims": dims_text(plan),
+               "search_s": search_s, "search_cpu_s": search_cpu,
+               "dims": dims_text(plan, detail=True),
                "settings": settings, "candidates": " ".join(map(str, cands)),
                "note": "search = the full reference training + its own pass" if pretrained
                else ""}

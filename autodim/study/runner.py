@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from autodim._io import atomic_write_json
-from autodim.budget import format_bytes, full_bytes, min_feasible_bytes, parse_budget
+from autodim.budget import format_bytes, full_bytes, parse_budget
 from autodim.errors import AutodimError, BudgetError, ConfigError, DataError
 from autodim.study.config import SAMPLERS, StudyConfig
 
