@@ -43,6 +43,7 @@ from typing import Any
 from _common import RESULTS, default_ml100k, parser, quiet, results_stem, write_table
 
 HASH_RATIOS = (0.02, 0.05, 0.1, 0.2, 0.5)
+BACKBONE = ["fm"]  # set by --backbone
 ALL_BITS = (32, 16, 8, 4, 2, 1)
 
 
@@ -63,7 +64,8 @@ def _train(plan, data, cfg, seed, *, teacher=None, weight=0.0, warm=False):
     if warm:
         emb = warm_start_embedding(plan, teacher, data.schema)
         callbacks.append(CopyBackbone())
-    return train_plan(plan, dm, config=cfg, callbacks=callbacks, embedding=emb)
+    return train_plan(plan, dm, backbone=BACKBONE[0], config=cfg, callbacks=callbacks,
+                      embedding=emb)
 
 
 def _with_train(plan, mode: str):
@@ -120,7 +122,7 @@ def run_seed(data, seed: int, ratios, cfg, distill: float, only=None) -> list[di
             plans["hybrid+warm"] = plans["hybrid"]
             if distill > 0:
                 plans["hybrid+warm+distill"] = plans["hybrid"]
-        for name in ("quant", "mixed-precision", "memcom"):
+        for name in ("quant", "mixed-precision", "memcom", "mde", "uniform", "qr"):
             try:
                 plans[name] = baseline_plan(name, data.schema, 16, budget)
             except BudgetError as exc:
@@ -247,6 +249,7 @@ def main(argv=None) -> int:
     ap = parser(__doc__.splitlines()[0], quick="tiny synthetic data, one seed",
                 ml100k="MovieLens-100K folder")
     ap.add_argument("--seeds", default="0", help="split (and training) seeds, e.g. 0,1,2")
+    ap.add_argument("--backbone", default="fm", help="fm or deepfm (the latency part: fm)")
     ap.add_argument("--ratios", default="10,40", help="budgets as compression ratios")
     ap.add_argument("--distill", type=float, default=0.5, help="distillation weight (0: off)")
     ap.add_argument("--epochs", type=int, default=10)
@@ -256,6 +259,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="", help="comma-separated methods to run (full always)")
     ap.add_argument("--stem", default=None, help="results file stem")
     args = ap.parse_args(argv)
+    BACKBONE[0] = args.backbone
 
     from autodim.task import TrainConfig
 
@@ -288,8 +292,8 @@ def main(argv=None) -> int:
                              [m for m in args.only.split(",") if m])
         write_table(rows, f"{stem}_runs")
         print(write_table(summarize(rows), stem,
-                          title=f"{'tiny' if args.quick else 'ml100k'}, FM, D=16, split seeds "
-                                f"{seeds}"))
+                          title=f"{'tiny' if args.quick else 'ml100k'}, {args.backbone}, D=16, "
+                                f"split seeds {seeds}"))
     if not args.no_latency:
         lat = latency(load(seeds[0]), reps=3 if args.quick else args.reps)
         print(write_table(lat, f"{stem}_latency",
