@@ -30,12 +30,12 @@ AIMS = {"10x": 0.01, "40x": 0.02}
 
 
 def study_config(name: str, source: str, data_options: dict, *, quick: bool,
-                 out: Path) -> StudyConfig:
+                 out: Path, compress: bool = False) -> StudyConfig:
     import yaml
 
     out.mkdir(parents=True, exist_ok=True)
     space_file = out / f"{name}-space.yaml"
-    space_file.write_text(yaml.safe_dump(_space(quick)))
+    space_file.write_text(yaml.safe_dump(_space(quick, compress)))
     methods = [m for m in list_searchers() if get_searcher(m).retrain]
     raw = {
         "name": name, "dataset": {"source": source, **data_options}, "backbone": "fm", "D": 16,
@@ -53,11 +53,14 @@ def study_config(name: str, source: str, data_options: dict, *, quick: bool,
     return StudyConfig.from_dict(raw, source=f"benchmark {name}")
 
 
-def _space(quick: bool) -> dict:
-    """The default search space with cheaper searcher settings in quick mode."""
+def _space(quick: bool, compress: bool = False) -> dict:
+    """The default search space with cheaper searcher settings in quick mode; ``compress``:
+    the dims x bits x MEmCom compressor on (its sampled knobs as the default file lists)."""
     import yaml
 
     space = yaml.safe_load((REPO / "search_spaces" / "default.yaml").read_text())
+    if compress:
+        space["compress"]["enabled"] = True
     if quick:
         bb = space["methods"]["blackbox"]["params"]
         bb["n_candidates"] = 4
@@ -106,8 +109,9 @@ def pruned_for_budget(res) -> int:
                if (t.user_attrs.get("prune_reason") or {}).get("budget"))
 
 
-def run(name: str, source: str, data_options: dict, quick: bool, out: Path) -> list[dict]:
-    cfg = study_config(name, source, data_options, quick=quick, out=out)
+def run(name: str, source: str, data_options: dict, quick: bool, out: Path,
+        compress: bool = False) -> list[dict]:
+    cfg = study_config(name, source, data_options, quick=quick, out=out, compress=compress)
     t0 = time.perf_counter()
     res = run_study(cfg, echo=print, warn=lambda m: print(f"warning: {m}"))
     seconds = time.perf_counter() - t0
@@ -149,16 +153,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=None, help="synthetic rows")
     p.add_argument("--keep", type=Path, default=None, help="keep the study folders here")
     p.add_argument("--results", type=Path, default=RESULTS)
+    p.add_argument("--compress", action="store_true",
+                   help="enable the dims x bits x MEmCom compressor (study_front_compress.*)")
+    p.add_argument("--no-synthetic", action="store_true", help="only MovieLens-100K")
     args = p.parse_args(argv)
     quiet(1)
     out = args.keep or Path(tempfile.mkdtemp(prefix="autodim-study-front-"))
-    rows = run("synthetic", "synthetic", {"rows": args.rows or (80_000 if args.quick
-                                                                  else 150_000)},
-               args.quick, out)
+    rows = [] if args.no_synthetic else run(
+        "synthetic", "synthetic", {"rows": args.rows or (80_000 if args.quick else 150_000)},
+        args.quick, out, args.compress)
     if args.ml100k is not None:
-        rows += run("ml100k", str(Path(args.ml100k).expanduser()), {}, args.quick, out)
+        rows += run("ml100k", str(Path(args.ml100k).expanduser()), {}, args.quick, out,
+                    args.compress)
+    if not rows:
+        print("error: nothing to run (--no-synthetic without --ml100k)", file=sys.stderr)
+        return 2
     # Quick runs into the default folder must not overwrite the committed full results.
-    stem = results_stem("study_front", args.quick and args.results == RESULTS)
+    base = "study_front_compress" if args.compress else "study_front"
+    stem = results_stem(base, args.quick and args.results == RESULTS)
     write(rows, args.results, args.quick, stem)
     from autodim._table import format_table
 
