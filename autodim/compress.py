@@ -540,7 +540,15 @@ def warm_start_embedding(plan: DimensionPlan, teacher, schema: Schema, *,
             d = fp.dim
             if isinstance(mod.align, Project):
                 U, S, Vh = torch.linalg.svd(E, full_matrices=False)
-                low, proj = U[:, :d] * S[:d], Vh[:d]
+                # A field with fewer rows than d has only ``rows`` singular directions: the
+                # rest of the table and projection keep their fresh initialisation (zeros
+                # there would be a saddle that neither could leave).
+                k = min(d, S.numel())
+                low = U[:, :k] * S[:k]
+                proj = mod.align.linear.weight.detach().T.clone()  # [d, D]
+                proj[:k] = Vh[:k]
+                if k < d:
+                    low = torch.cat([low, 0.01 * torch.randn(low.shape[0], d - k)], 1)
                 mod.align.linear.weight.copy_(proj.T)
             elif d == plan.D:
                 low = E

@@ -208,3 +208,24 @@ def test_warm_start_reproduces_what_the_estimator_scored(tiny_data, tiny_dm):
     torch.testing.assert_close(warm.fields[k](col), ((U[:, :3] * S[:3]) @ Vh[:3])[col[:, 0]],
                                atol=1e-5, rtol=1e-4)
     assert warm.num_bytes() == plan.num_bytes()
+
+
+def test_warm_start_of_a_field_with_fewer_rows_than_its_dim():
+    """A 3-row field narrowed to dim 6 has 3 singular directions: they start the table and
+    projection, the other 3 keep their fresh initialisation (a study trial crashed here)."""
+    from dataclasses import replace
+
+    from autodim.compress import warm_start_embedding
+    from autodim.data.synthetic import make_planted
+    from autodim.export import build_model
+
+    data = make_planted("planted", rows=500, seed=0, cardinalities=[3, 40], ranks=[1, 2])
+    full = DimensionPlan.full(data.schema, 8)
+    teacher = build_model(full, "fm").eval()
+    plan = full.replace(fields=[replace(full.fields[0], dim=6), full.fields[1]])
+    warm = warm_start_embedding(plan, teacher, data.schema)
+    E = teacher.embedding.fields[0].table.embedding.weight.detach()
+    _, _, Vh = torch.linalg.svd(E, full_matrices=False)
+    proj = warm.fields[0].align.linear.weight.detach().T  # [6, 8]
+    torch.testing.assert_close(proj[:3], Vh[:3])
+    assert proj[3:].abs().sum() > 0 and warm.fields[0].table.embedding.weight[:, 3:].abs().sum() > 0
