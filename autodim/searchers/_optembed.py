@@ -596,6 +596,7 @@ class OptEmbedSearcher(Searcher):
     quick_settings: ClassVar[Mapping[str, Any]] = {
         "supernet_epochs": 2, "generations": 4, "mutation_num": 5, "crossover_num": 5,
         "topk": 6, "eval_batches": 2}
+    inflatable: ClassVar[bool] = False  # row-masked fields stay as they are when compressed
 
     def __init__(self, *, supernet_epochs: int | None = None, lr: float | None = None,
                  weight_decay: float | None = None, alpha: float = 1e-3,

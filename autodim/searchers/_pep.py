@@ -412,6 +412,7 @@ class PEPSearcher(Searcher):
     history_keys: ClassVar[tuple[str, ...]] = ("sparsity", "steps", "snapshots",
                                                "search_seconds")
     quick_settings: ClassVar[Mapping[str, Any]] = {"epochs": 2}
+    inflatable: ClassVar[bool] = False  # sparse fields stay as they are when compressed
 
     def __init__(self, *, granularity: str = "feature_dim", threshold_init: float = -15.0,
                  threshold_lr: float | str = "auto", threshold_pressure: float = 1e-6,

@@ -117,6 +117,11 @@ class Searcher(abc.ABC):
             model (or its :class:`~autodim.task.TrainResult`) instead of training one.
         baseline: The searcher is a rule, not a search: its plan may follow bytes alone
             (the "plans come from what was learned" checks do not apply to it).
+        inflatable: ``True`` (default): a study may let it search under ``inflate x
+            budget`` and bring the plan back with MEmCom / the compressor. ``False``: its
+            plans may hold element or row masks, which the compressor keeps as they are,
+            so an inflated plan could not be brought back: a study searches it at the
+            budget itself.
 
     Attributes (after :meth:`search`):
         model_: The trained model whose quality the plan carries, when the search produces
@@ -129,6 +134,7 @@ class Searcher(abc.ABC):
     retrain: ClassVar[bool] = True
     accepts_pretrained: ClassVar[bool] = False
     baseline: ClassVar[bool] = False
+    inflatable: ClassVar[bool] = True
     model_: Any = None  # the hand-off: set by searchers whose search trains the final model
 
     def get_settings(self) -> dict[str, Any]:

@@ -203,8 +203,11 @@ class TrialObjective:
                     for k, spec in (mspace.params.items() if mspace else [])}
         trial.set_user_attr("settings", _jsonable(settings))
         dims = cfg.candidate_dims(method)
+        cls = get_searcher(method)
         inflate, ratio = 1.0, None
-        if space.memcom.enabled:
+        # A searcher whose plans hold masks searches at the budget itself: the compaction
+        # step keeps masked fields as they are and could not bring an inflated plan back.
+        if space.memcom.enabled and cls.inflatable:
             inflate = float(space.memcom.inflate.suggest(trial, "memcom.inflate"))
             if inflate > 1.0:
                 ratio = float(space.memcom.ratio.suggest(trial, "memcom.ratio"))
@@ -218,7 +221,6 @@ class TrialObjective:
             # at that size and the compressor (bits, hashing) brings the plan to the budget.
             search_budget = min(full, max(search_budget,
                                           min_feasible_bytes(self.data.schema, cfg.D, dims)))
-        cls = get_searcher(method)
         task = self._task(cfg.search_train, budget=search_budget, dims=dims)
         searcher = create_searcher(method, **settings)
         with Stopwatch() as sw:

@@ -83,7 +83,7 @@ def test_history_holds_what_the_plots_need(name, runs):
 def test_declared_capabilities_hold(name, runs):
     cls = get_searcher(name)
     assert issubclass(cls, Searcher) and cls.name == name
-    for attr in ("retrain", "accepts_pretrained", "baseline"):
+    for attr in ("retrain", "accepts_pretrained", "baseline", "inflatable"):
         assert isinstance(getattr(cls, attr), bool), f"{name}.{attr} is not declared as a bool"
     # `accepts_pretrained` is what callers read; it must agree with the signature.
     takes = "pretrained" in inspect.signature(cls.search).parameters

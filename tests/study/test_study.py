@@ -393,3 +393,17 @@ def test_a_budget_only_low_bits_reach_runs_with_the_compressor(tmp_path, tiny_da
     trial = res.study.trials[0]
     assert trial.state.name == "COMPLETE", trial.user_attrs
     assert 0 < trial.values[1] <= budget
+
+
+def test_a_searcher_with_masked_plans_is_not_inflated(tmp_path, tiny_data):
+    """pep's sparse fields stay as they are when compacted, so a study searches it at the
+    budget itself: no trial is pruned because its plan cannot be brought back."""
+    space = _space(**{"memcom/inflate": {"type": "categorical", "choices": [3.0]}})
+    space["methods"] = {"pep": {"params": {"epochs": 1}}}
+    cfg = StudyConfig.load(write_study(tmp_path, methods=["pep"], baselines=[], space=space,
+                                       n_trials=1, budget="4x"))
+    res = run_study(cfg, data=tiny_data)
+    (trial,) = res.study.trials
+    assert trial.state.name == "COMPLETE", trial.user_attrs
+    assert trial.user_attrs["memcom"]["inflate"] == 1.0
+    assert "memcom.inflate" not in trial.params
