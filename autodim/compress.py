@@ -152,8 +152,9 @@ def compact_plan(plan: DimensionPlan, schema: Schema, budget_bytes: int | None, 
 def _lower_dims(D: int, fields: dict[str, FieldPlan], budget_bytes: int,
                 candidate_dims: Sequence[int]) -> dict[str, tuple[int, int]]:
     """Lower dims one candidate step at a time until the plan fits, each step taken where it
-    saves the most bytes per lost log-dim. Plain and MEmCom-hashed fields may move (their
-    bytes are recomputed exactly); fields with groups, masks or other hashing keep theirs."""
+    saves the most bytes per lost log-dim. Plain, MEmCom-hashed and frequency-grouped fields
+    may move (their bytes are recomputed exactly; a grouped field lowers its widest groups);
+    element-masked fields and other hashing keep theirs."""
     # 0 (dropping a field) is a step only when the user made it a candidate.
     cands = sorted({int(c) for c in candidate_dims if c >= 0}) or [1]
     start = {n: fp.dim for n, fp in fields.items()}
@@ -161,10 +162,21 @@ def _lower_dims(D: int, fields: dict[str, FieldPlan], budget_bytes: int,
 
     def movable(fp: FieldPlan) -> bool:
         # A row mask is over ids, so it stays valid at a lower dim; an element mask
-        # (sparse) or frequency groups fix their dims.
+        # (sparse) fixes its dims.
         hashed_ok = fp.hashing is None or fp.hashing.get("method") == "memcom"
-        return (fp.dim > cands[0] and hashed_ok and fp.frequency_groups is None
-                and fp.sparse is None)
+        return fp.dim > cands[0] and hashed_ok and fp.sparse is None
+
+    def lowered(fp: FieldPlan, lower: int) -> FieldPlan:
+        if fp.frequency_groups is not None:
+            # The widest groups step down; once every group has the same dim the field is
+            # a plain field again (a darts/autodim plan with groups was pruned at 40x
+            # because no grouped field could move).
+            groups = [{**g, "dim": min(int(g["dim"]), lower)} for g in fp.frequency_groups]
+            if len({g["dim"] for g in groups}) > 1:
+                return replace(fp, dim=lower, frequency_groups=groups)
+            return replace(fp, dim=lower, frequency_groups=None)
+        cols = fp.columns[:lower] if fp.align == "select" and fp.columns else fp.columns
+        return replace(fp, dim=lower, columns=cols)
 
     while total > budget_bytes:
         best, best_ratio, best_fp = None, -1.0, None
@@ -172,8 +184,7 @@ def _lower_dims(D: int, fields: dict[str, FieldPlan], budget_bytes: int,
             if not movable(fp):
                 continue
             lower = max([c for c in cands if c < fp.dim] or [cands[0]])
-            cols = fp.columns[:lower] if fp.align == "select" and fp.columns else fp.columns
-            new = replace(fp, dim=lower, columns=cols)
+            new = lowered(fp, lower)
             if lower == 0:  # a dropped field stores nothing: no hashing, no row mask
                 new = replace(new, hashing=None, row_mask=None)
             saved = fp.num_bytes(D) - new.num_bytes(D)

@@ -407,3 +407,26 @@ def test_a_searcher_with_masked_plans_is_not_inflated(tmp_path, tiny_data):
     assert trial.state.name == "COMPLETE", trial.user_attrs
     assert trial.user_attrs["memcom"]["inflate"] == 1.0
     assert "memcom.inflate" not in trial.params
+
+
+def test_compact_plan_lowers_fields_with_frequency_groups(tiny_data):
+    """A darts/autodim plan with frequency groups fits a tight budget: the widest groups step
+    down (a grouped field used to be immovable, so such trials were pruned)."""
+    from dataclasses import replace
+
+    from autodim.plan import DimensionPlan
+
+    schema = tiny_data.schema
+    plan = DimensionPlan.from_dims(schema, 8, [8, 8, 8, 8, 8])
+    rows = schema["f04"].vocab_size
+    plan = plan.replace(fields=[
+        replace(fp, frequency_groups=[{"rows": 100, "dim": 8}, {"rows": rows - 100, "dim": 2}])
+        if fp.name == "f04" else fp for fp in plan.fields])
+    plan.validate()
+    budget = int(plan.num_bytes() * 0.3)  # below what f04 alone stores as planned
+    assert plan["f04"].num_bytes(8) > budget
+    out, info = compact_plan(plan, schema, budget, ratio=0.1, min_rows=10**9,
+                             candidate_dims=(1, 2, 4, 8))
+    assert out.num_bytes() <= budget
+    assert "f04" in info["lowered"]
+    assert out.build().num_bytes() == out.num_bytes()
