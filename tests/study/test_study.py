@@ -430,3 +430,27 @@ def test_compact_plan_lowers_fields_with_frequency_groups(tiny_data):
     assert out.num_bytes() <= budget
     assert "f04" in info["lowered"]
     assert out.build().num_bytes() == out.num_bytes()
+
+
+def test_a_search_trial_beyond_the_target_is_surplus(tmp_path, tiny_data):
+    """Two workers that both read "one trial to go" both start one; the later-numbered one
+    sees the earlier one running, is pruned as ``surplus`` before it trains, and counts
+    nowhere (a three-worker PostgreSQL study ended with 7 search trials for a target of 6)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from autodim.study.objective import TrialObjective
+    from autodim.study.runner import _counts, resolve_budgets
+
+    cfg = StudyConfig.load(write_study(tmp_path, n_trials=1, baselines=[]))
+    budgets = resolve_budgets(cfg, tiny_data.schema, print)
+    objective = TrialObjective(cfg, tiny_data, budgets, tmp_path / "trials", journal=False,
+                               references=lambda: [])
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    first = study.ask()  # the other worker's trial, still running
+    first.set_user_attr("kind", "search")
+    study.optimize(objective, n_trials=1, catch=(Exception,))
+    late = study.trials[1]
+    assert late.state == TrialState.PRUNED and late.user_attrs["kind"] == "surplus"
+    assert "method" not in late.params  # nothing sampled, nothing trained
+    assert _counts(study) == (0, 1, 0)  # only the first trial counts (running)
