@@ -43,11 +43,10 @@ from typing import Any
 from _common import RESULTS, default_ml100k, parser, quiet, results_stem, write_table
 
 HASH_RATIOS = (0.02, 0.05, 0.1, 0.2, 0.5)
-BACKBONE = ["fm"]  # set by --backbone
 ALL_BITS = (32, 16, 8, 4, 2, 1)
 
 
-def _train(plan, data, cfg, seed, *, teacher=None, weight=0.0, warm=False):
+def _train(plan, data, cfg, seed, *, backbone="fm", teacher=None, weight=0.0, warm=False):
     from lightning.pytorch.callbacks import Callback
 
     from autodim.compress import warm_start_embedding
@@ -64,7 +63,7 @@ def _train(plan, data, cfg, seed, *, teacher=None, weight=0.0, warm=False):
     if warm:
         emb = warm_start_embedding(plan, teacher, data.schema)
         callbacks.append(CopyBackbone())
-    return train_plan(plan, dm, backbone=BACKBONE[0], config=cfg, callbacks=callbacks,
+    return train_plan(plan, dm, backbone=backbone, config=cfg, callbacks=callbacks,
                       embedding=emb)
 
 
@@ -76,7 +75,8 @@ def _with_train(plan, mode: str):
     return plan
 
 
-def run_seed(data, seed: int, ratios, cfg, distill: float, only=None) -> list[dict[str, Any]]:
+def run_seed(data, seed: int, ratios, cfg, distill: float, only=None, *,
+             backbone: str = "fm") -> list[dict[str, Any]]:
     import copy
 
     from autodim.baselines import baseline_plan
@@ -88,7 +88,7 @@ def run_seed(data, seed: int, ratios, cfg, distill: float, only=None) -> list[di
     rows = []
     full = DimensionPlan.full(data.schema, 16)
     t0 = time.perf_counter()
-    ref = _train(full, data, cfg, seed)
+    ref = _train(full, data, cfg, seed, backbone=backbone)
     rows.append({"seed": seed, "ratio": 1, "method": "full", "test_auc": ref.metrics["test_auc"],
                  "val_auc": ref.metrics["val_auc"], "bytes": full.num_bytes(),
                  "train_s": time.perf_counter() - t0})
@@ -142,7 +142,7 @@ def run_seed(data, seed: int, ratios, cfg, distill: float, only=None) -> list[di
                 continue
             assert plan.num_bytes() <= budget, (name, plan.num_bytes(), budget)
             t0 = time.perf_counter()
-            res = _train(plan, data, cfg, seed, teacher=teacher,
+            res = _train(plan, data, cfg, seed, backbone=backbone, teacher=teacher,
                          weight=distill if name.endswith("distill") else 0.0,
                          warm="+warm" in name)
             row.update(test_auc=res.metrics["test_auc"], val_auc=res.metrics["val_auc"],
@@ -259,7 +259,6 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="", help="comma-separated methods to run (full always)")
     ap.add_argument("--stem", default=None, help="results file stem")
     args = ap.parse_args(argv)
-    BACKBONE[0] = args.backbone
 
     from autodim.task import TrainConfig
 
@@ -289,7 +288,7 @@ def main(argv=None) -> int:
         rows = []
         for seed in seeds:
             rows += run_seed(load(seed), seed, ratios, replace_seed(cfg, seed), args.distill,
-                             [m for m in args.only.split(",") if m])
+                             [m for m in args.only.split(",") if m], backbone=args.backbone)
         write_table(rows, f"{stem}_runs")
         print(write_table(summarize(rows), stem,
                           title=f"{'tiny' if args.quick else 'ml100k'}, {args.backbone}, D=16, "

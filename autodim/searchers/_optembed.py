@@ -51,6 +51,7 @@ from autodim.embeddings.tables import FLOAT_BYTES, row_pruned_bytes
 from autodim.errors import BudgetError, ConfigError
 from autodim.plan import DimensionPlan, encode_mask
 from autodim.searchers._supernet import FusedFieldTable
+from autodim.searchers._tables import paired_lower_bound
 from autodim.searchers.base import Searcher, SearchResult, SearchTask, Stopwatch, check_plan
 from autodim.searchers.registry import register_searcher
 from autodim.task import CTRTask, RestoreBest, make_optimizers, make_trainer, seed_everything
@@ -499,8 +500,7 @@ def drop_uninformative(scorer: "_SubnetScorer", cand: Candidate, levels: Sequenc
         if k == 0:
             continue
         diff = scorer.row_losses(cand[:f] + (0,) + cand[f + 1:]) - base
-        se = float(diff.std()) / math.sqrt(max(n - 1, 1))
-        if float(diff.mean()) - z * se <= 0.0:
+        if float(paired_lower_bound(diff.sum(), diff.pow(2).sum(), n, z)) <= 0.0:
             dropped.append(f)
     out = tuple(0 if f in dropped else k for f, k in enumerate(cand))
     return out, dropped

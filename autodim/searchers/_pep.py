@@ -493,16 +493,7 @@ class PEPSearcher(Searcher):
             # survive (decoupled preset: noise fields kept more entries per row than the
             # signal fields). The validation loss tells them apart: such fields are
             # dropped and their bytes re-selected for the others from the margins.
-            idle = (uninformative_fields(embedding, model.backbone,
-                                         task.data.val_dataloader(), list(schema.names))
-                    if self.drop_uninformative else [])
-            field_test = ("off" if not self.drop_uninformative else
-                          "skipped: the trained model's validation log loss is not below the "
-                          "label rate's, so it cannot tell the fields apart"
-                          if idle is None else "done")
-            if idle is not None and len(idle) == schema.num_fields:
-                idle, field_test = [], "skipped: no field passed the test"
-            idle = idle or []
+            idle, field_test = self._field_test(embedding, model.backbone, task)
 
             plans: dict[int | None, DimensionPlan] = {}
             snapshots: dict[str, dict[str, Any]] = {}
@@ -510,9 +501,6 @@ class PEPSearcher(Searcher):
                 snap = monitor.snapshots.get(target) if target is not None else None
                 masks = snap["masks"] if snap else final_masks
                 margins = snap["margins"] if snap else final_margins
-                if idle:
-                    masks = {n: (torch.zeros_like(m) if n in idle else m)
-                             for n, m in masks.items()}
                 plan, info = self._derive_plan(task, masks, final_tables, target,
                                                reached=snap is not None, margins=margins,
                                                idle=idle)
@@ -590,6 +578,20 @@ class PEPSearcher(Searcher):
             steps = min(steps, task.train.max_steps)
         return steps
 
+    def _field_test(self, embedding: PEPEmbedding, backbone: nn.Module, task: SearchTask
+                    ) -> tuple[list[str], str]:
+        """(fields to drop, what the validation test of the fields said)."""
+        if not self.drop_uninformative:
+            return [], "off"
+        idle = uninformative_fields(embedding, backbone, task.data.val_dataloader(),
+                                    list(task.schema.names))
+        if idle is None:
+            return [], ("skipped: the trained model's validation log loss is not below the "
+                        "label rate's, so it cannot tell the fields apart")
+        if len(idle) == task.schema.num_fields:
+            return [], "skipped: no field passed the test"
+        return idle, "done"
+
     def _derive_plan(self, task: SearchTask, masks: Mapping[str, torch.Tensor],
                      tables: Mapping[str, torch.Tensor], target: int | None, *, reached: bool,
                      margins: Mapping[str, torch.Tensor] | None = None,
@@ -600,7 +602,8 @@ class PEPSearcher(Searcher):
         learned margins ``|e| − g(s)``)."""
         D = task.D
         rows = {f.name: f.vocab_size for f in task.schema.fields}
-        np_masks = {n: m.cpu().numpy() for n, m in masks.items()}
+        np_masks = {n: (np.zeros(m.shape, dtype=bool) if n in idle else m.cpu().numpy())
+                    for n, m in masks.items()}
         cols = {n: np.flatnonzero(m.any(0)).tolist() for n, m in np_masks.items()}
         forms = {}
         for n, m in np_masks.items():
@@ -629,7 +632,7 @@ class PEPSearcher(Searcher):
         # Fallback: training ended above the target. Prune the smallest surviving |ê|
         # further (sparse form) or drop the columns with the least surviving |ê| mass per
         # byte (dims form); "auto" keeps whichever retains more of the surviving mass.
-        mags = {n: (tables[n].abs() * masks[n]).cpu().numpy().astype(np.float64)
+        mags = {n: tables[n].abs().cpu().numpy().astype(np.float64) * np_masks[n]
                 for n in rows}
         candidates = {}
         if self.plan_form in ("auto", "sparse"):

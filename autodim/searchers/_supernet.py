@@ -69,6 +69,7 @@ from autodim.budget import (
     min_feasible_bytes,
 )
 from autodim.data.schema import Field, Schema
+from autodim.searchers._tables import paired_lower_bound
 from autodim.task import TrainingDiverged, split_parameters
 
 __all__ = ["FusedFieldTable", "CandidateLift", "SupernetEmbedding", "BilevelSettings",
@@ -749,10 +750,7 @@ def candidate_gains(embedding: "SupernetEmbedding", backbone: nn.Module, batches
     if seen == 0:
         raise RuntimeError("the validation split is empty: candidate gains need batches")
     mean = gain_sum / seen
-    step_mean = step_sum / seen
-    step_var = (step_sq / seen - step_mean.pow(2)).clamp_min(0.0)
-    se = (step_var / max(seen - 1, 1)).sqrt()
-    lcb = mean[:, :1] + step_mean - z * se
+    lcb = mean[:, :1] + paired_lower_bound(step_sum, step_sq, seen, z)
     lcb[:, 0] = mean[:, 0]
     return (lcb.numpy(), mean.numpy()) if with_mean else lcb.numpy()
 

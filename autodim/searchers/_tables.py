@@ -255,6 +255,14 @@ def sparse_plan(searcher: Searcher, task: SearchTask, masks: Mapping[str, np.nda
     return plan
 
 
+def paired_lower_bound(total: Any, total_sq: Any, n: int, z: float) -> Any:
+    """Mean minus ``z`` standard errors of a per-row (paired) difference, from its sum and
+    sum of squares over ``n`` rows (tensors of any shape, element-wise)."""
+    mean = total / n
+    var = (total_sq / n - mean * mean).clamp_min(0.0)
+    return mean - z * (var / max(n - 1, 1)).sqrt()
+
+
 @torch.no_grad()
 def uninformative_fields(embed, backbone: torch.nn.Module, batches: Any, names: Sequence[str],
                          *, z: float = 2.0, max_rows: int = 50_000) -> list[str] | None:
@@ -298,9 +306,8 @@ def uninformative_fields(embed, backbone: torch.nn.Module, batches: Any, names: 
     p = min(max(pos / n, 1e-6), 1 - 1e-6)
     if base_sum / n >= -(p * math.log(p) + (1 - p) * math.log(1 - p)):
         return None
-    mean = s / n
-    se = ((sq / n - mean.pow(2)).clamp_min(0.0) / (n - 1)).sqrt()
-    return [names[f] for f in range(F) if float(mean[f] - z * se[f]) <= 0.0]
+    lcb = paired_lower_bound(s, sq, n, z)
+    return [names[f] for f in range(F) if float(lcb[f]) <= 0.0]
 
 
-__all__ += ["uninformative_fields"]
+__all__ += ["paired_lower_bound", "uninformative_fields"]

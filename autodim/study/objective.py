@@ -40,7 +40,7 @@ from autodim.errors import AutodimError, BudgetError
 from autodim.plan import DimensionPlan
 from autodim.study.compact import compact_plan
 from autodim.study.config import BASELINE_NAMES, StudyConfig, TrainSettings
-from autodim.study.storage import Heartbeat
+from autodim.study.storage import Heartbeat, search_trials_counted
 from autodim.task import TrainingDiverged
 
 __all__ = ["TrialObjective", "PruneHopeless", "Reference", "trial_folder", "PLAN_ATTR_LIMIT"]
@@ -358,20 +358,10 @@ class TrialObjective:
         surplus. It is pruned as kind ``surplus``, which nothing counts, before it samples
         or trains anything."""
         import optuna
-        from optuna.trial import TrialState
-
-        from autodim.study.storage import counts_as_done, requeued_numbers
 
         target = self.config.n_trials
-        trials = trial.study.get_trials(deepcopy=False)
-        again = requeued_numbers(trials)
-        ahead = 0
-        for t in trials:
-            if t.number >= trial.number or t.user_attrs.get("kind", "search") != "search":
-                continue
-            if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING) or (
-                    t.state == TrialState.FAIL and counts_as_done(t, again)):
-                ahead += 1
+        ahead = sum(search_trials_counted(trial.study.get_trials(deepcopy=False),
+                                          before=trial.number))
         if ahead >= target:
             reason = (f"the study's {target} search trial(s) are already done or running "
                       "(another worker started this one at the same moment)")

@@ -74,13 +74,8 @@ def smallest_model_bytes(schema, D: int, dims: Sequence[int],
 
     d = min(dims)
     plan = DimensionPlan.from_dims(schema, D, {n: d for n in schema.names})
-    if d == 0:
-        return plan.num_bytes()
-    fields = []
-    for fp in plan.fields:
-        options = [field_option(fp, d, b, None, scale=sc) for b, sc in precisions]
-        fields.append(min(options, key=lambda o: plan.replace(fields=[o]).num_bytes()))
-    return plan.replace(fields=fields).num_bytes()
+    return sum(min(field_option(fp, d, b, None, scale=sc).num_bytes(D) for b, sc in precisions)
+               for fp in plan.fields)
 
 
 def resolve_budgets(config: StudyConfig, schema, warn: Callable[[str], None]) -> dict[str, int]:
@@ -182,24 +177,11 @@ def _counts(study) -> tuple[int, int, int]:
     """(search trials done, search trials running, trials waiting)."""
     from optuna.trial import TrialState
 
-    from autodim.study.storage import counts_as_done, requeued_numbers
+    from autodim.study.storage import search_trials_counted
 
     trials = study.get_trials(deepcopy=False)
-    again = requeued_numbers(trials)
-    done = running = waiting = 0
-    for t in trials:
-        if t.state == TrialState.WAITING:
-            waiting += 1
-            continue
-        if t.user_attrs.get("kind", "search") != "search":
-            continue
-        if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
-            done += 1
-        elif t.state == TrialState.FAIL and counts_as_done(t, again):
-            done += 1
-        elif t.state == TrialState.RUNNING:
-            running += 1
-    return done, running, waiting
+    waiting = sum(1 for t in trials if t.state == TrialState.WAITING)
+    return (*search_trials_counted(trials), waiting)
 
 
 def _wait_for_others(study) -> bool:

@@ -39,12 +39,13 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 from autodim.errors import ConfigError
 
 __all__ = ["open_storage", "display_url", "recover_trials", "requeued_numbers", "Heartbeat",
            "worker_heartbeat", "check_journal", "taken_over", "counts_as_done", "data_identity",
+           "search_trials_counted",
            "first_difference",
            "HEARTBEAT_S", "GRACE_S", "MAX_RETRY", "JOURNAL_NAME"]
 
@@ -410,6 +411,27 @@ def counts_as_done(trial: Any, requeued: set[int]) -> bool:
     # many (measured: 1 run in 3 with three PostgreSQL workers). Once re-queued it is in
     # ``requeued`` and stops counting.
     return trial.number not in requeued and not (a.get("requeue") or a.get("interrupted"))
+
+
+def search_trials_counted(trials: Sequence[Any], *, before: int | None = None
+                          ) -> tuple[int, int]:
+    """(search trials done, search trials running) towards ``n_trials``: complete and pruned
+    ones, failed ones that :func:`counts_as_done`, and running ones; with ``before``, only
+    those numbered below it."""
+    from optuna.trial import TrialState
+
+    again = requeued_numbers(trials)
+    done = running = 0
+    for t in trials:
+        if (before is not None and t.number >= before
+                or t.user_attrs.get("kind", "search") != "search"):
+            continue
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (
+                t.state == TrialState.FAIL and counts_as_done(t, again)):
+            done += 1
+        elif t.state == TrialState.RUNNING:
+            running += 1
+    return done, running
 
 
 def _requeue(study: Any, trial: Any) -> int | None:

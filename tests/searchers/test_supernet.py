@@ -206,18 +206,26 @@ def test_plan_on_decoupled_data_differs_from_the_bytes_only_plan(decoupled, name
     assert result.plan.num_bytes() <= task.budget_bytes
 
 
+def _weights_trained(data, cands, *, epochs: int, batch: int, val_batch: int):
+    """A weight-sharing FM supernet over ``cands`` whose weights (not α) trained ``epochs``
+    epochs on ``data`` (seed 0): ``(embedding, module)``."""
+    torch.manual_seed(0)
+    schema = data.schema
+    emb = SupernetEmbedding(schema, 8, cands, weight_sharing=True)
+    module = BilevelSearch(emb, create_backbone("fm", schema.num_fields, 8),
+                           TensorBatches(data.val, val_batch), BilevelSettings(lr=1e-2))
+    opts = module.configure_optimizers()
+    for _ in range(epochs):
+        for b in TensorBatches(data.train, batch, shuffle=True, seed=0):
+            module.weight_step(b, opts[:-1])
+    return emb, module
+
+
 def test_candidate_gains_see_a_field_the_model_needs(tiny_data):
     """Dropping a signal field (candidate 0) costs more validation loss than dropping a
     noise field, and the gains are measured on the validation rows (finite, per slot)."""
-    torch.manual_seed(0)
     schema = tiny_data.schema
-    emb = SupernetEmbedding(schema, 8, (0, 2, 8), weight_sharing=True)
-    module = BilevelSearch(emb, create_backbone("fm", schema.num_fields, 8),
-                           TensorBatches(tiny_data.val, 512), BilevelSettings(lr=1e-2))
-    opts = module.configure_optimizers()
-    for _ in range(3):
-        for b in TensorBatches(tiny_data.train, 256, shuffle=True, seed=0):
-            module.weight_step(b, opts[:-1])
+    emb, module = _weights_trained(tiny_data, (0, 2, 8), epochs=3, batch=256, val_batch=512)
     gains = candidate_gains(emb, module.backbone, TensorBatches(tiny_data.val, 512))
     assert gains.shape == (schema.num_fields, 3)
     assert np.isfinite(gains).all()
@@ -250,14 +258,7 @@ def test_candidate_gains_bound_the_step_over_the_smallest_candidate(decoupled):
     it is positive, and no wider candidate of a noise field (rank 0) beats dropping it by
     two standard errors, so the plan drops the noise fields and keeps the signal."""
     schema = decoupled.schema
-    torch.manual_seed(0)
-    emb = SupernetEmbedding(schema, 8, CANDS, weight_sharing=True)
-    module = BilevelSearch(emb, create_backbone("fm", schema.num_fields, 8),
-                           TensorBatches(decoupled.val, 1024), BilevelSettings(lr=1e-2))
-    opts = module.configure_optimizers()
-    for _ in range(2):
-        for b in TensorBatches(decoupled.train, 512, shuffle=True, seed=0):
-            module.weight_step(b, opts[:-1])
+    emb, module = _weights_trained(decoupled, CANDS, epochs=2, batch=512, val_batch=1024)
     lcb, mean = candidate_gains(emb, module.backbone, TensorBatches(decoupled.val, 1024),
                                 with_mean=True)
     assert np.allclose(lcb[:, 0], mean[:, 0])
