@@ -66,16 +66,19 @@ def full_tables(model: CTRTask) -> dict[str, torch.Tensor]:
     return out
 
 
-def select_bytes(rows: int, columns: Sequence[int], D: int) -> int:
-    """Bytes of a field of ``rows`` rows keeping ``columns`` (``align="select"``)."""
+def select_bytes(rows: int, columns: Sequence[int], D: int, align: str = "select") -> int:
+    """Bytes of a field of ``rows`` rows keeping ``columns``: at their positions
+    (``align="select"``) or stored densely and widened by a ``d x D`` map (``"project"``)."""
     cols = sorted(int(c) for c in columns)
+    if align == "project":
+        return FieldPlan("_", rows, len(cols), align="project").num_bytes(D)
     return FieldPlan("_", rows, len(cols), align="select", columns=cols).num_bytes(D)
 
 
 def select_columns(rows: Mapping[str, int], D: int, scores: Mapping[str, np.ndarray],
                    budget_bytes: int | None, *, keep: Mapping[str, np.ndarray] | None = None,
                    min_columns: int = 1, allow_drop_fields: bool = False,
-                   per_byte: bool = True) -> dict[str, list[int]]:
+                   per_byte: bool = True, align: str = "select") -> dict[str, list[int]]:
     """Project per-column scores onto a byte budget: which columns each field keeps.
 
     Starting from ``keep`` (default: every column), the column with the lowest key is
@@ -96,6 +99,7 @@ def select_columns(rows: Mapping[str, int], D: int, scores: Mapping[str, np.ndar
         min_columns: Columns every field keeps unless fields may be dropped.
         allow_drop_fields: Let the budget remove whole fields.
         per_byte: Rank by score per byte (a knapsack greedy) instead of raw score.
+        align: How the kept columns are stored, for their bytes (:func:`select_bytes`).
 
     Returns:
         Sorted kept column indices per field (an empty list: the field is dropped).
@@ -107,7 +111,7 @@ def select_columns(rows: Mapping[str, int], D: int, scores: Mapping[str, np.ndar
     kept = {n: set(np.flatnonzero(keep[n]).tolist()) if keep is not None else set(range(D))
             for n in names}
     cand = {n: set(kept[n]) for n in names}
-    fbytes = {n: select_bytes(rows[n], kept[n], D) for n in names}
+    fbytes = {n: select_bytes(rows[n], kept[n], D, align) for n in names}
 
     def key(n: str, j: int) -> float:
         s = float(scores[n][j])
@@ -122,7 +126,7 @@ def select_columns(rows: Mapping[str, int], D: int, scores: Mapping[str, np.ndar
     order = sorted(((key(n, j), i, j, n) for i, n in enumerate(names) for j in kept[n]))
     # The floor: every field at its `min_columns` best columns (the ones the drop keeps).
     best = {n: sorted(kept[n], key=lambda j, n=n: (-key(n, j), j))[:min_columns] for n in names}
-    floor = sum(select_bytes(rows[n], best[n], D) for n in names)
+    floor = sum(select_bytes(rows[n], best[n], D, align) for n in names)
     if floor > budget_bytes:
         if not allow_drop_fields:
             raise BudgetError(
@@ -139,13 +143,13 @@ def select_columns(rows: Mapping[str, int], D: int, scores: Mapping[str, np.ndar
         if len(kept[n]) <= min_columns:
             continue
         kept[n].discard(j)
-        fbytes[n] = select_bytes(rows[n], kept[n], D)
+        fbytes[n] = select_bytes(rows[n], kept[n], D, align)
     # Grow back: the greedy drop may overshoot by a large column; refill with the best
     # dropped columns that still fit.
     for _, _, j, n in reversed(order):
         if j in kept[n] or j not in cand[n] or float(scores[n][j]) <= 0:
             continue  # a column nothing depends on is not worth bytes, even spare ones
-        new = select_bytes(rows[n], kept[n] | {j}, D)
+        new = select_bytes(rows[n], kept[n] | {j}, D, align)
         if total() - fbytes[n] + new <= budget_bytes:
             kept[n].add(j)
             fbytes[n] = new
@@ -264,17 +268,23 @@ def paired_lower_bound(total: Any, total_sq: Any, n: int, z: float) -> Any:
 
 
 @torch.no_grad()
-def uninformative_fields(embed, backbone: torch.nn.Module, batches: Any, names: Sequence[str],
-                         *, z: float = 2.0, max_rows: int = 50_000) -> list[str] | None:
-    """Fields whose removal does not raise the validation log loss by ``z`` standard errors.
+def field_removal_test(embed, backbone: torch.nn.Module, batches: Any, names: Sequence[str],
+                       *, z: float = 2.0, max_rows: int = 50_000
+                       ) -> tuple[list[str] | None, float]:
+    """(fields whose removal does not raise the validation log loss by ``z`` standard
+    errors, the model's mean validation log loss).
 
     ``embed(ids)`` gives the ``[B, F, D]`` field vectors the ``backbone`` reads; a field is
-    removed by zeroing its vector (what dim 0 stores). The loss difference is paired, row by
-    row, over up to ``max_rows`` rows of ``batches``, so what the rows share (how hard they
-    are) cancels. A field without signal lands well inside two standard errors; one the
-    model needs stands out. ``None`` when the model's validation log loss is not below the
-    constant predictor's (the label rate): an overfit model gains by losing any field, so
-    the test says nothing about the fields.
+    removed by replacing its vector with its mean over the rows tested (mean ablation). Not
+    by zeroing it: in FM a field's mean vector ``m`` enters every pair as ``<m, e_g>``, a
+    first-order term of the *other* field ``g`` that a model retrained without the field
+    learns through ``g``'s own weights; zeroing removes that term too, so a noise field the
+    model routed it through looked needed (decoupled preset: noise fields kept by the
+    zeroing test). The loss difference is paired, row by row, over up to ``max_rows`` rows
+    of ``batches``, so what the rows share (how hard they are) cancels. A field without signal lands well inside two standard errors; one the
+    model needs stands out. The list is ``None`` when the model's validation log loss is not
+    below the constant predictor's (the label rate): an overfit model gains by losing any
+    field, so the test says nothing about the fields.
     """
     was = backbone.training
     backbone.eval()
@@ -284,30 +294,47 @@ def uninformative_fields(embed, backbone: torch.nn.Module, batches: Any, names: 
     sq = torch.zeros(F, dtype=torch.float64)
     n, base_sum, pos = 0, 0.0, 0.0
     try:
-        for ids, labels in batches:
-            e = embed(ids)
-            y = labels.float()
-            base = loss(backbone(e).float(), y, reduction="none").double()
-            base_sum += float(base.sum())
-            pos += float(y.sum())
-            for f in range(F):
-                out = e.clone()
-                out[:, f] = 0.0
-                d = loss(backbone(out).float(), y, reduction="none").double() - base
-                s[f] += d.sum()
-                sq[f] += d.pow(2).sum()
-            n += len(labels)
-            if n >= max_rows:
-                break
+        with torch.no_grad():
+            total, seen = None, 0  # first pass: each field's mean vector over the rows
+            for ids, _ in batches:
+                e = embed(ids)
+                part = e.double().sum(0)
+                total = part if total is None else total + part
+                seen += len(e)
+                if seen >= max_rows:
+                    break
+            mean = (total / max(seen, 1)).to(e.dtype) if total is not None else None
+            for ids, labels in batches:
+                e = embed(ids)
+                y = labels.float()
+                base = loss(backbone(e).float(), y, reduction="none").double()
+                base_sum += float(base.sum())
+                pos += float(y.sum())
+                for f in range(F):
+                    out = e.clone()
+                    out[:, f] = mean[f]
+                    d = loss(backbone(out).float(), y, reduction="none").double() - base
+                    s[f] += d.sum()
+                    sq[f] += d.pow(2).sum()
+                n += len(labels)
+                if n >= max_rows:
+                    break
     finally:
         backbone.train(was)
     if n < 2:
-        return []
+        return [], math.nan
+    mean_loss = base_sum / n
     p = min(max(pos / n, 1e-6), 1 - 1e-6)
-    if base_sum / n >= -(p * math.log(p) + (1 - p) * math.log(1 - p)):
-        return None
+    if mean_loss >= -(p * math.log(p) + (1 - p) * math.log(1 - p)):
+        return None, mean_loss
     lcb = paired_lower_bound(s, sq, n, z)
-    return [names[f] for f in range(F) if float(lcb[f]) <= 0.0]
+    return [names[f] for f in range(F) if float(lcb[f]) <= 0.0], mean_loss
 
 
-__all__ += ["paired_lower_bound", "uninformative_fields"]
+def uninformative_fields(embed, backbone: torch.nn.Module, batches: Any, names: Sequence[str],
+                         *, z: float = 2.0, max_rows: int = 50_000) -> list[str] | None:
+    """The fields of :func:`field_removal_test` (``None``: the model cannot tell)."""
+    return field_removal_test(embed, backbone, batches, names, z=z, max_rows=max_rows)[0]
+
+
+__all__ += ["field_removal_test", "paired_lower_bound", "uninformative_fields"]

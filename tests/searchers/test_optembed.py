@@ -181,7 +181,7 @@ def test_plan_bytes_row_masks_and_warm_start(tiny_data):
     res = create_searcher("optembed", **settings).search(_task(tiny_data, budget=budget))
     plan = res.plan
     assert plan.num_bytes() == res.history["best"]["bytes"] <= budget
-    assert all(f.align == "pad" for f in plan.fields)
+    assert all(f.align == "project" for f in plan.fields)  # the default
     assert any(f.row_mask for f in plan.fields), "alpha=1e-2 prunes rows on tiny data"
     for f in plan.fields:
         if f.row_mask:
@@ -257,13 +257,32 @@ class _RowLossScorer:
         self.signal = torch.rand(n, generator=g, dtype=torch.float64) * 0.2 + 0.05
         self.noise = (torch.rand(n, generator=g, dtype=torch.float64) - 0.5) * 1e-3
 
-    def row_losses(self, cand):
+    def row_losses(self, cand, mean_field=None):
+        # Mean ablation of a field removes what its identity says, as dim 0 would.
+        cand = tuple(0 if f == mean_field else k for f, k in enumerate(cand))
         loss = torch.full_like(self.signal, 0.69)
         if cand[0] > 0:
             loss = loss - self.signal
         if cand[1] > 0:
             loss = loss + self.noise
         return loss
+
+
+def test_fill_regrows_no_field_the_test_drops():
+    """The budget fill takes an upgrade of a noise field whenever it does not lower the
+    fitness; the filled candidate is tested again, so the plan ends with the noise field at
+    0 and the fill spent on the signal field."""
+    from autodim.searchers._optembed import drop_and_fill
+
+    class Scorer(_RowLossScorer):
+        def __call__(self, cand):  # AUC: grows with the signal dim, a hair with the noise dim
+            return 0.7 + 0.01 * cand[0] + 1e-6 * cand[1]
+
+    levels = [0, 1, 2, 4]
+    costs = np.array([[0, 10, 20, 40], [0, 10, 20, 40]])
+    cand, fit, dropped, steps, _ = drop_and_fill(Scorer(), costs, 60, (1, 0), 0.71, levels)
+    assert cand == (3, 0) and dropped == [1], (cand, dropped, steps)
+    assert any(s["to"][1] > 0 for s in steps)  # the fill did grow the noise field once
 
 
 def test_drop_uninformative_drops_only_fields_without_signal():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -147,15 +149,20 @@ def test_warm_start_rewinds_kept_weights_to_their_initial_values(tiny_data):
             mask = module.table.mask
             assert torch.equal(weight, w0 * mask)
         else:
-            assert torch.equal(weight, w0[:, f.columns])
+            cols = f.columns or result.plan.searcher.get("columns", {}).get(
+                f.name, list(range(f.dim)))
+            assert torch.equal(weight, w0[:, cols])
     metrics = retrain(task, result, warm_start=True).metrics
     assert metrics["num_bytes"] == result.plan.num_bytes()
 
 
 def test_mask_bytes_counts_the_index_of_non_prefix_columns():
     counts = torch.tensor([[3, 0, 2, 0]])  # one field of 10 rows, columns 0 and 2 survive
-    # dims: 10 rows x 2 columns x 4 B + 2 int64 indices; sparse: 5 values x 5 B + 11 x 4 B.
-    assert mask_bytes(counts, [10], 4, "dims") == 80 + 16
+    # dims: 10 rows x 2 columns x 4 B + 2 int64 indices (select) or a 2 x 4 map (project);
+    # sparse: 5 values x 5 B + 11 x 4 B.
+    assert mask_bytes(counts, [10], 4, "dims", "select") == 80 + 16
+    assert mask_bytes(counts, [10], 4, "dims", "project") == 80 + 32
+    assert mask_bytes(counts, [10], 4, "dims") == 80 + 32
     assert mask_bytes(counts, [10], 4, "sparse") == 25 + 44
     assert mask_bytes(counts, [10], 4, "auto") == 69
     assert mask_bytes(torch.zeros(1, 4, dtype=torch.long), [10], 4, "auto") == 0
@@ -270,12 +277,39 @@ def test_uninformative_fields_tells_signal_from_noise_and_refuses_an_overfit_mod
     assert uninformative_fields(ident, Reader(-8.0), batches, ["signal", "noise"]) is None
 
 
+def test_field_test_ablates_a_field_to_its_mean_not_to_zero():
+    """FM reads a noise field's mean vector as a first-order term of the other fields
+    (``<m, e_g>``); a model retrained without the field learns that term through ``g``. The
+    test must call such a field uninformative: zeroing it would lose the term and keep it."""
+    from autodim.searchers._tables import field_removal_test
+
+    g = torch.Generator().manual_seed(0)
+    n = 4000
+    x = torch.randn(n, generator=g)
+    y = (torch.rand(n, generator=g) < torch.sigmoid(2 * x)).float()
+    # Field 1's vector is the same for every row (plus a tiny id jitter): no signal.
+    noise = 1.0 + 1e-4 * torch.randn(n, generator=g)
+    emb = torch.stack([x, noise], 1).unsqueeze(-1)  # [n, 2, 1]
+
+    class Pair(torch.nn.Module):
+        def forward(self, e):  # the FM pair term <e_0, e_1> with weight 2
+            return 2.0 * (e[:, 0, 0] * e[:, 1, 0])
+
+    batches = [(emb[i:i + 1000], y[i:i + 1000]) for i in range(0, n, 1000)]
+    idle, loss = field_removal_test(lambda e: e, Pair(), batches, ["signal", "noise"])
+    assert idle == ["noise"]
+    assert 0 < loss < math.log(2)
+
+
 def test_fields_that_fail_the_validation_test_are_dropped_from_the_plan(tiny_data):
     """tiny has two rank-0 fields; whatever the test drops is dim 0 in the plan, its budget
     note says why, and turning the test off keeps those fields."""
     task = _task(tiny_data, ratio=2.0)
     h = (res := create_searcher("pep", epochs=2).search(task)).history
-    assert h["field_test"] == "done", h["field_test"]
+    assert h["field_test"]["result"] == "done", h["field_test"]
+    # The verdict is the one of the epoch with the lowest validation log loss.
+    losses = h["field_test"]["val_logloss"]
+    assert h["field_test"]["epoch"] == 1 + losses.index(min(losses))
     idle = h["dropped_uninformative"]
     assert idle and set(idle) <= {"f03", "f04"}, idle  # only rank-0 fields
     assert all(res.plan.dims[n] == 0 for n in idle)
