@@ -43,8 +43,11 @@ def _study(name: str):
 
 
 def _running_elsewhere(study, pid: int) -> int | None:
+    # A search trial of that worker that has sampled its parameters (it is training): one
+    # killed before it samples (during its surplus check) has none to run again, and its
+    # retry rightly samples afresh.
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.user_attrs.get("pid") == pid and t.user_attrs.get("kind") == "search":
+        if t.user_attrs.get("pid") == pid and t.user_attrs.get("kind") == "search" and t.params:
             return t.number
     return None
 
