@@ -523,18 +523,18 @@ def drop_and_fill(scorer: "_SubnetScorer", costs: np.ndarray, budget: float | No
     best, dropped = drop_uninformative(scorer, cand, levels)
     best_fit = scorer(best) if dropped else float(fitness)
     steps: list[dict[str, Any]] = []
-    note = None
-    while budget is not None:
+    if budget is None:
+        return best, best_fit, dropped, steps, None
+    while True:
         filled, filled_fit, more, note = fill_budget(scorer, costs, budget, best, best_fit,
                                                      frozen=dropped)
         steps += more
-        tested, new = drop_uninformative(scorer, filled, levels) if more else (filled, [])
+        # Only a grown candidate can hold a field the test has not passed yet.
+        best, new = drop_uninformative(scorer, filled, levels) if more else (filled, [])
         if not new:
             return filled, filled_fit, dropped, steps, note
         dropped = sorted(set(dropped) | set(new))
-        best = tuple(0 if f in dropped else k for f, k in enumerate(tested))
         best_fit = scorer(best)
-    return best, best_fit, dropped, steps, note
 
 
 class _SubnetScorer:
@@ -768,12 +768,11 @@ class OptEmbedSearcher(Searcher):
         # by the upgrades the supernet's fitness prefers.
         best, best_fit, dropped, fill_steps, fill_note = drop_and_fill(
             scorer, costs, task.budget_bytes, evo.best, evo.best_fitness, levels)
-        if task.budget_bytes is not None:
-            if dropped and fill_note is None and candidate_bytes(best, costs) < (
-                    0.95 * task.budget_bytes):
-                fill_note = (f"fields {[schema.names[f] for f in dropped]} were dropped: "
-                             "removing each does not raise the validation log loss by two "
-                             "standard errors, and no upgrade of the others fits")
+        if task.budget_bytes is not None and dropped and fill_note is None and (
+                candidate_bytes(best, costs) < 0.95 * task.budget_bytes):
+            fill_note = (f"fields {[schema.names[f] for f in dropped]} were dropped: "
+                         "removing each does not raise the validation log loss by two "
+                         "standard errors, and no upgrade of the others fits")
         evo.best_bytes = candidate_bytes(best, costs)
 
         # Stage 3 is the caller's retrain(); here the plan and the warm start.

@@ -368,16 +368,22 @@ class _FieldTests(Callback):
         self.names = list(names)
         self.tests: list[dict[str, Any]] = []
 
-    def run(self, epoch: int) -> None:
+    def _run(self, trainer) -> None:
         idle, loss = field_removal_test(self.embedding, self.backbone, self.batches,
                                         self.names)
-        self.tests.append({"epoch": epoch, "val_logloss": loss, "idle": idle})
+        self.tests.append({"epoch": trainer.current_epoch + 1, "step": trainer.global_step,
+                           "val_logloss": loss, "idle": idle})
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        self.run(trainer.current_epoch + 1)
+        self._run(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        # Training that stopped inside an epoch (every target reached) gets its last test.
+        if not self.tests or self.tests[-1]["step"] != trainer.global_step:
+            self._run(trainer)
 
     def verdict(self) -> dict[str, Any] | None:
-        scored = [t for t in self.tests if t["val_logloss"] == t["val_logloss"]]
+        scored = [t for t in self.tests if not math.isnan(t["val_logloss"])]
         return min(scored, key=lambda t: t["val_logloss"]) if scored else None
 
 
@@ -544,9 +550,6 @@ class PEPSearcher(Searcher):
             # survive (decoupled preset: noise fields kept more entries per row than the
             # signal fields). The validation loss tells them apart: such fields are
             # dropped and their bytes re-selected for the others from the margins.
-            if tests is not None and (not tests.tests or
-                                      tests.tests[-1]["epoch"] != trainer.current_epoch + 1):
-                tests.run(trainer.current_epoch + 1)  # training stopped inside an epoch
             idle, field_test = self._field_test(tests, task)
 
             plans: dict[int | None, DimensionPlan] = {}

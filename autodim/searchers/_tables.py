@@ -281,10 +281,11 @@ def field_removal_test(embed, backbone: torch.nn.Module, batches: Any, names: Se
     learns through ``g``'s own weights; zeroing removes that term too, so a noise field the
     model routed it through looked needed (decoupled preset: noise fields kept by the
     zeroing test). The loss difference is paired, row by row, over up to ``max_rows`` rows
-    of ``batches``, so what the rows share (how hard they are) cancels. A field without signal lands well inside two standard errors; one the
-    model needs stands out. The list is ``None`` when the model's validation log loss is not
-    below the constant predictor's (the label rate): an overfit model gains by losing any
-    field, so the test says nothing about the fields.
+    of ``batches``, so what the rows share (how hard they are) cancels. A field without
+    signal lands well inside two standard errors; one the model needs stands out. The list
+    is ``None`` when the model's validation log loss is not below the constant predictor's
+    (the label rate): an overfit model gains by losing any field, so the test says nothing
+    about the fields.
     """
     was = backbone.training
     backbone.eval()
@@ -294,31 +295,26 @@ def field_removal_test(embed, backbone: torch.nn.Module, batches: Any, names: Se
     sq = torch.zeros(F, dtype=torch.float64)
     n, base_sum, pos = 0, 0.0, 0.0
     try:
-        with torch.no_grad():
-            total, seen = None, 0  # first pass: each field's mean vector over the rows
-            for ids, _ in batches:
-                e = embed(ids)
-                part = e.double().sum(0)
-                total = part if total is None else total + part
-                seen += len(e)
-                if seen >= max_rows:
-                    break
-            mean = (total / max(seen, 1)).to(e.dtype) if total is not None else None
-            for ids, labels in batches:
-                e = embed(ids)
-                y = labels.float()
-                base = loss(backbone(e).float(), y, reduction="none").double()
-                base_sum += float(base.sum())
-                pos += float(y.sum())
-                for f in range(F):
-                    out = e.clone()
-                    out[:, f] = mean[f]
-                    d = loss(backbone(out).float(), y, reduction="none").double() - base
-                    s[f] += d.sum()
-                    sq[f] += d.pow(2).sum()
-                n += len(labels)
-                if n >= max_rows:
-                    break
+        # The rows tested, looked up once; each field's mean vector is over all of them.
+        rows: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for ids, labels in batches:
+            rows.append((embed(ids), labels))
+            n += len(labels)
+            if n >= max_rows:
+                break
+        if rows:
+            mean = torch.cat([e for e, _ in rows]).double().mean(0).to(rows[0][0].dtype)
+        for e, labels in rows:
+            y = labels.float()
+            base = loss(backbone(e).float(), y, reduction="none").double()
+            base_sum += float(base.sum())
+            pos += float(y.sum())
+            for f in range(F):
+                out = e.clone()
+                out[:, f] = mean[f]
+                d = loss(backbone(out).float(), y, reduction="none").double() - base
+                s[f] += d.sum()
+                sq[f] += d.pow(2).sum()
     finally:
         backbone.train(was)
     if n < 2:
@@ -331,10 +327,4 @@ def field_removal_test(embed, backbone: torch.nn.Module, batches: Any, names: Se
     return [names[f] for f in range(F) if float(lcb[f]) <= 0.0], mean_loss
 
 
-def uninformative_fields(embed, backbone: torch.nn.Module, batches: Any, names: Sequence[str],
-                         *, z: float = 2.0, max_rows: int = 50_000) -> list[str] | None:
-    """The fields of :func:`field_removal_test` (``None``: the model cannot tell)."""
-    return field_removal_test(embed, backbone, batches, names, z=z, max_rows=max_rows)[0]
-
-
-__all__ += ["field_removal_test", "paired_lower_bound", "uninformative_fields"]
+__all__ += ["field_removal_test", "paired_lower_bound"]
