@@ -23,6 +23,7 @@ __all__ = ["FORMATS", "browser_path", "check_static", "write_images", "figure_fi
 
 FORMATS = ("png", "svg")
 _SIZE = {"width": 1100, "height": 650}
+_RENDER_TRIES = 3
 
 
 def check_static() -> None:
@@ -63,11 +64,23 @@ def write_images(figures: Sequence, paths: Sequence[str | os.PathLike]) -> list[
         if p.suffix.lower().lstrip(".") not in FORMATS:
             raise ConfigError(f"{p}: an image must end in .png or .svg")
     check_static()
+    figures = list(figures)
+    formats = [p.suffix.lower().lstrip(".") for p in paths]
     with contextlib.ExitStack() as stack:
         tmps = [stack.enter_context(atomic_path(p, suffix=p.suffix)) for p in paths]
-        pio.write_images(list(figures), [str(t) for t in tmps],
-                         format=[p.suffix.lower().lstrip(".") for p in paths],
-                         width=_SIZE["width"], height=_SIZE["height"])
+        todo = list(range(len(paths)))
+        for _ in range(_RENDER_TRIES):
+            pio.write_images([figures[i] for i in todo], [str(tmps[i]) for i in todo],
+                             format=[formats[i] for i in todo],
+                             width=_SIZE["width"], height=_SIZE["height"])
+            # kaleido reports a failed render (a browser timeout under load) by deleting
+            # the file it claimed, not by raising: those figures are rendered again.
+            todo = [i for i in todo if not tmps[i].exists() or not tmps[i].stat().st_size]
+            if not todo:
+                break
+        if todo:
+            raise ConfigError(f"{paths[todo[0]]}: the browser rendered no image "
+                              f"({_RENDER_TRIES} tries; kaleido drives {browser_path()})")
     return paths
 
 

@@ -4,7 +4,9 @@ static images."""
 from __future__ import annotations
 
 import math
+import os
 import shutil
+from pathlib import Path
 
 import optuna
 import pandas as pd
@@ -112,3 +114,39 @@ def test_static_refuses_other_suffixes(tmp_path):
 
     with pytest.raises(ConfigError, match="must end in .png or .svg"):
         write_images([None], [tmp_path / "x.jpg"])
+
+
+def test_static_renders_again_what_the_browser_dropped(tmp_path, monkeypatch):
+    """kaleido reports a failed render by deleting the file it claimed, not by raising: the
+    dropped figure is rendered again, and one that never renders is a one-line error with
+    no file left behind."""
+    import plotly.io as pio
+
+    import autodim.viz.static as static
+    from autodim.errors import ConfigError
+
+    calls: list[list[str]] = []
+
+    def flaky(figs, paths, format, width, height):  # noqa: A002 - plotly's keyword
+        calls.append(list(paths))
+        for i, p in enumerate(paths):
+            if len(calls) == 1 and i == 1:
+                os.unlink(p)  # the second figure's render "timed out"
+            else:
+                Path(p).write_bytes(b"img")
+
+    monkeypatch.setattr(static, "check_static", lambda: None)
+    monkeypatch.setattr(pio, "write_images", flaky)
+    a, b = static.write_images(["f", "g"], [tmp_path / "a.png", tmp_path / "b.svg"])
+    assert a.read_bytes() == b.read_bytes() == b"img"
+    assert len(calls) == 2 and calls[1] == [calls[0][1]]  # only the dropped one again
+
+    def never(figs, paths, format, width, height):  # noqa: A002
+        for p in paths:  # as kaleido: claim the name, then delete it on failure
+            Path(p).touch()
+            os.unlink(p)
+
+    monkeypatch.setattr(pio, "write_images", never)
+    with pytest.raises(ConfigError, match="c.png: the browser rendered no image"):
+        static.write_images(["f"], [tmp_path / "c.png"])
+    assert not (tmp_path / "c.png").exists() and not list(tmp_path.glob(".*tmp"))
