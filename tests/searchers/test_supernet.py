@@ -234,6 +234,40 @@ def test_candidate_gains_see_a_field_the_model_needs(tiny_data):
     assert drop[2] > 0.01 and drop[2] > max(drop[3], drop[4])
 
 
+def test_candidate_pairs_agree_with_the_gains(tiny_data):
+    """``beats[s, k, j]`` is the paired test between two candidates: never a candidate over
+    itself, never both ways, and dropping a signal field loses to keeping it."""
+    emb, module = _weights_trained(tiny_data, (0, 2, 8), epochs=3, batch=256, val_batch=512)
+    gains, mean, beats = candidate_gains(emb, module.backbone, TensorBatches(tiny_data.val, 512),
+                                         with_mean=True, with_pairs=True)
+    S, K = gains.shape
+    assert beats.shape == (S, K, K) and beats.dtype == bool
+    assert not beats[:, np.arange(K), np.arange(K)].any()
+    assert not (beats & beats.transpose(0, 2, 1)).any()
+    assert beats[2, 1:, 0].any()  # field 2 (rank 8): some width beats dropping it
+    # Where k beats j, its mean gain is the larger.
+    s_, k, j = np.nonzero(beats)
+    assert (mean[s_, k] > mean[s_, j]).all()
+
+
+def test_significant_values_tie_widths_the_test_cannot_tell_apart():
+    """A wider candidate counts only where it beats the running choice: a field whose step
+    to dim 1 is significant but whose wider steps are noise is worth the same at every
+    width >= 1, so the knapsack does not buy the noisiest winner."""
+    from autodim.searchers._supernet import significant_values
+
+    values = np.array([[0.0, 1.0, 1.0004, 1.0005], [0.0, 1.0, 2.0, 2.1]])
+    beats = np.zeros((2, 4, 4), dtype=bool)
+    beats[:, 1, 0] = True           # both: dim 1 beats dropping the field
+    beats[1, 2, :2] = True          # second slot: the next width beats both narrower ones
+    out = significant_values(values, beats)
+    assert out[0].tolist() == [0.0, 1.0, 1.0, 1.0]
+    assert out[1].tolist() == [0.0, 1.0, 2.0, 2.0]
+    # With every step significant, the values are the plain running maximum.
+    assert (significant_values(values, np.ones_like(beats)) ==
+            np.maximum.accumulate(values, axis=1)).all()
+
+
 def test_spare_bytes_go_to_informative_slots_cheapest_step_first():
     """The knapsack leaves bytes over; they go to slots whose gain over their smallest
     candidate was significant, evenly (cheapest step first), never to a slot without one
