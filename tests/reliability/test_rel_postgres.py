@@ -43,11 +43,13 @@ def _study(name: str):
 
 
 def _running_elsewhere(study, pid: int) -> int | None:
-    # A search trial of that worker that has sampled its parameters (it is training): one
-    # killed before it samples (during its surplus check) has none to run again, and its
-    # retry rightly samples afresh.
+    # A search trial of that worker that has sampled all its parameters (its settings are
+    # recorded once they are; memcom is off here): one killed before (during its surplus
+    # check, or between two suggestions) has none or some to run again, and its retry
+    # rightly samples the rest afresh.
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.user_attrs.get("pid") == pid and t.user_attrs.get("kind") == "search" and t.params:
+        if (t.user_attrs.get("pid") == pid and t.user_attrs.get("kind") == "search"
+                and "settings" in t.user_attrs):
             return t.number
     return None
 
