@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from autodim.budget import format_bytes
+from autodim.embeddings.field import DroppedField
 from autodim.embeddings.tables import FLOAT_BYTES, col_index_bytes, sparse_table_bytes
 from autodim.errors import BudgetError, ConfigError
 from autodim.plan import DimensionPlan, FieldPlan, encode_mask
@@ -25,14 +26,19 @@ __all__ = ["train_full_model", "full_model", "full_tables", "select_bytes", "sel
            "column_plan", "embedding_state", "magnitude_masks", "sparse_plan"]
 
 
-def train_full_model(task: SearchTask, config: TrainConfig | None = None) -> TrainResult:
-    """Train the full ``D``-wide model of ``task`` (early stopping on validation AUC).
+def train_full_model(task: SearchTask, config: TrainConfig | None = None, *,
+                     drop: Collection[str] = ()) -> TrainResult:
+    """Train the full ``D``-wide model of ``task`` (early stopping on validation AUC); the
+    fields in ``drop`` get dim 0 (left out), every other field ``D``.
 
     The search's seed (``task.seed``) seeds initialisation and shuffling, so a search is
     reproducible from its task alone.
     """
     config = replace(config or task.train, seed=task.seed)
     plan = DimensionPlan.full(task.schema, task.D)
+    if drop:
+        plan = DimensionPlan.from_dims(task.schema, task.D,
+                                       {n: 0 if n in drop else task.D for n in task.schema.names})
     return train_plan(plan, task.data, backbone=task.backbone,
                       backbone_kwargs=task.backbone_kwargs, config=config, test=False)
 
@@ -53,10 +59,13 @@ def full_model(task: SearchTask, pretrained: CTRTask | TrainResult | None,
     return pretrained, {}
 
 
-def full_tables(model: CTRTask) -> dict[str, torch.Tensor]:
-    """Per-field ``[rows, D]`` weights of a model whose embedding was built from a full plan."""
+def full_tables(model: CTRTask, *, skip_dropped: bool = False) -> dict[str, torch.Tensor]:
+    """Per-field ``[rows, D]`` weights of a model whose embedding was built from a full plan
+    (with ``skip_dropped``, one whose fields are at ``D`` or dropped: those are left out)."""
     out = {}
     for f, module in zip(model.embedding.schema.fields, model.embedding.fields):
+        if skip_dropped and type(module) is DroppedField:
+            continue
         table = getattr(module, "table", None)
         weight = getattr(getattr(table, "embedding", None), "weight", None)
         if weight is None or weight.shape[0] != f.vocab_size:

@@ -184,3 +184,40 @@ def test_project_warm_start_reproduces_the_measured_subspace(tiny_data, trained)
         for i, fp in enumerate(result.plan.fields):
             v = torch.tensor(result.history["subspaces"][i])[:, :fp.dim]
             assert torch.allclose(out[:, i], full[:, i] @ v @ v.T, atol=1e-5)
+
+
+def test_refit_scores_a_reference_trained_without_the_idle_fields(tiny_data):
+    # Two epochs: the full model beats the label rate, so the field test gives a verdict.
+    task = replace(_task(tiny_data), candidate_dims=(0, 1, 2, 4, 8))
+    task = replace(task, train=replace(task.train, max_epochs=2, patience=2))
+    noise = ["f03", "f04"]  # the preset's planted noise fields
+    result = create_searcher("sseds").search(task)
+    test = result.history["field_test"]
+    assert test["idle"] == noise and test["refit"] is True
+    assert all(result.plan[n].dim == 0 for n in noise)
+    raw = np.array(result.history["saliency_raw"])
+    # Scored on the refit reference: the idle fields are not in it, the others are.
+    assert np.all(raw[[3, 4]] == 0) and np.all(raw[[0, 1, 2]].sum(1) > 0)
+    assert result.history["full_model"] == test["reference"]
+    # Without the refit the one full model is scored, idle fields and all.
+    plain = create_searcher("sseds", refit=False).search(task)
+    assert plain.history["field_test"] is None
+    assert np.all(np.array(plain.history["saliency_raw"])[[3, 4]].sum(1) > 0)
+    # The warm start reads the refit reference's tables, dropped fields left out.
+    warm = create_searcher("sseds", warm_retrain=True).search(task)
+    built = warm.plan.build()
+    built.load_state_dict(warm.warm_start)
+
+
+def test_a_plan_under_the_budget_says_why_only_when_measured():
+    sseds = create_searcher("sseds")
+    task = SearchTask(data=None, D=D, budget_bytes=1000, candidate_dims=(0, 1, 2))
+    costs = [[0, 100, 200], [0, 100, 200]]
+    worse = np.array([[-0.7, -0.6, -0.65], [-0.7, -0.6, -0.62]])  # dim 2 loses to dim 1
+    assert "raises" in sseds._why_less(task, 200, [1, 1], worse, costs)
+    tie = worse.copy()
+    tie[1, 2] = -0.6  # as good as dim 1: no measured reason to leave the bytes unused
+    assert sseds._why_less(task, 200, [1, 1], tie, costs) is None
+    assert sseds._why_less(task, 960, [1, 1], tie, costs) is None  # uses >= 95 %
+    # A larger candidate that does not fit the spare bytes is no reason either way.
+    assert "raises" in sseds._why_less(task, 200, [1, 1], tie, [[0, 100, 200], [0, 100, 2000]])
