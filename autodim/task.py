@@ -26,7 +26,7 @@ from autodim.metrics import auc_torch, single_class
 from autodim.models import create_backbone
 
 __all__ = ["TrainConfig", "TrainResult", "CTRTask", "TrainingDiverged", "train_plan",
-           "make_trainer", "evaluate", "split_parameters", "make_optimizers", "RowWiseAdam",
+           "make_trainer", "evaluate", "split_parameters", "make_optimizers", "adam", "RowWiseAdam",
            "RestoreBest", "release_optimizers", "Distill"]
 
 
@@ -127,6 +127,19 @@ class RowWiseAdam(torch.optim.Optimizer):
 SPARSE_OPTIMIZERS = {"rowwise_adam": RowWiseAdam, "sparse_adam": torch.optim.SparseAdam}
 
 
+def adam(params: Iterable[Any], **kwargs: Any) -> torch.optim.Adam:
+    """``torch.optim.Adam``, fused where the parameters allow it (dense floating-point
+    tensors on CPU or CUDA): one pass over each tensor per step instead of a kernel per
+    term of the update. Measured on one thread: 0.52 ms against 2.59 ms for a 24,020 x 31
+    table, 0.28 against 0.79 for 24,020 x 16. The update is Adam's; results differ from
+    the unfused loop by float rounding only (~1e-7 after 100 steps)."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):  # e.g. a device without the fused kernel
+        return torch.optim.Adam(params, **kwargs)
+
+
 def make_optimizers(module: nn.Module, lr: float, weight_decay: float = 0.0, *,
                     sparse_optimizer: str = "rowwise_adam") -> list[torch.optim.Optimizer]:
     """Adam for dense parameters; a lazy row-wise optimiser for tables with sparse gradients
@@ -142,7 +155,7 @@ def make_optimizers(module: nn.Module, lr: float, weight_decay: float = 0.0, *,
     dense, sparse = split_parameters(module)
     opts: list[torch.optim.Optimizer] = []
     if dense:
-        opts.append(torch.optim.Adam(dense, lr=lr, weight_decay=weight_decay))
+        opts.append(adam(dense, lr=lr, weight_decay=weight_decay))
     if sparse:
         opts.append(sparse_cls(sparse, lr=lr))
     return opts
@@ -384,6 +397,11 @@ def make_trainer(config: TrainConfig, callbacks: list[Callback] | None = None,
     kwargs["callbacks"] = [*kwargs["callbacks"], _SeesInterrupt(),
                            *([shown] if shown is not None else [])]
     kwargs.update(overrides)
+    # Deterministic algorithms stay on; torch's companion setting that fills every new
+    # uninitialised tensor with NaN (so that code reading such memory is reproducible) goes
+    # off: nothing here reads memory it did not write, and the fill cost 5-15 % of a
+    # training step (MovieLens-100K FM, batch 1024/4096, benchmarks/throughput.py).
+    torch.utils.deterministic.fill_uninitialized_memory = False
     try:
         return pl.Trainer(**kwargs)
     except (MisconfigurationException, ValueError, RuntimeError, ImportError) as exc:

@@ -54,7 +54,14 @@ from autodim.searchers._supernet import FusedFieldTable
 from autodim.searchers._tables import paired_lower_bound
 from autodim.searchers.base import Searcher, SearchResult, SearchTask, Stopwatch, check_plan
 from autodim.searchers.registry import register_searcher
-from autodim.task import CTRTask, RestoreBest, make_optimizers, make_trainer, seed_everything
+from autodim.task import (
+    CTRTask,
+    RestoreBest,
+    adam,
+    make_optimizers,
+    make_trainer,
+    seed_everything,
+)
 
 __all__ = [
     "EvolutionResult",
@@ -228,7 +235,7 @@ class OptEmbedSupernet(CTRTask):
         # The paper gives the thresholds their own learning rate lr^t; here also their own
         # Adam, without weight decay (decay would pull t towards 0, against L_s).
         return (make_optimizers(network, self.lr, self.weight_decay)
-                + [torch.optim.Adam([self.embedding.threshold], lr=self.threshold_lr)])
+                + [adam([self.embedding.threshold], lr=self.threshold_lr)])
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         # L = L_CE + alpha * L_s (§3.2.1; upstream supernet.py::__update).

@@ -80,7 +80,7 @@ from autodim.searchers.base import (
     check_plan,
 )
 from autodim.searchers.registry import register_searcher
-from autodim.task import CTRTask, make_trainer, seed_everything, split_parameters
+from autodim.task import CTRTask, adam, make_trainer, seed_everything, split_parameters
 
 __all__ = ["PEPSearcher", "PEPEmbedding", "GRANULARITIES", "PLAN_FORMS"]
 
@@ -257,7 +257,7 @@ class _PEPTask(CTRTask):
         groups = [{"params": [p for p in dense if p is not thr], "lr": self.lr,
                    "weight_decay": self.weight_decay},
                   {"params": [thr], "lr": self.threshold_lr, "weight_decay": 0.0}]
-        opts: list[torch.optim.Optimizer] = [torch.optim.Adam(groups)]
+        opts: list[torch.optim.Optimizer] = [adam(groups)]
         if sparse:
             opts.append(torch.optim.SparseAdam(sparse, lr=self.lr))
         return opts

@@ -70,7 +70,7 @@ from autodim.budget import (
 )
 from autodim.data.schema import Field, Schema
 from autodim.searchers._tables import paired_lower_bound
-from autodim.task import TrainingDiverged, split_parameters
+from autodim.task import TrainingDiverged, adam, split_parameters
 
 __all__ = ["FusedFieldTable", "CandidateLift", "SupernetEmbedding", "BilevelSettings",
            "BilevelSearch", "frequency_group_rows", "project_to_budget", "tail_scores",
@@ -943,12 +943,12 @@ class BilevelSearch(pl.LightningModule):
         dense, sparse = split_parameters(holder)
         s = self.settings
         opts: list[torch.optim.Optimizer] = [
-            torch.optim.Adam(dense, lr=s.lr, weight_decay=s.weight_decay)]
+            adam(dense, lr=s.lr, weight_decay=s.weight_decay)]
         if sparse:
             opts.append(torch.optim.SparseAdam(sparse, lr=s.lr))
         # DARTS §3.1.2 steps α with Adam, betas (0.5, 0.999).
-        opts.append(torch.optim.Adam(self.embedding.arch_parameters(), lr=s.arch_lr,
-                                     betas=s.arch_betas, weight_decay=s.arch_weight_decay))
+        opts.append(adam(self.embedding.arch_parameters(), lr=s.arch_lr,
+                         betas=s.arch_betas, weight_decay=s.arch_weight_decay))
         return opts
 
     # -- training --------------------------------------------------------------------------
