@@ -176,6 +176,23 @@ def test_folded_lift_equals_linear_plus_batchnorm(starts, dims, per_sample):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
 
 
+def test_batch_moments_backward_is_the_exact_gradient():
+    from autodim.searchers._supernet import _moment_blocks, _Moments
+
+    rows = torch.randn(12, 2, 7, dtype=torch.float64, requires_grad=True)
+    c = rows - rows.mean(0)
+    full = torch.einsum("bfi,bfj->fij", c, c) / 12
+    blocks = _moment_blocks([0, 1, 3], [1, 2, 4], 7)  # separate tables: the widest alone
+    assert blocks == ((0, 3), (3, 7))
+    assert _moment_blocks([0, 0, 0], [1, 2, 4], 4) == ((0, 4),)  # weight sharing: all
+    for b in (((0, 7),), blocks):
+        assert torch.autograd.gradcheck(lambda x, b=b: _Moments.apply(x, b), (rows,))
+        mean, cov = _Moments.apply(rows, b)
+        torch.testing.assert_close(mean, rows.mean(0))
+        for lo, hi in b:
+            torch.testing.assert_close(cov[:, lo:hi, lo:hi], full[:, lo:hi, lo:hi])
+
+
 def test_fused_table_pools_like_mean_pool():
     schema = Schema([Field("user", vocab_size=7), Field("tags", "sequence", 9, width=3),
                      Field("item", vocab_size=5)])
