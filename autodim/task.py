@@ -53,9 +53,11 @@ class TrainConfig:
     progress: bool = False
     # Tables (fused tables: all fields of one width) above this many rows get sparse
     # gradients and a lazy row-wise optimiser. Measured crossover on one thread, batch 1024 x
-    # 10 ids, D=16: dense Adam is faster below ~20-30k rows, row-wise Adam above (2.6x at 100k,
-    # 7x at 300k); see benchmarks/throughput.py for the vocabulary sweep.
-    sparse_threshold: int = 30_000
+    # 10 ids, D=16, train_plan samples/s, dense (fused Adam) vs row-wise: 24k rows 331k vs
+    # 217k, 48k 254k vs 242k, 96k 220k vs 241k, 240k 129k vs 213k, so the crossover is
+    # about 60k rows (it was 20-30k before dense Adam was fused); see
+    # benchmarks/throughput.py for the vocabulary sweep.
+    sparse_threshold: int = 60_000
     sparse_optimizer: str = "rowwise_adam"
 
     def to_dict(self) -> dict[str, Any]:
