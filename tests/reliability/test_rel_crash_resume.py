@@ -77,9 +77,10 @@ def _snapshot(folder: Path):
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
 def test_kill_mid_trial_then_resume(sig, tmp_path):
-    # Trials of a few seconds each (bigger data, 2 epochs) so the kill lands inside one.
+    # Trials of a few seconds each (bigger data, 2 epochs) so the kill lands inside one
+    # (40k rows: steps got faster, and a longer trial widens the window the kill must hit).
     path = write_study(tmp_path, n_trials=N_TRIALS, baselines=["uniform"],
-                       dataset={"source": "synthetic:tiny", "rows": 20000},
+                       dataset={"source": "synthetic:tiny", "rows": 40000},
                        train={"epochs": 2, "batch_size": 128})
     folder = tmp_path / "out" / "rel"
     killed = _kill_mid_trial(path, folder, sig)
