@@ -36,7 +36,6 @@ a byte budget) live in :mod:`autodim.searchers._tables`.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any, ClassVar, Mapping
 
 import numpy as np
@@ -269,7 +268,7 @@ class SSEDSSearcher(Searcher):
                                          values[i].min() - 1.0)
             costs = [[_field_bytes(f.vocab_size, orders[i][:d], task.D, self.align)
                       for d in cands] for i, f in enumerate(schema.fields)]
-            columns = self._choose(task, values, costs, orders, cands)
+            columns, chosen = self._choose(task, values, costs, orders, cands)
             val = {k: float(metrics[k]) for k in ("val_auc", "val_logloss") if k in metrics}
             if self.align == "select":
                 plan = column_plan(self, task, columns, metrics=val)
@@ -292,7 +291,6 @@ class SSEDSSearcher(Searcher):
             "field_test": field_test,
             "search_seconds": sw.seconds,
         }
-        chosen = [cands.index(len(columns[n])) for n in schema.names]
         check_plan(self, task, plan, history,
                    why_less=self._why_less(task, plan.num_bytes(), chosen, values, costs))
         return SearchResult(plan=plan, history=history, warm_start=warm)
@@ -321,9 +319,7 @@ class SSEDSSearcher(Searcher):
         # field idle (nothing left to score): score the full model as it is.
         if not idle or len(idle) == len(names):
             return model, metrics, [], record
-        config = task.train if self.epochs is None else replace(task.train,
-                                                                max_epochs=self.epochs)
-        trained = train_full_model(task, config, drop=idle)
+        trained = train_full_model(task, epochs=self.epochs, drop=idle)
         record.update(refit=True, reference={k: float(v) for k, v in trained.metrics.items()})
         return trained.task, dict(trained.metrics), list(idle), record
 
@@ -346,17 +342,18 @@ class SSEDSSearcher(Searcher):
                 "validation loss (history['values']): the knapsack keeps the smaller dims")
 
     def _choose(self, task: SearchTask, values: np.ndarray, costs: list[list[int]],
-                orders: list[list[int]], cands: list[int]) -> dict[str, list[int]]:
-        """Per field, the kept columns: its ``d`` most salient, ``d`` chosen by the knapsack
-        (``values[f, c]``: worth of ``cands[c]`` columns; ``costs[f][c]``: the field's exact
-        bytes in ``self.align``)."""
+                orders: list[list[int]], cands: list[int]
+                ) -> tuple[dict[str, list[int]], list[int]]:
+        """Per field, the kept columns (its ``d`` most salient) and the index of ``d`` in
+        ``cands``, chosen by the knapsack (``values[f, c]``: worth of ``cands[c]`` columns;
+        ``costs[f][c]``: the field's exact bytes in ``self.align``)."""
         if task.budget_bytes is None:
             chosen = [len(cands) - 1] * len(costs)
         else:
             chosen = solve_mckp(values.tolist(), costs, task.budget_bytes,
                                 names=task.schema.names)
         return {f.name: sorted(orders[i][:cands[k]])
-                for i, (f, k) in enumerate(zip(task.schema.fields, chosen))}
+                for i, (f, k) in enumerate(zip(task.schema.fields, chosen))}, list(chosen)
 
     def _warm(self, plan: DimensionPlan, tables: Mapping[str, torch.Tensor],
               columns: Mapping[str, list[int]], bases: list[torch.Tensor] | None = None

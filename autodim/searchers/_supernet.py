@@ -178,21 +178,18 @@ class _Moments(torch.autograd.Function):
         return mean, cov
 
     @staticmethod
-    def backward(ctx, d_mean: torch.Tensor | None, d_cov: torch.Tensor | None):
+    def backward(ctx, d_mean: torch.Tensor, d_cov: torch.Tensor):
+        # Both gradients arrive materialised (zeros for an output the loss does not read).
         (c,) = ctx.saved_tensors
         F, B, n = c.shape
-        if d_cov is None:
-            grad = c.new_zeros(F, B, n)
-        elif ctx.blocks == ((0, n),):
+        if ctx.blocks == ((0, n),):
             grad = torch.bmm(c, (d_cov + d_cov.transpose(1, 2)) / B)  # [F, B, I]
         else:
             grad = c.new_zeros(F, B, n)
             for lo, hi in ctx.blocks:
                 g = d_cov[:, lo:hi, lo:hi]
                 grad[:, :, lo:hi] = torch.bmm(c[:, :, lo:hi], (g + g.transpose(1, 2)) / B)
-        if d_mean is not None:
-            grad = grad.add_((d_mean / B).unsqueeze(1))
-        return grad.transpose(0, 1), None
+        return grad.add_((d_mean / B).unsqueeze(1)).transpose(0, 1), None
 
 
 def _moment_blocks(starts: Sequence[int], dims: Sequence[int], width: int

@@ -27,14 +27,17 @@ __all__ = ["train_full_model", "full_model", "full_tables", "select_bytes", "sel
 
 
 def train_full_model(task: SearchTask, config: TrainConfig | None = None, *,
-                     drop: Collection[str] = ()) -> TrainResult:
-    """Train the full ``D``-wide model of ``task`` (early stopping on validation AUC); the
-    fields in ``drop`` get dim 0 (left out), every other field ``D``.
+                     epochs: int | None = None, drop: Collection[str] = ()) -> TrainResult:
+    """Train the full ``D``-wide model of ``task`` (early stopping on validation AUC) for
+    ``epochs`` (``None``: the config's); the fields in ``drop`` get dim 0 (left out), every
+    other field ``D``.
 
     The search's seed (``task.seed``) seeds initialisation and shuffling, so a search is
     reproducible from its task alone.
     """
     config = replace(config or task.train, seed=task.seed)
+    if epochs is not None:
+        config = replace(config, max_epochs=epochs)
     plan = DimensionPlan.full(task.schema, task.D)
     if drop:
         plan = DimensionPlan.from_dims(task.schema, task.D,
@@ -51,8 +54,7 @@ def full_model(task: SearchTask, pretrained: CTRTask | TrainResult | None,
     full model of ``task`` is trained for ``epochs`` (``None``: ``task.train.max_epochs``).
     """
     if pretrained is None:
-        config = task.train if epochs is None else replace(task.train, max_epochs=epochs)
-        trained = train_full_model(task, config)
+        trained = train_full_model(task, epochs=epochs)
         return trained.task, dict(trained.metrics)
     if isinstance(pretrained, TrainResult):
         return pretrained.task, dict(pretrained.metrics)
