@@ -139,6 +139,7 @@ def test_study_with_the_compressor_and_distillation(tmp_path, tiny_data):
     assert search and all(t.user_attrs["feasible"] for t in done)
     assert all("compress.bits" in t.params for t in search)
     assert all(t.user_attrs["compress"]["estimator"] == "model" for t in search)
+    assert all(t.user_attrs["compress"]["estimate_on"] == "train" for t in search)
     assert (res.folder / "teacher" / "weights.safetensors").is_file()
     for t in search:
         plan = res.plan(t.number)
@@ -148,6 +149,84 @@ def test_study_with_the_compressor_and_distillation(tmp_path, tiny_data):
             from autodim.embeddings.quant import QuantizedEmbedding
 
             assert any(isinstance(m, QuantizedEmbedding) for m in model.modules())
+
+
+def test_the_estimator_measures_on_training_rows(tiny_data, tiny_dm):
+    """``estimate_batches``: training rows by default (as many as the validation split
+    holds), validation rows on request; on the rows a trained model fit, every option that
+    hashes or narrows a field costs something (on validation rows it may not: the credit a
+    retrained compact model does not get)."""
+    import numpy as np
+
+    from autodim.compress import estimate_batches
+    from autodim.task import TrainConfig, train_plan
+
+    val = list(tiny_dm.val_dataloader())
+    n_val = sum(len(b[1]) for b in val)
+    on_train = estimate_batches(tiny_dm)
+    n = sum(len(b[1]) for b in on_train)
+    assert n_val <= n < n_val + tiny_dm.batch_size
+    def rows(a):
+        return [r.tobytes() for r in np.asarray(a, dtype=np.int64)]
+
+    train_rows, val_rows = set(rows(tiny_data.train.ids)), set(rows(tiny_data.val.ids))
+    seen = [r for b in on_train for r in rows(b[0])]
+    assert sum(r in train_rows for r in seen) == len(seen)
+    assert sum(r in val_rows and r not in train_rows for r in seen) == 0
+    on_val = estimate_batches(tiny_dm, "val")
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(on_val, val))
+    with pytest.raises(ValueError, match="on='test'"):
+        estimate_batches(tiny_dm, "test")
+
+    full = DimensionPlan.full(tiny_data.schema, 8)
+    res = train_plan(full, tiny_dm, config=TrainConfig(max_epochs=3, lr=1e-2), test=False)
+    est = ModelLoss(res.task.eval(), on_train, tiny_data.schema, 8)
+    for fp in full.fields:
+        assert est.narrow(fp, 1) > 0, fp.name
+        if fp.vocab_size >= 100:
+            assert est.hash(fp, fp.vocab_size // 2) > 0, fp.name
+
+
+def test_the_compressor_drops_the_fields_the_ablation_test_finds_idle(tiny_data, tiny_dm):
+    """Tiny planted data: f03 and f04 carry no signal. On the training rows the full model
+    memorised them (every option that coarsens them costs something); the mean-ablation
+    test on the validation rows finds them idle and the compressor drops them, spending the
+    bytes on the signal fields instead."""
+    from autodim.task import TrainConfig, train_plan
+
+    full = DimensionPlan.full(tiny_data.schema, 8)
+    res = train_plan(full, tiny_dm, config=TrainConfig(max_epochs=4, lr=1e-2, seed=0),
+                     test=False)
+    est = ModelLoss.from_datamodule(res.task.eval(), tiny_dm, tiny_data.schema, 8,
+                                    drop_test="idle")
+    noise = {n for n, r in tiny_data.meta["planted_ranks"].items() if r == 0}
+    assert est.idle == noise
+    # "harmful" (the default) flags only fields the model is better without: never signal.
+    harmful = ModelLoss.from_datamodule(res.task.eval(), tiny_dm, tiny_data.schema, 8)
+    assert harmful.idle <= noise
+    # A field whose rows are made pure noise hurts the model: "harmful" flags it alone.
+    import copy
+
+    spoilt = copy.deepcopy(res.task).eval()
+    k = tiny_data.schema.names.index("f04")
+    with torch.no_grad():
+        w = spoilt.embedding.fields[k].table.embedding.weight
+        w.copy_(torch.randn_like(w) * 3 * w.std())
+    assert ModelLoss.from_datamodule(spoilt, tiny_dm, tiny_data.schema, 8).idle == {"f04"}
+    assert all(est.narrow(next(f for f in full.fields if f.name == n), 1) > 0 for n in noise)
+    budget = full.num_bytes() // 6
+    plan, info = compress_plan(full, tiny_data.schema, budget, bits=(32, 8, 4, 2),
+                               estimator=est)
+    assert sorted(info["dropped"]) == sorted(noise)
+    assert {f.name for f in plan.fields if f.dim == 0} == noise
+    kept, _ = compress_plan(full, tiny_data.schema, budget, bits=(32, 8, 4, 2),
+                            estimator=est, drop_idle=False)
+    assert all(f.dim > 0 for f in kept.fields)
+    signal_bytes = sum(f.num_bytes(8) for f in plan.fields if f.name not in noise)
+    assert signal_bytes > sum(f.num_bytes(8) for f in kept.fields if f.name not in noise)
+    no_test = ModelLoss.from_datamodule(res.task.eval(), tiny_dm, tiny_data.schema, 8,
+                                        drop_test=None)
+    assert no_test.idle == set()
 
 
 def test_distillation_pulls_towards_the_teacher(tiny_data, tiny_dm):

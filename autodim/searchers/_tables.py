@@ -280,10 +280,11 @@ def paired_lower_bound(total: Any, total_sq: Any, n: int, z: float) -> Any:
 
 @torch.no_grad()
 def field_removal_test(embed, backbone: torch.nn.Module, batches: Any, names: Sequence[str],
-                       *, z: float = 2.0, max_rows: int = 50_000
+                       *, z: float = 2.0, max_rows: int = 50_000, harmful: bool = False
                        ) -> tuple[list[str] | None, float]:
     """(fields whose removal does not raise the validation log loss by ``z`` standard
-    errors, the model's mean validation log loss).
+    errors, the model's mean validation log loss); ``harmful``: only the fields whose
+    removal *lowers* it by ``z`` standard errors (the model is better without them).
 
     ``embed(ids)`` gives the ``[B, F, D]`` field vectors the ``backbone`` reads; a field is
     removed by replacing its vector with its mean over the rows tested (mean ablation). Not
@@ -334,6 +335,9 @@ def field_removal_test(embed, backbone: torch.nn.Module, batches: Any, names: Se
     p = min(max(pos / n, 1e-6), 1 - 1e-6)
     if mean_loss >= -(p * math.log(p) + (1 - p) * math.log(1 - p)):
         return None, mean_loss
+    if harmful:  # upper bound of the increase below 0: removing the field helps
+        ucb = -paired_lower_bound(-s, sq, n, z)
+        return [names[f] for f in range(F) if float(ucb[f]) < 0.0], mean_loss
     lcb = paired_lower_bound(s, sq, n, z)
     return [names[f] for f in range(F) if float(lcb[f]) <= 0.0], mean_loss
 

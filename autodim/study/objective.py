@@ -292,8 +292,10 @@ class TrialObjective:
         self._distill_weight = float(cs.distill.suggest(trial, "compress.distill"))
         if cs.estimator == "model":
             teacher = self._teacher()
-            batches = list(self._datamodule(self.config.train.batch_size).val_dataloader())
-            estimator = ModelLoss(teacher, batches, self.data.schema, self.config.D)
+            estimator = ModelLoss.from_datamodule(
+                teacher, self._datamodule(self.config.train.batch_size), self.data.schema,
+                self.config.D, on=cs.estimate_on,
+                drop_test=None if cs.drop_fields == "none" else cs.drop_fields)
         else:
             estimator = ProxyLoss(self.data.schema, self.config.D)
         out, info = compress_plan(plan, self.data.schema, budget, bits=bits, dims=dims,
@@ -303,6 +305,10 @@ class TrialObjective:
                                   estimator=estimator)
         trial.set_user_attr("compress", _jsonable({"bits": bits, "train": train, "scale": scale,
                                                    "estimator": info["estimator"],
+                                                   "estimate_on": (cs.estimate_on
+                                                                   if cs.estimator == "model"
+                                                                   else None),
+                                                   "dropped": info["dropped"],
                                                    "distill": self._distill_weight,
                                                    "fields": info["fields"]}))
         return out, info

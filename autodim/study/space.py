@@ -35,7 +35,8 @@ __all__ = ["ParamSpec", "MethodSpace", "MemcomSpace", "CompressSpace", "SearchSp
 DEFAULT_CANDIDATE_DIMS: tuple[int, ...] = (0, 1, 2, 4, 8, 16)  # 0: the field is dropped
 
 SPACE_KEYS = ("candidate_dims", "methods", "memcom", "compress")
-COMPRESS_KEYS = ("enabled", "bits", "train", "scale", "scalars", "estimator", "distill",
+COMPRESS_KEYS = ("enabled", "bits", "train", "scale", "scalars", "estimator", "estimate_on",
+                 "drop_fields", "distill",
                  "temperature", "warm_start")
 METHOD_KEYS = ("params", "candidate_dims")
 MEMCOM_KEYS = ("enabled", "inflate", "ratio", "min_rows")
@@ -186,7 +187,11 @@ class CompressSpace:
     MEmCom step of ``memcom`` runs). ``bits`` samples a set of allowed precisions, written
     ``"32,16,8,4"``; ``train`` samples ``qat``/``ptq``, ``scale`` ``row``/``field``. The
     hashing option uses ``memcom.ratio`` (when ``memcom.enabled``). ``estimator``: ``model``
-    (losses measured on the full-``D`` model, trained once per study) or ``proxy``.
+    (losses measured on the full-``D`` model, trained once per study) or ``proxy``;
+    ``estimate_on`` the rows it measures them on, ``train`` (default; see
+    :class:`autodim.compress.ModelLoss` for why) or ``val``; ``drop_fields`` (with ``model``)
+    drops the fields a mean-ablation test on the validation rows flags: ``harmful``
+    (default: the full model is better without them), ``idle`` (not needed) or ``none``.
     ``distill`` (a weight, 0 = off; may be sampled) trains the compact model towards that
     full model's probabilities at ``temperature`` as well (:class:`autodim.task.Distill`).
     ``warm_start`` starts the compact model from that full model
@@ -198,6 +203,8 @@ class CompressSpace:
     scale: ParamSpec = ParamSpec(type="fixed", value="row")
     scalars: str = "float16"
     estimator: str = "proxy"
+    estimate_on: str = "train"
+    drop_fields: str = "harmful"
     distill: ParamSpec = ParamSpec(type="fixed", value=0.0)
     temperature: float = 1.0
     warm_start: bool = False
@@ -225,6 +232,8 @@ class CompressSpace:
                      for k in ("bits", "train", "scale", "distill")},
                   scalars=str(raw.get("scalars", d.scalars)),
                   estimator=str(raw.get("estimator", d.estimator)),
+                  estimate_on=str(raw.get("estimate_on", d.estimate_on)),
+                  drop_fields=str(raw.get("drop_fields", d.drop_fields)),
                   temperature=_float(f"{where}.temperature",
                                      raw.get("temperature", d.temperature)),
                   warm_start=_bool(f"{where}.warm_start", raw.get("warm_start", False)))
@@ -240,7 +249,9 @@ class CompressSpace:
                 if v not in allowed:
                     raise ConfigError(f"{where}.{key}: {v!r} is not one of {', '.join(allowed)}")
         for key, v, allowed in (("scalars", out.scalars, ("float32", "float16", "int8")),
-                                ("estimator", out.estimator, ("model", "proxy"))):
+                                ("estimator", out.estimator, ("model", "proxy")),
+                                ("estimate_on", out.estimate_on, ("train", "val")),
+                                ("drop_fields", out.drop_fields, ("harmful", "idle", "none"))):
             if v not in allowed:
                 raise ConfigError(f"{where}.{key}: {v!r} is not one of {', '.join(allowed)}")
         return out
@@ -249,6 +260,7 @@ class CompressSpace:
         return {"enabled": self.enabled, "bits": self.bits.to_dict(),
                 "train": self.train.to_dict(), "scale": self.scale.to_dict(),
                 "scalars": self.scalars, "estimator": self.estimator,
+                "estimate_on": self.estimate_on, "drop_fields": self.drop_fields,
                 "distill": self.distill.to_dict(), "temperature": self.temperature,
                 "warm_start": self.warm_start}
 
