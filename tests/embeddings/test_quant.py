@@ -205,3 +205,27 @@ def test_export_file_bytes_equal_num_bytes_and_load_model_matches(tmp_path):
              for t in torchrec_tables(plan)["tables"]}
     assert types == {"t_u_memcom_shared": "INT4", "t_u_memcom_scale": "INT8",
                      "t_i": "BF16", "t_c": "INT8"}
+
+
+@pytest.mark.parametrize("bits", [2, 1])
+@pytest.mark.parametrize("scale", ["row", "field"])
+def test_low_bit_read_equals_unpacking_and_follows_loaded_tensors(bits, scale):
+    """2- and 1-bit tables read through a byte lookup table (field scales folded in); it is
+    rebuilt when new tensors are loaded, so a read never serves the old scale."""
+    torch.manual_seed(0)
+    rows, dim = 30, 7
+    qe = QuantizedEmbedding(rows, dim, {"bits": bits, "scale": scale})
+    n = rows if scale == "row" else 1
+
+    def state(k):
+        q = torch.randint(0, 2 ** bits, (rows, dim), dtype=torch.uint8)
+        return {"codes": pack_codes(q, bits), "scale": (torch.rand(n) + k).half(),
+                "offset": (torch.randn(n) - k).half()}
+
+    ids = torch.randint(0, rows, (9, 2))
+    for k in (0.5, 3.0):
+        st = state(k)
+        qe.load_state_dict(st)
+        q = unpack_codes(st["codes"], bits, dim).float()
+        ref = q * st["scale"].float()[:, None] + st["offset"].float()[:, None]
+        torch.testing.assert_close(qe(ids), ref[ids])
