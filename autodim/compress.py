@@ -348,11 +348,22 @@ class ModelLoss(ProxyLoss):
         self._tables: dict[str, Any] = {}
         self._svd: dict[str, Any] = {}
         self._cache: dict[tuple, float] = {}
+        self._used: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        slices = [(c.start, c.stop) for c in model.embedding.schema.column_slices()]
         for k, (f, mod) in enumerate(zip(model.embedding.schema.fields, model.embedding.fields)):
             if isinstance(mod, FieldEmbedding) and isinstance(mod.table, DenseTable):
                 with torch.no_grad():
                     E = mod.align(mod.table.embedding.weight.detach().float())
                 self._tables[f.name] = (k, E, mod.is_sequence)
+                # The ids the batches read: every option is built for these rows only (a
+                # lookup reads no other), so its cost follows the batches, not the
+                # vocabulary (Criteo-size tables: 10M rows a field).
+                lo, hi = slices[k]
+                used = torch.unique(torch.cat([b[0][:, lo:hi].reshape(-1)
+                                               for b in self.batches]).long())
+                remap = torch.zeros(E.shape[0], dtype=torch.int64)
+                remap[used] = torch.arange(used.numel())
+                self._used[f.name] = (used, remap)
         self.idle: set[str] = set()
         self.val_logloss: float | None = None
         if idle_batches is not None:
@@ -374,10 +385,11 @@ class ModelLoss(ProxyLoss):
         from autodim.embeddings.field import mean_pool
 
         k, _, is_seq = self._tables[name]
+        remap = self._used[name][1]
 
-        class _Fixed(nn.Module):
+        class _Fixed(nn.Module):  # ``table``: the replacement rows of the used ids
             def forward(self, ids):
-                return mean_pool(nn.functional.embedding(ids, table), ids, is_seq)
+                return mean_pool(nn.functional.embedding(remap[ids], table), ids, is_seq)
 
         fields = self.model.embedding.fields
         original = fields[k]
@@ -401,10 +413,13 @@ class ModelLoss(ProxyLoss):
         if dim >= min(E.shape):
             return 0.0
         if fp.name not in self._svd:
-            self._svd[fp.name] = torch.linalg.svd(E, full_matrices=False)
-        U, S, Vh = self._svd[fp.name]
-        return self._cached((fp.name, "dim", dim),
-                            lambda: (U[:, :dim] * S[:dim]) @ Vh[:dim])
+            # The right singular vectors of E (eigenvectors of E^T E, D x D): the rank-d
+            # approximation U_d S_d Vh_d of a row is the row times Vh_d^T Vh_d.
+            Vh = torch.linalg.svd(E, full_matrices=False)[2] if E.shape[0] <= 200_000 else (
+                torch.linalg.eigh(E.double().T @ E.double())[1].flip(1).T.float())
+            self._svd[fp.name] = Vh
+        Vh, rows = self._svd[fp.name], E[self._used[fp.name][0]]
+        return self._cached((fp.name, "dim", dim), lambda: (rows @ Vh[:dim].T) @ Vh[:dim])
 
     def quant(self, fp: FieldPlan, bits: int, scale: str) -> float:
         if fp.name not in self._tables:
@@ -416,16 +431,23 @@ class ModelLoss(ProxyLoss):
         from autodim.embeddings.quant import _minmax_qparams, quantize_tensor, range_search
 
         _, E, _ = self._tables[fp.name]
+        rows = E[self._used[fp.name][0]]
 
         def make():
             if bits == 16:
-                return E.half().float()
-            flat = E if scale == "row" else E.reshape(1, -1)
-            lo, hi = range_search(flat, bits)
+                return rows.half().float()
+            if scale == "row":
+                lo, hi = range_search(rows, bits)
+            else:  # one range for the whole table, searched on at most 250k of its rows
+                sample = E
+                if E.shape[0] > 250_000:
+                    gen = torch.Generator().manual_seed(0)
+                    sample = E[torch.randperm(E.shape[0], generator=gen)[:250_000]]
+                lo, hi = range_search(sample.reshape(1, -1), bits)
             s, o = _minmax_qparams(lo, hi, (1 << bits) - 1)
             if scale != "row":
-                s, o = s.expand(E.shape[0]), o.expand(E.shape[0])
-            q = quantize_tensor(E, bits, s[:, None], o[:, None]).float()
+                s, o = s.expand(rows.shape[0]), o.expand(rows.shape[0])
+            q = quantize_tensor(rows, bits, s[:, None], o[:, None]).float()
             return q * s[:, None] + o[:, None]
 
         with torch.no_grad():
@@ -439,13 +461,13 @@ class ModelLoss(ProxyLoss):
         import torch
 
         _, E, _ = self._tables[fp.name]
-        n = E.shape[0]
+        used = self._used[fp.name][0]
 
         def make():
-            bucket = np.arange(n) % buckets
             head = _bucket_heads(self.schema[fp.name], buckets)
-            U = E[torch.from_numpy(head[bucket])]
-            s = (E * U).sum(1) / (U * U).sum(1).clamp_min(1e-12)
+            rows = E[used]
+            U = E[torch.from_numpy(head[used.numpy() % buckets])]
+            s = (rows * U).sum(1) / (U * U).sum(1).clamp_min(1e-12)
             return s[:, None] * U
 
         with torch.no_grad():
