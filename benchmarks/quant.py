@@ -1,8 +1,10 @@
 """Precision as the third axis: the dims x bits x hashing compressor against each axis alone.
 
-For each split seed of MovieLens-100K (FM, D=16) it trains the full D=16 model once (the
-reference; also the model the compressor measures its losses on and the distillation
-teacher), then at each budget (10x, 40x fewer embedding bytes than the full table) trains:
+For each split seed of MovieLens-100K (FM or DeepFM, D=16; ``--data`` picks a planted
+preset instead: one split, the seeds set training) it trains the full D=16 model once (the
+reference; also the model the compressor measures its losses on, by default on training
+rows, ``--estimate-on``, and the distillation teacher), then at each budget (``--ratios``,
+e.g. 10x, 40x fewer embedding bytes than the full table) trains:
 
 - ``hybrid``: :func:`autodim.compress.compress_plan` over dims (1..16) x bits (32/16/8/4/2/1,
   row or field scales) x MEmCom (bucket ratios 0.02..0.5, int8 per-id scalars), QAT;
@@ -13,9 +15,12 @@ teacher), then at each budget (10x, 40x fewer embedding bytes than the full tabl
 - ``hybrid+warm`` (``+distill``): the hybrid plan started from the full model
   (:func:`autodim.compress.warm_start_embedding`: SVD-narrowed tables and projections,
   MEmCom from the bucket heads; the FM weights copied), then trained (QAT) as above;
+- ``dims+bits``: the hybrid without hashing; ``hybrid-nodrop``: the hybrid without its
+  field test (no field dropped) (both on request);
 - the single axes through the same compressor and estimator: ``dims only`` (float32, no
-  hashing), ``bits only`` (full dims, no hashing), ``hashing only`` (full dims, float32,
-  MEmCom);
+  hashing; it may drop the fields the full model is better without, as the hybrid does),
+  ``bits only`` (full dims, no hashing, no field dropped), ``hashing only`` (full dims,
+  float32, MEmCom, no field dropped);
 - the baselines ``quant`` (full dims, uniform bits), ``mixed-precision`` (bits by rule) and
   ``memcom`` (hashing at full dims, float32);
 - on request (``--only "dims only+warm,bits only+distill,..."``) any of the above
@@ -23,14 +28,16 @@ teacher), then at each budget (10x, 40x fewer embedding bytes than the full tabl
 
 Every plan is held to the budget exactly (``plan.num_bytes() <= budget``); an axis that
 cannot reach a budget is listed as infeasible. The latency part times the packed inference
-model (float16 / int8 / int4 row-wise, all fields at D=16) against the float32 model,
-interleaved in one process at batch 1, 256 and 4096, and prints the ratios.
+model (float16, int8, int4, int2 with row or field scales, all fields at D=16, and the
+seed-0 hybrid plans of ``<stem>_runs.csv``) against the float32 model, interleaved in one
+process at batch 1, 256 and 4096: median of the per-round ratios, min-max beside it.
 
 Usage::
 
     python benchmarks/quant.py --quick                 # tiny synthetic data, 1 seed (~1 min)
     python benchmarks/quant.py --seeds 0,1,2 --ratios 10,40
     python benchmarks/quant.py --latency-only
+    python benchmarks/quant.py --data criteo_kaggle --rows 1000000 --batch 4096 --ratios 10,40,100
 """
 
 from __future__ import annotations
@@ -76,7 +83,7 @@ def _with_train(plan, mode: str):
 
 
 def run_seed(data, seed: int, ratios, cfg, distill: float, only=None, *,
-             backbone: str = "fm") -> list[dict[str, Any]]:
+             backbone: str = "fm", estimate_on: str = "train") -> list[dict[str, Any]]:
     import copy
 
     from autodim.baselines import baseline_plan
@@ -94,10 +101,15 @@ def run_seed(data, seed: int, ratios, cfg, distill: float, only=None, *,
                  "train_s": time.perf_counter() - t0})
     print(f"seed {seed} full: test AUC {ref.metrics['test_auc']:.4f}", flush=True)
     teacher = ref.task.eval()
-    val = list(CTRDataModule(data, batch_size=4096, seed=seed).val_dataloader())
-    est = ModelLoss(teacher, val, data.schema, 16)
+    dm = CTRDataModule(data, batch_size=4096, seed=seed)
+    est = ModelLoss.from_datamodule(teacher, dm, data.schema, 16, on=estimate_on)
+    if est.idle:
+        print(f"seed {seed}: fields the full model is better without (dropped): "
+              f"{sorted(est.idle)}")
     axes = {
         "hybrid": dict(bits=ALL_BITS, ratios=HASH_RATIOS),
+        "dims+bits": dict(bits=ALL_BITS, ratios=()),
+        "hybrid-nodrop": dict(bits=ALL_BITS, ratios=HASH_RATIOS),
         "dims only": dict(bits=(32,), ratios=()),
         "bits only": dict(bits=ALL_BITS, dims=(16,), ratios=()),
         "hashing only": dict(bits=(32,), dims=(16,), ratios=(0.01,) + HASH_RATIOS),
@@ -106,12 +118,19 @@ def run_seed(data, seed: int, ratios, cfg, distill: float, only=None, *,
         budget = int(full.num_bytes() // ratio)
         plans: dict[str, Any] = {}
         for name, kw in axes.items():
+            if name in ("dims+bits", "hybrid-nodrop") and not (
+                    only and any(m.startswith(name) for m in only)):
+                continue
             try:
                 # Hashing alone may hash every field (MEmCom's float32 scalars cost 4 B an
                 # id, so small fields must share buckets too for it to reach 10x).
                 plans[name] = compress_plan(full, data.schema, budget, estimator=est,
                                             scale=("row", "field"), scalars="int8",
                                             min_rows=2 if name == "hashing only" else 100,
+                                            # dropping a field is the dims axis (dim 0)
+                                            drop_idle=name not in ("bits only",
+                                                                   "hashing only",
+                                                                   "hybrid-nodrop"),
                                             **kw)[0]
             except BudgetError as exc:
                 plans[name] = exc
@@ -196,7 +215,28 @@ def _ms(values) -> str:
 
 
 # -- latency ---------------------------------------------------------------------------------
-def latency(data, *, reps: int, batches=(1, 256, 4096)) -> list[dict[str, Any]]:
+def parse_plan(text: str, full):
+    """The plan ``_describe`` wrote (``field:dim@bits[f][#buckets]``; MEmCom scalars int8)."""
+    from autodim.compress import field_option
+
+    spec = {}
+    for part in text.split():
+        name, rest = part.split(":")
+        rest, _, buckets = rest.partition("#")
+        dim, _, bits = rest.partition("@")
+        scale = "field" if bits.endswith("f") else "row"
+        spec[name] = (int(dim), int(bits.rstrip("f") or 32), scale,
+                      int(buckets) if buckets else None)
+    fields = [field_option(f, spec[f.name][0], spec[f.name][1], spec[f.name][3],
+                           scale=spec[f.name][2], scalars="int8") for f in full.fields]
+    plan = full.replace(fields=fields)
+    plan.validate()
+    return plan
+
+
+def latency(data, *, reps: int, batches=(1, 256, 4096), plans=None) -> list[dict[str, Any]]:
+    """Packed inference time of each variant against the float32 model (all fields D=16),
+    per batch size; ``plans``: extra ``{name: DimensionPlan}`` (e.g. the hybrid plans)."""
     import copy
 
     import numpy as np
@@ -209,12 +249,17 @@ def latency(data, *, reps: int, batches=(1, 256, 4096)) -> list[dict[str, Any]]:
     torch.manual_seed(0)
     base = DimensionPlan.full(data.schema, 16)
     variants = {"float32": None, "float16": {"bits": 16}, "int8": {"bits": 8},
-                "int4": {"bits": 4}}
-    models = {}
+                "int4": {"bits": 4}, "int4 field": {"bits": 4, "scale": "field"},
+                "int2": {"bits": 2}, "int2 field": {"bits": 2, "scale": "field"}}
+    todo = {}
     for name, prec in variants.items():
         plan = copy.deepcopy(base)
         for f in plan.fields:
             f.precision = copy.deepcopy(prec)
+        todo[name] = plan
+    todo.update(plans or {})
+    models = {}
+    for name, plan in todo.items():
         model = build_model(plan, "fm")
         with torch.no_grad():
             for p in model.parameters():
@@ -228,20 +273,33 @@ def latency(data, *, reps: int, batches=(1, 256, 4096)) -> list[dict[str, Any]]:
             x = test[idx].long().contiguous()
             for m in models.values():  # warm-up (builds the kernels' prepacked buffers)
                 m(x)
+            # Calls per timing: enough for the float32 model to run >= 20 ms, so one sample
+            # is not a fraction of a scheduler tick; each round times every model in turn
+            # (the order rotating) and the ratio is taken within the round.
+            t0 = time.perf_counter()
+            for _ in range(5):
+                models["float32"](x)
+            one = max((time.perf_counter() - t0) / 5, 1e-6)
+            n_inner = max(2, min(2000, int(0.02 / one)))
+            names = list(models)
             times: dict[str, list[float]] = {k: [] for k in models}
-            n_inner = max(2, min(100, 4096 // bs))
-            for _ in range(reps):
-                for name, m in models.items():  # interleaved
+            for rep in range(reps):
+                for name in names[rep % len(names):] + names[:rep % len(names)]:
+                    m = models[name]
                     t0 = time.perf_counter()
                     for _ in range(n_inner):
                         m(x)
                     times[name].append((time.perf_counter() - t0) / n_inner)
-            f32 = min(times["float32"])
-            row = {"batch": bs, "float32 ms": round(f32 * 1e3, 4)}
-            for name in ("float16", "int8", "int4"):
-                row[f"{name} / float32"] = round(min(times[name]) / f32, 3)
-            rows.append(row)
-            print(row, flush=True)
+            f32 = times["float32"]
+            for name in names:
+                ratios = [t / b for t, b in zip(times[name], f32)]
+                row = {"batch": bs, "model": name,
+                       "ms": round(statistics.median(times[name]) * 1e3, 4),
+                       "x float32": round(statistics.median(ratios), 3),
+                       "min-max": f"{min(ratios):.2f}-{max(ratios):.2f}",
+                       "bytes": todo[name].num_bytes(), "calls per timing": n_inner}
+                rows.append(row)
+                print(row, flush=True)
     return rows
 
 
@@ -253,9 +311,17 @@ def main(argv=None) -> int:
     ap.add_argument("--ratios", default="10,40", help="budgets as compression ratios")
     ap.add_argument("--distill", type=float, default=0.5, help="distillation weight (0: off)")
     ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--data", default="ml100k",
+                    help="ml100k (split seeds), or a planted preset: planted, decoupled, "
+                         "criteo_kaggle (data seed 0, one split; the seeds set training)")
+    ap.add_argument("--rows", type=int, default=None,
+                    help="rows of a planted preset (default 200000)")
+    ap.add_argument("--batch", type=int, default=1024, help="training batch size")
+    ap.add_argument("--estimate-on", default="train", choices=("val", "train"),
+                    help="the rows ModelLoss measures the options' losses on")
     ap.add_argument("--latency-only", action="store_true")
     ap.add_argument("--no-latency", action="store_true")
-    ap.add_argument("--reps", type=int, default=15, help="latency repetitions")
+    ap.add_argument("--reps", type=int, default=15, help="latency rounds")
     ap.add_argument("--only", default="", help="comma-separated methods to run (full always)")
     ap.add_argument("--stem", default=None, help="results file stem")
     args = ap.parse_args(argv)
@@ -272,7 +338,7 @@ def main(argv=None) -> int:
             return make_planted("tiny", rows=3000, seed=seed)
         seeds, ratios = seeds[:1], ratios[:1]
         cfg = TrainConfig(max_epochs=2, batch_size=256, lr=3e-3, patience=2)
-    else:
+    elif args.data == "ml100k":
         folder = args.ml100k or default_ml100k()
         if not folder:
             print("MovieLens-100K not found: pass --ml100k DIR", file=sys.stderr)
@@ -281,23 +347,49 @@ def main(argv=None) -> int:
 
         def load(seed):
             return load_data(folder, seed=seed)
-        cfg = TrainConfig(max_epochs=args.epochs, batch_size=1024, lr=3e-3, patience=2)
+    else:
+        from autodim.data.synthetic import PRESETS, make_planted
+
+        if args.data not in PRESETS:
+            print(f"error: --data {args.data!r}: use ml100k or one of {sorted(PRESETS)}",
+                  file=sys.stderr)
+            return 2
+        planted = make_planted(args.data, rows=args.rows or 200_000, seed=0)
+
+        def load(seed):  # one split for every seed, as compare.py does
+            return planted
+    if not args.quick:
+        cfg = TrainConfig(max_epochs=args.epochs, batch_size=args.batch, lr=3e-3, patience=2)
     stem = args.stem or results_stem("quant", args.quick)
     RESULTS.mkdir(parents=True, exist_ok=True)
     if not args.latency_only:
         rows = []
         for seed in seeds:
             rows += run_seed(load(seed), seed, ratios, replace_seed(cfg, seed), args.distill,
-                             [m for m in args.only.split(",") if m], backbone=args.backbone)
+                             [m for m in args.only.split(",") if m], backbone=args.backbone,
+                             estimate_on=args.estimate_on)
         write_table(rows, f"{stem}_runs")
         print(write_table(summarize(rows), stem,
-                          title=f"{'tiny' if args.quick else 'ml100k'}, {args.backbone}, D=16, "
-                                f"split seeds {seeds}"))
+                          title=f"{'tiny' if args.quick else args.data}, {args.backbone}, D=16, "
+                                f"seeds {seeds}"))
     if not args.no_latency:
-        lat = latency(load(seeds[0]), reps=3 if args.quick else args.reps)
+        data = load(seeds[0])
+        plans = {}
+        runs = RESULTS / f"{stem}_runs.csv"
+        if runs.is_file():  # the seed-0 hybrid plans of the accuracy run, as compact models
+            import csv
+
+            from autodim.plan import DimensionPlan
+
+            full = DimensionPlan.full(data.schema, 16)
+            with open(runs) as fh:
+                for r in csv.DictReader(fh):
+                    if r["method"] == "hybrid" and r["seed"] == "0" and r.get("plan"):
+                        plans[f"hybrid {float(r['ratio']):g}x"] = parse_plan(r["plan"], full)
+        lat = latency(data, reps=3 if args.quick else args.reps, plans=plans)
         print(write_table(lat, f"{stem}_latency",
-                          title="packed inference latency vs float32 (FM, D=16, 1 thread, best of "
-                                "interleaved repetitions)"))
+                          title="packed inference latency vs float32 (FM, D=16, 1 thread, median "
+                                "of the per-round ratios over interleaved rounds)"))
     return 0
 
 

@@ -73,6 +73,24 @@ def test_throughput():
 
 
 @pytest.mark.slow
+def test_quant():
+    for part in ("", "_runs", "_latency"):
+        fresh(RESULTS / f"quant_quick{part}.csv")
+    run_script("quant.py")
+    runs = read_csv(RESULTS / "quant_quick_runs.csv")
+    methods = {r["method"] for r in runs}
+    assert {"full", "hybrid", "dims only", "bits only", "quant"} <= methods
+    for r in runs:
+        if r["method"] != "full" and r.get("test_auc"):
+            assert is_auc(r["test_auc"]) and int(r["bytes"]) <= int(r["budget"])
+    lat = read_csv(RESULTS / "quant_quick_latency.csv")
+    models = {r["model"] for r in lat}
+    assert {"float32", "int8", "int4", "int2 field"} <= models
+    assert any(m.startswith("hybrid ") for m in models)  # the run's own hybrid plan, packed
+    assert all(float(r["x float32"]) > 0 for r in lat)
+
+
+@pytest.mark.slow
 def test_baselines():
     fresh(RESULTS / "baselines_quick.csv")
     run_script("baselines.py")
