@@ -117,6 +117,11 @@ def test_compress_space_is_validated(tmp_path):
         SearchSpace.from_dict({"compress": {"train": "fast"}})
     with pytest.raises(ConfigError, match="unknown key 'bitz'"):
         SearchSpace.from_dict({"compress": {"bitz": "8"}})
+    assert (space.compress.estimate_on, space.compress.drop_fields) == ("train", "harmful")
+    with pytest.raises(ConfigError, match="compress.estimate_on: 'test'"):
+        SearchSpace.from_dict({"compress": {"estimate_on": "test"}})
+    with pytest.raises(ConfigError, match="compress.drop_fields: 'all'"):
+        SearchSpace.from_dict({"compress": {"drop_fields": "all"}})
 
 
 @pytest.mark.slow
