@@ -329,8 +329,9 @@ class ModelLoss(ProxyLoss):
                         on: str = "train", drop_test: str | None = "harmful") -> "ModelLoss":
         """Options measured on :func:`estimate_batches` ``(datamodule, on)``; the field test
         ``drop_test`` (``"harmful"``, ``"idle"`` or ``None``: none) on the validation split."""
-        return cls(model, estimate_batches(datamodule, on), schema, D,
-                   idle_batches=list(datamodule.val_dataloader()) if drop_test else None,
+        val = list(datamodule.val_dataloader())
+        batches = val if on == "val" else estimate_batches(datamodule, on)
+        return cls(model, batches, schema, D, idle_batches=val if drop_test else None,
                    drop_test=drop_test or "harmful")
 
     def __init__(self, model, batches: Sequence[tuple[Any, Any]], schema: Schema, D: int, *,
@@ -346,9 +347,10 @@ class ModelLoss(ProxyLoss):
         self.model, self.batches, self._evaluate = model, list(batches), evaluate
         self.base = evaluate(model, self.batches)["logloss"]
         self._tables: dict[str, Any] = {}
-        self._svd: dict[str, Any] = {}
+        self._vh: dict[str, Any] = {}
         self._cache: dict[tuple, float] = {}
-        self._used: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        # per field: (ids the batches read, id -> row of them, E at those ids)
+        self._used: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         slices = [(c.start, c.stop) for c in model.embedding.schema.column_slices()]
         for k, (f, mod) in enumerate(zip(model.embedding.schema.fields, model.embedding.fields)):
             if isinstance(mod, FieldEmbedding) and isinstance(mod.table, DenseTable):
@@ -363,7 +365,7 @@ class ModelLoss(ProxyLoss):
                                                for b in self.batches]).long())
                 remap = torch.zeros(E.shape[0], dtype=torch.int64)
                 remap[used] = torch.arange(used.numel())
-                self._used[f.name] = (used, remap)
+                self._used[f.name] = (used, remap, E[used])
         self.idle: set[str] = set()
         self.val_logloss: float | None = None
         if idle_batches is not None:
@@ -385,7 +387,7 @@ class ModelLoss(ProxyLoss):
         from autodim.embeddings.field import mean_pool
 
         k, _, is_seq = self._tables[name]
-        remap = self._used[name][1]
+        _, remap, _ = self._used[name]
 
         class _Fixed(nn.Module):  # ``table``: the replacement rows of the used ids
             def forward(self, ids):
@@ -412,13 +414,13 @@ class ModelLoss(ProxyLoss):
         _, E, _ = self._tables[fp.name]
         if dim >= min(E.shape):
             return 0.0
-        if fp.name not in self._svd:
+        if fp.name not in self._vh:
             # The right singular vectors of E (eigenvectors of E^T E, D x D): the rank-d
             # approximation U_d S_d Vh_d of a row is the row times Vh_d^T Vh_d.
             Vh = torch.linalg.svd(E, full_matrices=False)[2] if E.shape[0] <= 200_000 else (
                 torch.linalg.eigh(E.double().T @ E.double())[1].flip(1).T.float())
-            self._svd[fp.name] = Vh
-        Vh, rows = self._svd[fp.name], E[self._used[fp.name][0]]
+            self._vh[fp.name] = Vh
+        Vh, rows = self._vh[fp.name], self._used[fp.name][2]
         return self._cached((fp.name, "dim", dim), lambda: (rows @ Vh[:dim].T) @ Vh[:dim])
 
     def quant(self, fp: FieldPlan, bits: int, scale: str) -> float:
@@ -431,7 +433,7 @@ class ModelLoss(ProxyLoss):
         from autodim.embeddings.quant import _minmax_qparams, quantize_tensor, range_search
 
         _, E, _ = self._tables[fp.name]
-        rows = E[self._used[fp.name][0]]
+        rows = self._used[fp.name][2]
 
         def make():
             if bits == 16:
@@ -461,11 +463,10 @@ class ModelLoss(ProxyLoss):
         import torch
 
         _, E, _ = self._tables[fp.name]
-        used = self._used[fp.name][0]
+        used, _, rows = self._used[fp.name]
 
         def make():
             head = _bucket_heads(self.schema[fp.name], buckets)
-            rows = E[used]
             U = E[torch.from_numpy(head[used.numpy() % buckets])]
             s = (rows * U).sum(1) / (U * U).sum(1).clamp_min(1e-12)
             return s[:, None] * U
@@ -478,12 +479,11 @@ def estimate_batches(datamodule, on: str = "train") -> list:
     """The batches :class:`ModelLoss` measures on: ``on="val"`` the validation split;
     ``"train"`` the first batches of the (shuffled) training loader, as many rows as the
     validation split holds."""
-    val = list(datamodule.val_dataloader())
     if on == "val":
-        return val
+        return list(datamodule.val_dataloader())
     if on != "train":
         raise ValueError(f"estimate_batches: on={on!r} is not 'train' or 'val'")
-    need, out = sum(len(b[1]) for b in val), []
+    need, out = len(datamodule.data.val), []
     for b in datamodule.train_dataloader():
         out.append(b)
         need -= len(b[1])

@@ -19,20 +19,15 @@ sys.path.insert(0, str(ROOT.parent))
 
 def load_datasets(names: Sequence[str], *, quick: bool, ml100k: str | None = None,
                   rows: int | None = None):
-    """Yield ``(name, CTRData)``: ``planted`` and ``decoupled`` (built-in), ``tiny``
+    """Yield ``(name, CTRData)``: any planted preset (``planted``, ``decoupled``,
+    ``criteo_kaggle``: built in, data seed 0, ``rows`` rows), ``tiny``
     (built-in, a few thousand rows, for smoke runs) and ``ml100k`` when available
     (``--ml100k DIR`` or
     ``$AUTODIM_ML100K``; :func:`default_ml100k` finds where ``fetch-ml100k`` puts it)."""
-    from autodim.data.synthetic import make_planted
+    from autodim.data.synthetic import PRESETS, make_planted
 
     for name in names:
-        if name == "planted":
-            yield name, make_planted("planted", rows=rows or (20_000 if quick else 200_000),
-                                     seed=0)
-        elif name == "decoupled":
-            yield name, make_planted("decoupled", rows=rows or (20_000 if quick else 200_000),
-                                     seed=0)
-        elif name == "tiny":
+        if name == "tiny":
             yield name, make_planted("tiny", rows=3_000 if quick else 6_000, seed=0)
         elif name == "ml100k":
             folder = ml100k or os.environ.get("AUTODIM_ML100K")
@@ -42,6 +37,8 @@ def load_datasets(names: Sequence[str], *, quick: bool, ml100k: str | None = Non
             from autodim.data import load_data
 
             yield name, load_data(folder)
+        elif name in PRESETS:
+            yield name, make_planted(name, rows=rows or (20_000 if quick else 200_000), seed=0)
         else:
             raise SystemExit(f"unknown dataset {name!r}")
 
@@ -135,6 +132,14 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None
     lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(cell(r.get(c)) for c in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a CSV :func:`write_csv` wrote (``[]`` when the file does not exist)."""
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
 
 
 def write_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]],

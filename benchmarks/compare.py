@@ -67,7 +67,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from _common import RESULTS, default_ml100k, dims_text, load_datasets
+from _common import RESULTS, default_ml100k, dims_text, load_datasets, read_rows
 
 D = 16
 PLAN_BASELINES = ("full", "uniform", "mde", "hash", "qr", "memcom", "uniform-alpha", "oracle")
@@ -103,13 +103,6 @@ def ratio_key(r: float) -> str:
 def row_key(row: dict[str, Any]) -> tuple[str, str, str, str, str]:
     return (str(row["dataset"]), str(row["backbone"]), str(row["ratio"]), str(row["method"]),
             str(row["seed"]))
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 def append_row(path: Path, row: dict[str, Any]) -> None:

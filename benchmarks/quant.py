@@ -47,7 +47,16 @@ import sys
 import time
 from typing import Any
 
-from _common import RESULTS, default_ml100k, parser, quiet, results_stem, write_table
+from _common import (
+    RESULTS,
+    default_ml100k,
+    load_datasets,
+    parser,
+    quiet,
+    read_rows,
+    results_stem,
+    write_table,
+)
 
 HASH_RATIOS = (0.02, 0.05, 0.1, 0.2, 0.5)
 ALL_BITS = (32, 16, 8, 4, 2, 1)
@@ -106,32 +115,29 @@ def run_seed(data, seed: int, ratios, cfg, distill: float, only=None, *,
     if est.idle:
         print(f"seed {seed}: fields the full model is better without (dropped): "
               f"{sorted(est.idle)}")
+    # Dropping a field is the dims axis (dim 0): bits or hashing alone keep every field.
+    # Hashing alone may hash every field (MEmCom's float32 scalars cost 4 B an id, so small
+    # fields must share buckets too for it to reach 10x).
     axes = {
         "hybrid": dict(bits=ALL_BITS, ratios=HASH_RATIOS),
         "dims+bits": dict(bits=ALL_BITS, ratios=()),
-        "hybrid-nodrop": dict(bits=ALL_BITS, ratios=HASH_RATIOS),
+        "hybrid-nodrop": dict(bits=ALL_BITS, ratios=HASH_RATIOS, drop_idle=False),
         "dims only": dict(bits=(32,), ratios=()),
-        "bits only": dict(bits=ALL_BITS, dims=(16,), ratios=()),
-        "hashing only": dict(bits=(32,), dims=(16,), ratios=(0.01,) + HASH_RATIOS),
+        "bits only": dict(bits=ALL_BITS, dims=(16,), ratios=(), drop_idle=False),
+        "hashing only": dict(bits=(32,), dims=(16,), ratios=(0.01,) + HASH_RATIOS,
+                             drop_idle=False, min_rows=2),
     }
+    on_request = ("dims+bits", "hybrid-nodrop")
     for ratio in ratios:
         budget = int(full.num_bytes() // ratio)
         plans: dict[str, Any] = {}
         for name, kw in axes.items():
-            if name in ("dims+bits", "hybrid-nodrop") and not (
-                    only and any(m.startswith(name) for m in only)):
+            if name in on_request and not (only and any(m.startswith(name) for m in only)):
                 continue
             try:
-                # Hashing alone may hash every field (MEmCom's float32 scalars cost 4 B an
-                # id, so small fields must share buckets too for it to reach 10x).
                 plans[name] = compress_plan(full, data.schema, budget, estimator=est,
                                             scale=("row", "field"), scalars="int8",
-                                            min_rows=2 if name == "hashing only" else 100,
-                                            # dropping a field is the dims axis (dim 0)
-                                            drop_idle=name not in ("bits only",
-                                                                   "hashing only",
-                                                                   "hybrid-nodrop"),
-                                            **kw)[0]
+                                            **{"min_rows": 100, **kw})[0]
             except BudgetError as exc:
                 plans[name] = exc
         if not isinstance(plans["hybrid"], Exception):
@@ -219,17 +225,16 @@ def parse_plan(text: str, full):
     """The plan ``_describe`` wrote (``field:dim@bits[f][#buckets]``; MEmCom scalars int8)."""
     from autodim.compress import field_option
 
-    spec = {}
+    fields = {f.name: f for f in full.fields}
     for part in text.split():
         name, rest = part.split(":")
         rest, _, buckets = rest.partition("#")
         dim, _, bits = rest.partition("@")
-        scale = "field" if bits.endswith("f") else "row"
-        spec[name] = (int(dim), int(bits.rstrip("f") or 32), scale,
-                      int(buckets) if buckets else None)
-    fields = [field_option(f, spec[f.name][0], spec[f.name][1], spec[f.name][3],
-                           scale=spec[f.name][2], scalars="int8") for f in full.fields]
-    plan = full.replace(fields=fields)
+        fields[name] = field_option(fields[name], int(dim), int(bits.rstrip("f") or 32),
+                                    int(buckets) if buckets else None,
+                                    scale="field" if bits.endswith("f") else "row",
+                                    scalars="int8")
+    plan = full.replace(fields=list(fields.values()))
     plan.validate()
     return plan
 
@@ -348,13 +353,13 @@ def main(argv=None) -> int:
         def load(seed):
             return load_data(folder, seed=seed)
     else:
-        from autodim.data.synthetic import PRESETS, make_planted
+        from autodim.data.synthetic import PRESETS
 
         if args.data not in PRESETS:
             print(f"error: --data {args.data!r}: use ml100k or one of {sorted(PRESETS)}",
                   file=sys.stderr)
             return 2
-        planted = make_planted(args.data, rows=args.rows or 200_000, seed=0)
+        _, planted = next(load_datasets([args.data], quick=False, rows=args.rows))
 
         def load(seed):  # one split for every seed, as compare.py does
             return planted
@@ -374,18 +379,13 @@ def main(argv=None) -> int:
                                 f"seeds {seeds}"))
     if not args.no_latency:
         data = load(seeds[0])
-        plans = {}
-        runs = RESULTS / f"{stem}_runs.csv"
-        if runs.is_file():  # the seed-0 hybrid plans of the accuracy run, as compact models
-            import csv
+        from autodim.plan import DimensionPlan
 
-            from autodim.plan import DimensionPlan
-
-            full = DimensionPlan.full(data.schema, 16)
-            with open(runs) as fh:
-                for r in csv.DictReader(fh):
-                    if r["method"] == "hybrid" and r["seed"] == "0" and r.get("plan"):
-                        plans[f"hybrid {float(r['ratio']):g}x"] = parse_plan(r["plan"], full)
+        full = DimensionPlan.full(data.schema, 16)
+        # the seed-0 hybrid plans of the accuracy run, as compact models
+        plans = {f"hybrid {float(r['ratio']):g}x": parse_plan(r["plan"], full)
+                 for r in read_rows(RESULTS / f"{stem}_runs.csv")
+                 if r["method"] == "hybrid" and r["seed"] == "0" and r.get("plan")}
         lat = latency(data, reps=3 if args.quick else args.reps, plans=plans)
         print(write_table(lat, f"{stem}_latency",
                           title="packed inference latency vs float32 (FM, D=16, 1 thread, median "

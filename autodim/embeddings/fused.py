@@ -84,14 +84,13 @@ def _weights(table: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     return table.embedding.weight, None
 
 
-def _point_first(table: nn.Module, weight: torch.Tensor, lo: int, hi: int,
-                 requires_grad: bool) -> None:
-    """Make ``table``'s first weight (see :func:`_weights`) a view of ``weight[lo:hi]``."""
-    view = weight[lo:hi]
+def _point_first(table: nn.Module, src: torch.Tensor, lo: int, hi: int) -> None:
+    """Make ``table``'s first weight (see :func:`_weights`) a view of ``src[lo:hi]``."""
+    view = src.data[lo:hi]
     if type(table) is KeptRowsTable:
         table.rows = view
         return
-    param = nn.Parameter(view, requires_grad=requires_grad)
+    param = nn.Parameter(view, requires_grad=src.requires_grad)
     if type(table) is QRTable:
         table.quotient.weight = param
     elif type(table) is MEmComTable:
@@ -261,12 +260,13 @@ class _Group(nn.Module):
                 weight = torch.cat(firsts)
             else:
                 # Copied field by field, each field's own tensor released as soon as it is
-                # in (its module reads a view from here on): building holds the table plus
-                # one field, not two tables (torch.cat: peak RSS 1.9x the table at build).
+                # in (its module reads a view from here on; rebind() sets the final views):
+                # building holds the table plus one field, not two tables (torch.cat: peak
+                # RSS 1.9x the table at build).
                 weight = firsts[0].new_empty(sum(sizes), dim)
                 for j, (t, (lo, hi)) in enumerate(zip(tables, self.bounds)):
                     weight[lo:hi].copy_(firsts[j])
-                    _point_first(t, weight, lo, hi, firsts[j].requires_grad)
+                    _point_first(t, weight, lo, hi)
                     firsts[j] = None
         if self.csr:  # values, columns and row pointers of every field, concatenated
             # one zero entry at the end: the padding entry of the small-batch gather
@@ -363,19 +363,16 @@ class _Group(nn.Module):
                 t.values = self.values[lo:hi]
                 t.col_index = self.col_index[lo:hi]
                 t.row_ptr = self.row_ptr[slice(*self.ptr_bounds[j])]
-            elif type(t) is KeptRowsTable:
-                t.rows = w.data[lo:hi]
+            else:
+                _point_first(t, w, lo, hi)
+            if type(t) is KeptRowsTable:
                 t.keep_bits = self.bits[slice(*self.bit_bounds[j])]
                 t.drop_index()  # the group's rank directory serves the field
             elif type(t) is QRTable:
-                t.quotient.weight = view(w, lo, hi)
                 t.remainder.weight = view(self.table_b.weight, *self.bounds_b[j])
             elif type(t) is MEmComTable:
-                t.shared.weight = view(w, lo, hi)
                 t.scale.weight = view(self.table_b.weight, *self.bounds_b[j])
-            else:
-                t.embedding.weight = view(w, lo, hi)
-            if type(t) is RowPrunedTable:
+            elif type(t) is RowPrunedTable:
                 t.keep = self.keep[lo:hi]
             elif type(t) is SparseTable:
                 t.mask = self.mask[lo:hi]
