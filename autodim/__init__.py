@@ -31,6 +31,7 @@ _LAZY: dict[str, str] = {
     "load_model": "autodim.export",
     "baseline_plan": "autodim.baselines",
     "parse_budget": "autodim.budget",
+    "tune_allocator": "autodim.runtime",
     # data
     "load_data": "autodim.data",
     # searchers
@@ -48,7 +49,7 @@ __all__ = [
     "SearchResult", "SearchTask", "Searcher", "StudyConfig", "StudyResult", "__version__",
     "baseline_plan", "build_model", "create_searcher", "get_searcher", "list_searchers",
     "load_data", "load_model", "load_study", "parse_budget", "register_searcher", "search",
-    "search_plan",
+    "search_plan", "tune_allocator",
 ]
 
 

@@ -612,7 +612,10 @@ def predict(
 
     if out is not None and out.is_dir():
         raise ConfigError(f"--out {out}: is a folder; give a file name (e.g. scores.csv)")
+    from autodim.runtime import tune_allocator
+
     model = load_shipped(shipped)
+    tune_allocator()  # a batch's temporaries stay with the process (autodim.runtime)
     scores = model.predict(data)
     text = "score\n" + "".join(f"{s:.6f}\n" for s in scores.tolist())
     if out is None:

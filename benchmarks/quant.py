@@ -3,8 +3,12 @@
 For each split seed of MovieLens-100K (FM or DeepFM, D=16; ``--data`` picks a planted
 preset instead: one split, the seeds set training) it trains the full D=16 model once (the
 reference; also the model the compressor measures its losses on, by default on training
-rows, ``--estimate-on``, and the distillation teacher), then at each budget (``--ratios``,
-e.g. 10x, 40x fewer embedding bytes than the full table) trains:
+rows, ``--estimate-on``, and the distillation teacher and warm start of the plans measured
+on it), then at each budget (``--ratios``,
+e.g. 10x, 40x fewer embedding bytes than the full table) trains the plans below. When the
+field test flags fields, the reference is trained again without them (``ModelLoss``'s
+refit; rows ``refit -k``: the reference without ``k`` fields) and the axes that drop fields
+measure their options on it; the others keep the full model.
 
 - ``hybrid``: :func:`autodim.compress.compress_plan` over dims (1..16) x bits (32/16/8/4/2/1,
   row or field scales) x MEmCom (bucket ratios 0.02..0.5, int8 per-id scalars), QAT;
@@ -16,7 +20,8 @@ e.g. 10x, 40x fewer embedding bytes than the full table) trains:
   (:func:`autodim.compress.warm_start_embedding`: SVD-narrowed tables and projections,
   MEmCom from the bucket heads; the FM weights copied), then trained (QAT) as above;
 - ``dims+bits``: the hybrid without hashing; ``hybrid-nodrop``: the hybrid without its
-  field test (no field dropped) (both on request);
+  field test (no field dropped); ``hybrid-norefit``: the hybrid measured on the full model
+  even when the field test flags fields (all three on request);
 - the single axes through the same compressor and estimator: ``dims only`` (float32, no
   hashing; it may drop the fields the full model is better without, as the hybrid does),
   ``bits only`` (full dims, no hashing, no field dropped), ``hashing only`` (full dims,
@@ -29,8 +34,9 @@ e.g. 10x, 40x fewer embedding bytes than the full table) trains:
 Every plan is held to the budget exactly (``plan.num_bytes() <= budget``); an axis that
 cannot reach a budget is listed as infeasible. The latency part times the packed inference
 model (float16, int8, int4, int2 with row or field scales, all fields at D=16, and the
-seed-0 hybrid plans of ``<stem>_runs.csv``) against the float32 model, interleaved in one
-process at batch 1, 256 and 4096: median of the per-round ratios, min-max beside it.
+seed-0 hybrid plans of ``<stem>_runs.csv``) against the float32 model in one process at
+batch 1, 256 and 4096, call by call alternating with the float32 model: median of the
+per-round ratios, min-max beside it.
 
 Usage::
 
@@ -111,10 +117,26 @@ def run_seed(data, seed: int, ratios, cfg, distill: float, only=None, *,
     print(f"seed {seed} full: test AUC {ref.metrics['test_auc']:.4f}", flush=True)
     teacher = ref.task.eval()
     dm = CTRDataModule(data, batch_size=4096, seed=seed)
-    est = ModelLoss.from_datamodule(teacher, dm, data.schema, 16, on=estimate_on)
-    if est.idle:
-        print(f"seed {seed}: fields the full model is better without (dropped): "
-              f"{sorted(est.idle)}")
+    # est0 reads the full model (the axes that keep every field); est the reference
+    # trained again without the flagged fields (ModelLoss's refit) for those that drop them.
+    est0 = est = ModelLoss.from_datamodule(teacher, dm, data.schema, 16, on=estimate_on)
+    if est0.idle:
+
+        def refit(drop):
+            plan = DimensionPlan.from_dims(data.schema, 16, {
+                n: 0 if n in drop else 16 for n in data.schema.names})
+            t0 = time.perf_counter()
+            res = _train(plan, data, cfg, seed, backbone=backbone)
+            rows.append({"seed": seed, "ratio": 1, "method": f"refit -{len(drop)}",
+                         "test_auc": res.metrics["test_auc"], "val_auc": res.metrics["val_auc"],
+                         "bytes": plan.num_bytes(), "train_s": time.perf_counter() - t0,
+                         "plan": _describe(plan)})
+            return res.task.eval()
+
+        est = ModelLoss.from_datamodule(teacher, dm, data.schema, 16, on=estimate_on,
+                                        refit=refit)
+        print(f"seed {seed}: fields flagged by the field test (dropped): {sorted(est.idle)} "
+              f"(first test: {sorted(est0.idle)}; {len(est.refits)} refit(s))")
     # Dropping a field is the dims axis (dim 0): bits or hashing alone keep every field.
     # Hashing alone may hash every field (MEmCom's float32 scalars cost 4 B an id, so small
     # fields must share buckets too for it to reach 10x).
@@ -122,22 +144,26 @@ def run_seed(data, seed: int, ratios, cfg, distill: float, only=None, *,
         "hybrid": dict(bits=ALL_BITS, ratios=HASH_RATIOS),
         "dims+bits": dict(bits=ALL_BITS, ratios=()),
         "hybrid-nodrop": dict(bits=ALL_BITS, ratios=HASH_RATIOS, drop_idle=False),
+        "hybrid-norefit": dict(bits=ALL_BITS, ratios=HASH_RATIOS, estimator=est0),
         "dims only": dict(bits=(32,), ratios=()),
         "bits only": dict(bits=ALL_BITS, dims=(16,), ratios=(), drop_idle=False),
         "hashing only": dict(bits=(32,), dims=(16,), ratios=(0.01,) + HASH_RATIOS,
                              drop_idle=False, min_rows=2),
     }
-    on_request = ("dims+bits", "hybrid-nodrop")
+    on_request = ("dims+bits", "hybrid-nodrop", "hybrid-norefit")
     for ratio in ratios:
         budget = int(full.num_bytes() // ratio)
         plans: dict[str, Any] = {}
+        measured_on: dict[str, Any] = {}  # axis -> the model its estimator measured
         for name, kw in axes.items():
             if name in on_request and not (only and any(m.startswith(name) for m in only)):
                 continue
             try:
-                plans[name] = compress_plan(full, data.schema, budget, estimator=est,
-                                            scale=("row", "field"), scalars="int8",
-                                            **{"min_rows": 100, **kw})[0]
+                kw = {"min_rows": 100, "estimator": est if kw.get("drop_idle", True) else est0,
+                      **kw}
+                measured_on[name] = kw["estimator"].model
+                plans[name] = compress_plan(full, data.schema, budget, scale=("row", "field"),
+                                            scalars="int8", **kw)[0]
             except BudgetError as exc:
                 plans[name] = exc
         if not isinstance(plans["hybrid"], Exception):
@@ -167,7 +193,11 @@ def run_seed(data, seed: int, ratios, cfg, distill: float, only=None, *,
                 continue
             assert plan.num_bytes() <= budget, (name, plan.num_bytes(), budget)
             t0 = time.perf_counter()
-            res = _train(plan, data, cfg, seed, backbone=backbone, teacher=teacher,
+            # Distillation and the warm start read the model the plan's options were
+            # measured on (the refit reference for the axes that drop fields), as a study.
+            base = name.split("+")[0].removesuffix("-ptq")
+            res = _train(plan, data, cfg, seed, backbone=backbone,
+                         teacher=measured_on.get(base, teacher),
                          weight=distill if name.endswith("distill") else 0.0,
                          warm="+warm" in name)
             row.update(test_auc=res.metrics["test_auc"], val_auc=res.metrics["val_auc"],
@@ -279,29 +309,38 @@ def latency(data, *, reps: int, batches=(1, 256, 4096), plans=None) -> list[dict
             for m in models.values():  # warm-up (builds the kernels' prepacked buffers)
                 m(x)
             # Calls per timing: enough for the float32 model to run >= 20 ms, so one sample
-            # is not a fraction of a scheduler tick; each round times every model in turn
-            # (the order rotating) and the ratio is taken within the round.
+            # is not a fraction of a scheduler tick. Each timing is paired call by call: the
+            # model and the float32 model alternate (each call timed on its own), so both
+            # see the same moment of a shared machine; the round's ratio is the model's
+            # time over the float32 calls interleaved with it. The order of the models
+            # rotates from round to round.
             t0 = time.perf_counter()
             for _ in range(5):
                 models["float32"](x)
             one = max((time.perf_counter() - t0) / 5, 1e-6)
             n_inner = max(2, min(2000, int(0.02 / one)))
             names = list(models)
+            f32 = models["float32"]
             times: dict[str, list[float]] = {k: [] for k in models}
+            ratios: dict[str, list[float]] = {k: [] for k in models}
+            clock = time.perf_counter
             for rep in range(reps):
                 for name in names[rep % len(names):] + names[:rep % len(names)]:
-                    m = models[name]
-                    t0 = time.perf_counter()
+                    m, own, ref = models[name], 0.0, 0.0
                     for _ in range(n_inner):
+                        t0 = clock()
                         m(x)
-                    times[name].append((time.perf_counter() - t0) / n_inner)
-            f32 = times["float32"]
+                        t1 = clock()
+                        f32(x)
+                        t2 = clock()
+                        own, ref = own + t1 - t0, ref + t2 - t1
+                    times[name].append(own / n_inner)
+                    ratios[name].append(own / ref)
             for name in names:
-                ratios = [t / b for t, b in zip(times[name], f32)]
                 row = {"batch": bs, "model": name,
                        "ms": round(statistics.median(times[name]) * 1e3, 4),
-                       "x float32": round(statistics.median(ratios), 3),
-                       "min-max": f"{min(ratios):.2f}-{max(ratios):.2f}",
+                       "x float32": round(statistics.median(ratios[name]), 3),
+                       "min-max": f"{min(ratios[name]):.2f}-{max(ratios[name]):.2f}",
                        "bytes": todo[name].num_bytes(), "calls per timing": n_inner}
                 rows.append(row)
                 print(row, flush=True)
@@ -327,6 +366,9 @@ def main(argv=None) -> int:
     ap.add_argument("--latency-only", action="store_true")
     ap.add_argument("--no-latency", action="store_true")
     ap.add_argument("--reps", type=int, default=15, help="latency rounds")
+    ap.add_argument("--allocator", default="default", choices=("default", "tuned"),
+                    help="latency with glibc's allocator as is, or tuned as autodim predict "
+                         "runs it (autodim.runtime.tune_allocator; results <stem>_latency_tuned)")
     ap.add_argument("--only", default="", help="comma-separated methods to run (full always)")
     ap.add_argument("--stem", default=None, help="results file stem")
     args = ap.parse_args(argv)
@@ -386,10 +428,16 @@ def main(argv=None) -> int:
         plans = {f"hybrid {float(r['ratio']):g}x": parse_plan(r["plan"], full)
                  for r in read_rows(RESULTS / f"{stem}_runs.csv")
                  if r["method"] == "hybrid" and r["seed"] == "0" and r.get("plan")}
+        suffix = ""
+        if args.allocator == "tuned":
+            from autodim.runtime import tune_allocator
+
+            suffix = "_tuned" if tune_allocator() else "_untuned"
         lat = latency(data, reps=3 if args.quick else args.reps, plans=plans)
-        print(write_table(lat, f"{stem}_latency",
-                          title="packed inference latency vs float32 (FM, D=16, 1 thread, median "
-                                "of the per-round ratios over interleaved rounds)"))
+        print(write_table(lat, f"{stem}_latency{suffix}",
+                          title=f"packed inference latency vs float32 (FM, D=16, 1 thread, "
+                                f"{args.allocator} allocator, median of the per-round ratios, "
+                                f"each call alternating with a float32 call)"))
     return 0
 
 

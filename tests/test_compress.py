@@ -118,6 +118,10 @@ def test_compress_space_is_validated(tmp_path):
     with pytest.raises(ConfigError, match="unknown key 'bitz'"):
         SearchSpace.from_dict({"compress": {"bitz": "8"}})
     assert (space.compress.estimate_on, space.compress.drop_fields) == ("train", "harmful")
+    assert space.compress.refit and not SearchSpace.from_dict(
+        {"compress": {"refit": False}}).compress.refit
+    with pytest.raises(ConfigError, match="compress.refit"):
+        SearchSpace.from_dict({"compress": {"refit": "sometimes"}})
     with pytest.raises(ConfigError, match="compress.estimate_on: 'test'"):
         SearchSpace.from_dict({"compress": {"estimate_on": "test"}})
     with pytest.raises(ConfigError, match="compress.drop_fields: 'all'"):
@@ -125,7 +129,19 @@ def test_compress_space_is_validated(tmp_path):
 
 
 @pytest.mark.slow
-def test_study_with_the_compressor_and_distillation(tmp_path, tiny_data):
+def test_study_with_the_compressor_and_distillation(tmp_path, tiny_data, monkeypatch):
+    """A study with the model estimator; its field test is scripted to flag f04 on the full
+    model (and nothing on the refit reference), so the refit path runs: the reference
+    without f04 is trained once, cached beside the teacher, and the compressor drops f04."""
+    import autodim.searchers._tables as tables
+
+    tested = []
+
+    def scripted(embed, backbone, batches, names, *, harmful=False):
+        tested.append(embed)
+        return (["f04"] if len(tested) == 1 else []), 0.5
+
+    monkeypatch.setattr(tables, "field_removal_test", scripted)
     from tests.study.test_study import write_study
 
     space = {"candidate_dims": [1, 2, 4, 8],
@@ -146,6 +162,12 @@ def test_study_with_the_compressor_and_distillation(tmp_path, tiny_data):
     assert all(t.user_attrs["compress"]["estimator"] == "model" for t in search)
     assert all(t.user_attrs["compress"]["estimate_on"] == "train" for t in search)
     assert (res.folder / "teacher" / "weights.safetensors").is_file()
+    # One estimator for the study: the field test ran on the teacher and on one reference.
+    assert len(tested) == 2 and len(list(res.folder.glob("teacher/without-*/*.safetensors"))) == 1
+    for t in search:
+        assert t.user_attrs["compress"]["dropped"] == ["f04"]
+        assert t.user_attrs["compress"]["refits"] == [{"without": ["f04"], "val_logloss": 0.5}]
+        assert res.plan(t.number).dims["f04"] == 0
     for t in search:
         plan = res.plan(t.number)
         model = res.model(t.number)
@@ -232,6 +254,60 @@ def test_the_compressor_drops_the_fields_the_ablation_test_finds_idle(tiny_data,
     no_test = ModelLoss.from_datamodule(res.task.eval(), tiny_dm, tiny_data.schema, 8,
                                         drop_test=None)
     assert no_test.idle == set()
+
+
+def test_refit_measures_on_a_reference_trained_without_the_flagged_fields(
+        tiny_data, tiny_dm, monkeypatch):
+    """``refit``: the reference is trained again without the flagged fields and tested
+    again (a field flagged only there is added), up to ``max_refits`` times, and every
+    option is measured on the last reference, not on the full model. The field test's
+    verdicts are scripted (f04, then f03, then none); the models are trained."""
+    import autodim.searchers._tables as tables
+    from autodim.task import TrainConfig, evaluate, train_plan
+
+    cfg = TrainConfig(max_epochs=3, lr=1e-2, seed=0)
+    names = tiny_data.schema.names
+    full = train_plan(DimensionPlan.full(tiny_data.schema, 8), tiny_dm, config=cfg,
+                      test=False).task.eval()
+    verdicts, tested = [], []
+
+    def scripted(embed, backbone, batches, names, *, harmful=False):
+        tested.append(embed)
+        return (verdicts.pop(0) if verdicts else []), 0.5 + len(tested)
+
+    monkeypatch.setattr(tables, "field_removal_test", scripted)
+    calls, refs = [], []
+
+    def refit(drop):
+        calls.append(set(drop))
+        plan = DimensionPlan.from_dims(tiny_data.schema, 8,
+                                       {n: 0 if n in drop else 8 for n in names})
+        refs.append(train_plan(plan, tiny_dm, config=cfg, test=False).task.eval())
+        return refs[-1]
+
+    verdicts[:] = [["f04"], ["f03"], []]
+    est = ModelLoss.from_datamodule(full, tiny_dm, tiny_data.schema, 8, refit=refit)
+    assert calls == [{"f04"}, {"f03", "f04"}]
+    assert tested == [full.embedding, refs[0].embedding, refs[1].embedding]
+    assert est.idle == {"f03", "f04"} and est.val_logloss == 1.5
+    assert est.refits == [{"without": ["f04"], "val_logloss": 2.5},
+                          {"without": ["f03", "f04"], "val_logloss": 3.5}]
+    assert est.model is refs[-1] and set(est._tables) == set(names) - {"f03", "f04"}
+    # The options are the last reference's: equal to an estimator built on it alone.
+    on_ref = ModelLoss(refs[-1], est.batches, tiny_data.schema, 8)
+    on_full = ModelLoss(full, est.batches, tiny_data.schema, 8)
+    assert est.base == evaluate(refs[-1], est.batches)["logloss"]
+    f00 = DimensionPlan.full(tiny_data.schema, 8).fields[names.index("f00")]
+    assert est.narrow(f00, 1) == on_ref.narrow(f00, 1) != on_full.narrow(f00, 1)
+    # max_refits bounds the trainings; without refit the full model is measured.
+    calls.clear()
+    verdicts[:] = [["f04"], ["f03"], []]
+    one = ModelLoss.from_datamodule(full, tiny_dm, tiny_data.schema, 8, refit=refit,
+                                    max_refits=1)
+    assert calls == [{"f04"}] and one.idle == {"f03", "f04"} and one.model is refs[-1]
+    verdicts[:] = [["f04"]]
+    plain = ModelLoss.from_datamodule(full, tiny_dm, tiny_data.schema, 8)
+    assert plain.idle == {"f04"} and plain.refits == [] and plain.model is full
 
 
 def test_distillation_pulls_towards_the_teacher(tiny_data, tiny_dm):

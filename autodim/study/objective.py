@@ -254,7 +254,7 @@ class TrialObjective:
         if self._warm_backbone:
             from autodim.compress import warm_start_embedding
 
-            warm = warm_start_embedding(plan, self._teacher(), self.data.schema).state_dict()
+            warm = warm_start_embedding(plan, self._reference(), self.data.schema).state_dict()
         return self._train_and_record(trial, folder, plan, result.history, budget, t0,
                                       warm_start=warm)
 
@@ -291,11 +291,10 @@ class TrialObjective:
         scale = cs.scale.suggest(trial, "compress.scale")
         self._distill_weight = float(cs.distill.suggest(trial, "compress.distill"))
         if cs.estimator == "model":
-            teacher = self._teacher()
-            estimator = ModelLoss.from_datamodule(
-                teacher, self._datamodule(self.config.train.batch_size), self.data.schema,
-                self.config.D, on=cs.estimate_on,
-                drop_test=None if cs.drop_fields == "none" else cs.drop_fields)
+            estimator = self._model_loss()
+            # Distillation and the warm start follow the model the options were measured on
+            # (the refit reference when the field test flagged fields).
+            self._reference_model = estimator.model
         else:
             estimator = ProxyLoss(self.data.schema, self.config.D)
         out, info = compress_plan(plan, self.data.schema, budget, bits=bits, dims=dims,
@@ -309,20 +308,52 @@ class TrialObjective:
                                                                    if cs.estimator == "model"
                                                                    else None),
                                                    "dropped": info["dropped"],
+                                                   "refits": getattr(estimator, "refits",
+                                                                     None),
                                                    "distill": self._distill_weight,
                                                    "fields": info["fields"]}))
         return out, info
 
-    def _teacher(self):
-        """The full-``D`` model, trained once per study and cached in the study folder."""
-        if getattr(self, "_teacher_model", None) is not None:
-            return self._teacher_model
+    def _model_loss(self):
+        """The compressor's :class:`~autodim.compress.ModelLoss` on the full-``D`` model (its
+        field test and refits included), built once per study process: the knobs it depends
+        on are fixed keys, and its measured option losses are kept for later trials."""
+        from autodim.compress import ModelLoss
+
+        if getattr(self, "_model_loss_cache", None) is None:
+            cs = self.config.search_space.compress
+            self._model_loss_cache = ModelLoss.from_datamodule(
+                self._teacher(), self._datamodule(self.config.train.batch_size),
+                self.data.schema, self.config.D, on=cs.estimate_on,
+                drop_test=None if cs.drop_fields == "none" else cs.drop_fields,
+                refit=self._teacher if cs.refit else None)
+        return self._model_loss_cache
+
+    def _reference(self):
+        """The model distillation and the warm start read: the one the compressor measured
+        on, else the full-``D`` model."""
+        model = getattr(self, "_reference_model", None)
+        return self._teacher() if model is None else model
+
+    def _teacher(self, drop: frozenset[str] = frozenset()):
+        """The full-``D`` model (with ``drop``: with those fields left out, the compressor's
+        refit reference), trained once per study and cached in the study folder."""
+        cache = self.__dict__.setdefault("_teachers", {})
+        if drop in cache:
+            return cache[drop]
+        import hashlib
+
         from autodim.export import load_model, save_weights
         from autodim.task import train_plan
 
         cfg = self.config
         path = self.folder / "teacher" / "weights.safetensors"
         plan = DimensionPlan.full(self.data.schema, cfg.D)
+        if drop:
+            key = hashlib.sha1(",".join(sorted(drop)).encode()).hexdigest()[:12]
+            path = self.folder / "teacher" / f"without-{key}" / "weights.safetensors"
+            plan = DimensionPlan.from_dims(self.data.schema, cfg.D, {
+                n: 0 if n in drop else cfg.D for n in self.data.schema.names})
         if path.is_file():
             model = load_model(plan, path, backbone=cfg.backbone,
                                backbone_kwargs=dict(cfg.backbone_kwargs))
@@ -333,8 +364,8 @@ class TrialObjective:
             path.parent.mkdir(parents=True, exist_ok=True)
             save_weights(model, path, plan=plan, backbone=cfg.backbone,
                          backbone_kwargs=cfg.backbone_kwargs)
-        self._teacher_model = model.eval()
-        return self._teacher_model
+        cache[drop] = model.eval()
+        return cache[drop]
 
     # -- duplicates -------------------------------------------------------------------------
     def _skip_if_enqueued_twice(self, trial) -> None:
@@ -437,11 +468,11 @@ class TrialObjective:
                                margin=cfg.pruning.margin)
         callbacks: list[Callback] = [pruner]
         if prune and getattr(self, "_warm_backbone", False):
-            callbacks.append(_CopyBackbone(self._teacher()))
+            callbacks.append(_CopyBackbone(self._reference()))
         if prune and getattr(self, "_distill_weight", 0.0) > 0:
             from autodim.task import Distill
 
-            callbacks.append(Distill(self._teacher(), weight=self._distill_weight,
+            callbacks.append(Distill(self._reference(), weight=self._distill_weight,
                                      temperature=cfg.search_space.compress.temperature))
         # The study's model with its ``train:`` settings; retrain_plan is what autodim.api.retrain
         # wraps (the API sits above this layer).

@@ -36,7 +36,7 @@ DEFAULT_CANDIDATE_DIMS: tuple[int, ...] = (0, 1, 2, 4, 8, 16)  # 0: the field is
 
 SPACE_KEYS = ("candidate_dims", "methods", "memcom", "compress")
 COMPRESS_KEYS = ("enabled", "bits", "train", "scale", "scalars", "estimator", "estimate_on",
-                 "drop_fields", "distill",
+                 "drop_fields", "refit", "distill",
                  "temperature", "warm_start")
 METHOD_KEYS = ("params", "candidate_dims")
 MEMCOM_KEYS = ("enabled", "inflate", "ratio", "min_rows")
@@ -191,7 +191,10 @@ class CompressSpace:
     ``estimate_on`` the rows it measures them on, ``train`` (default; see
     :class:`autodim.compress.ModelLoss` for why) or ``val``; ``drop_fields`` (with ``model``)
     drops the fields a mean-ablation test on the validation rows flags: ``harmful``
-    (default: the full model is better without them), ``idle`` (not needed) or ``none``.
+    (default: the full model is better without them), ``idle`` (not needed) or ``none``;
+    ``refit`` (default true) then trains the full model again without them, tests it again,
+    and measures the options on that reference (cached in the study folder beside the
+    teacher), which distillation and the warm start then read.
     ``distill`` (a weight, 0 = off; may be sampled) trains the compact model towards that
     full model's probabilities at ``temperature`` as well (:class:`autodim.task.Distill`).
     ``warm_start`` starts the compact model from that full model
@@ -205,6 +208,7 @@ class CompressSpace:
     estimator: str = "proxy"
     estimate_on: str = "train"
     drop_fields: str = "harmful"
+    refit: bool = True
     distill: ParamSpec = ParamSpec(type="fixed", value=0.0)
     temperature: float = 1.0
     warm_start: bool = False
@@ -234,6 +238,7 @@ class CompressSpace:
                   estimator=str(raw.get("estimator", d.estimator)),
                   estimate_on=str(raw.get("estimate_on", d.estimate_on)),
                   drop_fields=str(raw.get("drop_fields", d.drop_fields)),
+                  refit=_bool(f"{where}.refit", raw.get("refit", d.refit)),
                   temperature=_float(f"{where}.temperature",
                                      raw.get("temperature", d.temperature)),
                   warm_start=_bool(f"{where}.warm_start", raw.get("warm_start", False)))
@@ -261,7 +266,7 @@ class CompressSpace:
                 "train": self.train.to_dict(), "scale": self.scale.to_dict(),
                 "scalars": self.scalars, "estimator": self.estimator,
                 "estimate_on": self.estimate_on, "drop_fields": self.drop_fields,
-                "distill": self.distill.to_dict(), "temperature": self.temperature,
+                "refit": self.refit, "distill": self.distill.to_dict(), "temperature": self.temperature,
                 "warm_start": self.warm_start}
 
 
