@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -120,6 +121,55 @@ def test_max_steps_counts_batches_with_sparse_tables(tiny_data):
     dm = CTRDataModule(tiny_data, batch_size=256)
     trainer.fit(task, train_dataloaders=dm.train_dataloader())
     assert len(seen) == 7 and trainer.global_step == 7
+
+
+def test_batches_per_call_trains_the_same_model(tiny_data, monkeypatch):
+    """train_plan hands chunks of batches to one Lightning step (batches_per_call): every
+    batch is still one optimiser step in the same order, so the weights are bit-identical
+    to batch-by-batch training; max_steps holds inside a chunk; a callback with per-batch
+    hooks, or limit_train_batches, turns chunking off (it sees every batch)."""
+    from lightning.pytorch.callbacks import Callback
+
+    import autodim.task as task_mod
+    from autodim.errors import AutodimError
+
+    chunked = []
+    real_fit = task_mod._fit
+
+    def spy(trainer, task, dm, *, batches_per_call=1):
+        chunked.append(batches_per_call)
+        return real_fit(trainer, task, dm, batches_per_call=batches_per_call)
+
+    monkeypatch.setattr(task_mod, "_fit", spy)
+    plan = DimensionPlan.from_dims(tiny_data.schema, 8, [2, 4, 8, 1, 1])
+    runs = {}
+    for k in (1, 3):
+        cfg = TrainConfig(max_epochs=3, batch_size=256, lr=5e-3, patience=1, batches_per_call=k)
+        runs[k] = train_plan(plan, CTRDataModule(tiny_data, batch_size=256), config=cfg,
+                             test=False)
+    assert chunked == [1, 3]
+    a, b = (runs[k].task.state_dict() for k in (1, 3))
+    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+    assert runs[1].metrics["val_auc"] == runs[3].metrics["val_auc"]
+    assert runs[1].metrics["epochs"] == runs[3].metrics["epochs"]
+    # max_steps inside a chunk: 7 steps of 8-batch chunks
+    short = TrainConfig(max_epochs=2, max_steps=7, batch_size=256, batches_per_call=8)
+    r = train_plan(plan, CTRDataModule(tiny_data, batch_size=256), config=short, test=False)
+    assert round(r.metrics["samples_per_s"] * r.metrics["train_seconds"] / 256) == 7
+    seen = []
+
+    class Count(Callback):
+        def on_train_batch_end(self, *args, **kwargs):
+            seen.append(1)
+
+    dm = CTRDataModule(tiny_data, batch_size=256)
+    train_plan(plan, dm, config=replace(short, max_steps=-1, max_epochs=1), test=False,
+               callbacks=[Count()])
+    assert chunked[-1] == 1 and len(seen) == len(dm.train_dataloader())
+    train_plan(plan, dm, config=replace(short, limit_train_batches=0.5), test=False)
+    assert chunked[-1] == 1
+    with pytest.raises(AutodimError, match="batches_per_call=0"):
+        train_plan(plan, dm, config=replace(short, batches_per_call=0), test=False)
 
 
 def test_a_run_shorter_than_one_epoch_still_reports(tiny_data):

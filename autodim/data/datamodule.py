@@ -11,7 +11,7 @@ import torch
 
 from autodim.data.dataset import CTRData, Split
 
-__all__ = ["TensorBatches", "CTRDataModule"]
+__all__ = ["TensorBatches", "CTRDataModule", "BatchChunk", "BatchChunks"]
 
 
 class TensorBatches:
@@ -53,6 +53,33 @@ class TensorBatches:
             else:
                 idx = order[lo:hi]
                 yield self.ids[idx].long(), self.labels[idx]
+
+
+class BatchChunk(list):
+    """Consecutive training batches handed to one Lightning step (see :class:`BatchChunks`)."""
+
+
+class BatchChunks:
+    """A training loader's batches in groups of ``k`` (the last group may hold fewer), each a
+    :class:`BatchChunk`; :meth:`autodim.task.CTRTask.training_step` takes one optimiser step
+    per batch of a group, in order, so training is what it is batch by batch, with
+    Lightning's per-batch work done once per group."""
+
+    def __init__(self, loader, k: int) -> None:
+        self.loader, self.k = loader, int(k)
+
+    def __len__(self) -> int:
+        return -(-len(self.loader) // self.k)
+
+    def __iter__(self) -> Iterator[BatchChunk]:
+        chunk = BatchChunk()
+        for batch in self.loader:
+            chunk.append(batch)
+            if len(chunk) == self.k:
+                yield chunk
+                chunk = BatchChunk()
+        if chunk:
+            yield chunk
 
 
 class CTRDataModule(pl.LightningDataModule):

@@ -552,9 +552,14 @@ class FusedEmbedding(FieldwiseEmbedding):
         return self._fieldwise
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        # the flat path wins at small batches (few ops); from ~200 rows the element gather
-        # and the dense [d_max x D] maps cost more than the groups' row gathers
-        if self._serve is not None and not self.training and ids.shape[0] <= 128:
+        # The one-gather path (see bake) against the groups' own gathers, x the full model,
+        # Criteo cardinalities / 10, FM, 1 thread (mde: 12 widths; select: 3):
+        #   rows     1     128   256   1024  2048  4096
+        #   mde    0.93  1.19  1.37  1.73  1.52  1.59   (groups: 5.57 3.76 2.22 2.55 2.18 1.96)
+        #   select 0.79  1.27  1.42  1.63  1.46  1.63   (groups: 2.08 1.66 1.70 1.81 1.45 1.37)
+        # so it serves up to 2048 rows, and beyond that when there are more than 4 groups.
+        if (self._serve is not None and not self.training
+                and (ids.shape[0] <= 2048 or len(self.groups) > 4)):
             return self._serve_forward(ids)
         if self.single:
             return self.groups[0](ids)
@@ -575,11 +580,13 @@ class FusedEmbedding(FieldwiseEmbedding):
         Masks are baked into the weights (see :meth:`_Group.bake`). When every field is a
         categorical field of a plain group (dense, hashed or element-pruned tables), all
         groups' rows are moved into ONE flat buffer (the tables become views of it) and an
-        eval-mode batch is one gather of ``[B, F, d_max]`` elements (positions beyond a
-        field's width read a zero) and one batched ``[F, B, d_max] x [F, d_max, D]`` map
+        eval-mode batch is one row gather of ``[B, F]`` windows of ``d_max`` elements (a
+        strided view of the buffer; positions beyond a field's width are multiplied by zero)
+        and one batched ``[F, B, d_max] x [F, d_max, D]`` map
         (identity, projection or column placement per field), whatever the number of
-        widths (used up to 128 rows a batch). ``train()`` turns that path off again (the
-        map copies the projections).
+        widths (used up to 2048 rows a batch, at any size with more than 4 widths; measured in
+        :meth:`forward`). ``train()`` turns that path off again (the map copies the
+        projections).
         """
         for g in self.groups:
             g.bake()
@@ -590,11 +597,13 @@ class FusedEmbedding(FieldwiseEmbedding):
             return self
         with torch.no_grad():
             sizes = [g.table.weight.numel() for g in self.groups]
-            flat = torch.zeros(sum(sizes) + 1, dtype=self.groups[0].table.weight.dtype,
-                               device=self.groups[0].table.weight.device)  # last: the zero
+            d_max = max(g.dim for g in self.groups)
+            # the tables, then d_max zeros: the window a dropped field reads, and the end
+            # of the last row's window
+            flat = torch.zeros(sum(sizes) + d_max, dtype=self.groups[0].table.weight.dtype,
+                               device=self.groups[0].table.weight.device)
             start = 0
             F, D = len(self._slices), self.out_dim
-            d_max = max(g.dim for g in self.groups)
             base = torch.zeros(F, dtype=torch.long)
             width = torch.zeros(F, dtype=torch.long)
             modulus = torch.ones(F, dtype=torch.long)  # dropped fields: any id, stride 0
@@ -619,14 +628,16 @@ class FusedEmbedding(FieldwiseEmbedding):
                         maps[i, :g.dim] = eye
                 start += n
             self._rebind()
-        # element index of (field f, position k) = local id * stride[f, k] + start[f, k];
-        # positions beyond a field's width have stride 0 and start at the zero element
-        k = torch.arange(d_max)
-        valid = k < width.unsqueeze(1)
-        stride = torch.where(valid, width.unsqueeze(1), 0)
-        first = torch.where(valid, base.unsqueeze(1) + k, flat.numel() - 1)
-        self._serve = dict(flat=flat, cols=torch.tensor([lo for lo, _ in self._slices]),
-                           modulus=modulus, maps=maps, stride=stride, first=first,
+        # Row r of field f starts at element base[f] + r * width[f] of the flat buffer. A
+        # window view (row p = elements p .. p + d_max - 1, a strided view, no copy) lets
+        # ONE row gather read every field's row, whatever its width: the positions past a
+        # field's width hold the next row's values (or the trailing zeros), which the map
+        # multiplies by its zero rows (weights are finite: training stops on a non-finite
+        # loss). Dropped fields read the zero window at the end.
+        base = torch.where(width > 0, base, flat.numel() - d_max)
+        window = flat.as_strided((flat.numel() - d_max + 1, d_max), (1, 1))
+        self._serve = dict(window=window, cols=torch.tensor([lo for lo, _ in self._slices]),
+                           modulus=modulus, maps=maps, width=width, base=base,
                            hashed=any(g.hashed for g in self.groups))
         return self
 
@@ -635,8 +646,8 @@ class FusedEmbedding(FieldwiseEmbedding):
         local = ids.index_select(1, sv["cols"])
         if sv["hashed"]:
             local = torch.remainder(local, sv["modulus"])
-        x = sv["flat"][local.unsqueeze(-1) * sv["stride"] + sv["first"]]  # [B, F, d_max]
-        return torch.bmm(x.transpose(0, 1), sv["maps"]).transpose(0, 1)
+        x = nn.functional.embedding(local * sv["width"] + sv["base"], sv["window"])
+        return torch.bmm(x.transpose(0, 1), sv["maps"]).transpose(0, 1)  # [B, F, D]
 
     def train(self, mode: bool = True):
         if mode:
