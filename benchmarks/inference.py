@@ -195,11 +195,19 @@ def main(argv: list[str] | None = None) -> int:
                     help="divide Criteo's cardinalities by this (default 10; quick 1000)")
     ap.add_argument("--backbone", default="fm")
     ap.add_argument("--batch-sizes", default="1,256,4096")
+    ap.add_argument("--allocator", default="default", choices=("default", "tuned"),
+                    help="glibc's allocator as is, or tuned as autodim predict runs it "
+                         "(autodim.tune_allocator; results inference_tuned.*)")
     args = ap.parse_args(argv)
 
     import torch
 
     quiet(args.threads)
+    suffix = ""
+    if args.allocator == "tuned":
+        from autodim.runtime import tune_allocator
+
+        suffix = "_tuned" if tune_allocator() else "_untuned"
 
     from autodim.baselines import baseline_plan
     from autodim.budget import full_bytes
@@ -261,12 +269,13 @@ def main(argv: list[str] | None = None) -> int:
 
     title = (f"Exported compact models at {args.ratio:g}x vs the full D={D} model: planted data "
              f"with Criteo Kaggle's cardinalities / {div} ({schema.total_rows:,} ids), "
-             f"{args.backbone}, {torch.get_num_threads()} thread(s), "
+             f"{args.backbone}, {torch.get_num_threads()} thread(s), {args.allocator} "
+             "allocator, "
              + ", ".join(f"{repeats[bs]} @{bs}" for bs in sizes) + " interleaved rounds "
              "(ratios: min/median/max over 5 repeats of the model's median time / the full "
              "model's over the same rounds); resident - plan = rank dirs + metadata, the "
              "stated constant")
-    print(write_table(rows, results_stem("inference", q), title=title))
+    print(write_table(rows, results_stem("inference" + suffix, q), title=title))
     return 0
 
 

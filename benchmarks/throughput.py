@@ -11,6 +11,11 @@ Four ways to train the same full D=16 model on the same batches (same ids, same 
 - ``train_plan``: :func:`autodim.task.train_plan` end to end (its own builder, optimisers,
   callbacks; ``samples_per_s`` as it reports it).
 
+Whole runs (part ``runs``, the first dataset): ``--run-epochs`` epochs, each followed by a
+validation pass, of the plain loop (its AUC by the rank formula in numpy) and of
+``train_plan`` (validation, best-epoch restore, no early stop) with its default
+``batches_per_call`` (8 batches a Lightning step) and with 1: the time a user waits for.
+
 Each repeat runs every kind once, in a rotating order, so drift on a shared machine hits all
 of them alike; the table gives each kind's ratio to ``plain`` of the same repeat as
 min / median / max over the repeats.
@@ -196,6 +201,54 @@ def measure(kind: str, data, backbone: str, batch_size: int, steps: int, D: int 
     return steps * batch_size / secs
 
 
+def plain_run(data, backbone: str, batch_size: int, epochs: int, D: int = 16) -> float:
+    """Samples/s of a whole plain-PyTorch training run: ``epochs`` epochs of the plain model
+    (Adam, shuffled batches), each followed by the validation split's AUC (rank formula,
+    numpy), as an early-stopping loop must; no autodim module."""
+    import numpy as np
+    import torch
+
+    from autodim.data.datamodule import TensorBatches
+
+    torch.manual_seed(0)
+    model = plain_model(data.schema, D, backbone)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    train = TensorBatches(data.train, batch_size, shuffle=True, seed=0)
+    val = TensorBatches(data.val, 4 * batch_size)
+    t0 = time.perf_counter()
+    for _ in range(epochs):
+        model.train()
+        for x, y in train:
+            opt.zero_grad()
+            torch.nn.functional.binary_cross_entropy_with_logits(model(x), y).backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            score = torch.cat([model(x) for x, _ in val]).numpy()
+        label = np.asarray(data.val.labels) > 0.5
+        ranks = score.argsort().argsort() + 1.0
+        auc = (ranks[label].sum() - label.sum() * (label.sum() + 1) / 2) / max(
+            1, label.sum() * (~label).sum())
+        assert 0.0 <= auc <= 1.0
+    return epochs * len(train) * batch_size / (time.perf_counter() - t0)
+
+
+def train_plan_run(data, backbone: str, batch_size: int, epochs: int, batches_per_call: int,
+                   D: int = 16) -> float:
+    """Samples/s of ``train_plan`` for ``epochs`` epochs (validation each epoch, best-epoch
+    restore, no early stop), as it reports it."""
+    from autodim.data.datamodule import CTRDataModule
+    from autodim.plan import DimensionPlan
+    from autodim.task import TrainConfig, seed_everything, train_plan
+
+    seed_everything(0)
+    cfg = TrainConfig(max_epochs=epochs, patience=epochs, batch_size=batch_size,
+                      batches_per_call=batches_per_call)
+    dm = CTRDataModule(data, batch_size=batch_size)
+    return train_plan(DimensionPlan.full(data.schema, D), dm, backbone=backbone, config=cfg,
+                      test=False).metrics["samples_per_s"]
+
+
 def interleaved(fns: dict, repeats: int) -> dict[str, list[float]]:
     """Run every ``fns[k]()`` once per repeat, rotating the order; values per kind."""
     keys = list(fns)
@@ -260,7 +313,9 @@ def main() -> None:
     ap.add_argument("--scales", default="1,10,100", help="vocabulary multipliers of the sweep")
     ap.add_argument("--sweep-steps", type=int, default=0,
                     help="steps per sweep measurement (0: one epoch)")
-    ap.add_argument("--skip", default="", help="comma list of parts to skip: models,sweep,rss")
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: models,runs,sweep,rss")
+    ap.add_argument("--run-epochs", type=int, default=5,
+                    help="epochs of the whole-run comparison (part runs)")
     ap.add_argument("--rss-child", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--batch-size", type=int, default=1024, help=argparse.SUPPRESS)
     ap.add_argument("--epochs", type=int, default=1, help=argparse.SUPPRESS)
@@ -296,6 +351,39 @@ def main() -> None:
                     row = {"part": "model", "data": name, "backbone": backbone, "batch": bs,
                            "steps": n, "plain samples/s": round(statistics.median(res["plain"]))}
                     for k in KINDS[1:]:
+                        row[f"{k} samples/s"] = round(statistics.median(res[k]))
+                        row[f"{k} / plain (min/med/max)"] = spread(
+                            [a / b for a, b in zip(res[k], res["plain"])])
+                    rows.append(row)
+                    print(row, flush=True)
+
+    if "runs" not in skip:
+        # Whole training runs (what a user waits for): epochs with a validation pass each,
+        # plain loop vs train_plan with and without batches_per_call.
+        if "models" in skip:
+            datasets = []
+            folder = None if args.quick else (args.ml100k or default_ml100k())
+            if folder:
+                from autodim.data import load_data
+
+                datasets.append(("ml100k", load_data(folder)))
+            else:
+                datasets.append(("planted", make_planted(
+                    "planted", rows=20_000 if args.quick else 200_000, seed=0)))
+        epochs = 1 if args.quick else args.run_epochs
+        for name, data in datasets[:1]:
+            for backbone in ("fm", "deepfm"):
+                for bs in batch_sizes:
+                    fns = {"plain": lambda d=data, b=backbone, bs=bs: plain_run(d, b, bs, epochs),
+                           "train_plan": lambda d=data, b=backbone, bs=bs: train_plan_run(
+                               d, b, bs, epochs, 8),
+                           "train_plan, 1 batch a call": lambda d=data, b=backbone, bs=bs:
+                               train_plan_run(d, b, bs, epochs, 1)}
+                    res = interleaved(fns, repeats)
+                    row = {"part": "runs", "data": name, "backbone": backbone, "batch": bs,
+                           "epochs": epochs,
+                           "plain samples/s": round(statistics.median(res["plain"]))}
+                    for k in list(fns)[1:]:
                         row[f"{k} samples/s"] = round(statistics.median(res[k]))
                         row[f"{k} / plain (min/med/max)"] = spread(
                             [a / b for a, b in zip(res[k], res["plain"])])
@@ -351,13 +439,15 @@ def main() -> None:
 
     stem = results_stem("throughput", args.quick)
     titles = {"model": "Training throughput vs an independent plain PyTorch loop",
+              "runs": "Whole training runs (validation each epoch) vs a plain PyTorch run",
               "vocab sweep": "Samples/s as the vocabulary grows (fixed rows)",
               "peak RSS": "Peak RSS of train_plan vs embedding bytes"}
     for part, title in titles.items():
         part_rows = [{k: v for k, v in r.items() if k != "part"} for r in rows
                      if r["part"] == part]
         if part_rows:
-            suffix = {"model": "", "vocab sweep": "_sweep", "peak RSS": "_rss"}[part]
+            suffix = {"model": "", "runs": "_runs", "vocab sweep": "_sweep",
+                      "peak RSS": "_rss"}[part]
             print(write_table(part_rows, stem + suffix, title=title))
 
 

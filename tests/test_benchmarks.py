@@ -56,7 +56,7 @@ def is_auc(value: str) -> bool:
 
 @pytest.mark.slow
 def test_throughput():
-    for part in ("", "_sweep", "_rss"):
+    for part in ("", "_runs", "_sweep", "_rss"):
         fresh(RESULTS / f"throughput_quick{part}.csv")
     run_script("throughput.py")
     rows = read_csv(RESULTS / "throughput_quick.csv")
@@ -65,6 +65,11 @@ def test_throughput():
         assert float(r["plain samples/s"]) > 0
         for kind in ("hand", "ctrtask", "train_plan"):
             assert float(r[f"{kind} samples/s"]) > 0
+            assert float(r[f"{kind} / plain (min/med/max)"].split(" / ")[0]) > 0
+    runs = read_csv(RESULTS / "throughput_quick_runs.csv")
+    assert {r["backbone"] for r in runs} == {"fm", "deepfm"}
+    for r in runs:
+        for kind in ("train_plan", "train_plan, 1 batch a call"):
             assert float(r[f"{kind} / plain (min/med/max)"].split(" / ")[0]) > 0
     sweep = read_csv(RESULTS / "throughput_quick_sweep.csv")
     assert len(sweep) == 2 and int(sweep[1]["ids"]) > int(sweep[0]["ids"])

@@ -203,7 +203,15 @@ def test_rowwise_adam_updates_only_touched_rows_by_its_formula():
             expect = prev - 0.1 * (m / 0.1) / ((v / 0.001).sqrt() + 1e-8).unsqueeze(1)
             rows = torch.tensor([1, 4, 7])
             torch.testing.assert_close(emb.weight[rows], expect[rows])
+            # the first moment is stored in bfloat16 (computed in float32)
+            assert st["exp_avg"].dtype == torch.bfloat16
+            assert torch.equal(st["exp_avg"][rows], m[rows].bfloat16())
     assert not torch.equal(emb.weight[ids], before[ids])
+    exact = RowWiseAdam(emb.parameters(), lr=0.1, moment_dtype=torch.float32)
+    emb.zero_grad()
+    emb(ids).sum().backward()
+    exact.step()
+    assert exact.state[emb.weight]["exp_avg"].dtype == torch.float32
 
 
 def test_rowwise_adam_training_learns(tiny_data):

@@ -283,7 +283,7 @@ class TrialObjective:
                   dims: Sequence[int]):
         """dims x bits x MEmCom per field under the budget (:func:`autodim.compress.
         compress_plan`), with the search space's sampled knobs."""
-        from autodim.compress import ModelLoss, ProxyLoss, compress_plan
+        from autodim.compress import ProxyLoss, compress_plan
 
         cs = self.config.search_space.compress
         bits = cs.parse_bits("compress.bits", cs.bits.suggest(trial, "compress.bits"))

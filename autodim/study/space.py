@@ -266,8 +266,8 @@ class CompressSpace:
                 "train": self.train.to_dict(), "scale": self.scale.to_dict(),
                 "scalars": self.scalars, "estimator": self.estimator,
                 "estimate_on": self.estimate_on, "drop_fields": self.drop_fields,
-                "refit": self.refit, "distill": self.distill.to_dict(), "temperature": self.temperature,
-                "warm_start": self.warm_start}
+                "refit": self.refit, "distill": self.distill.to_dict(),
+                "temperature": self.temperature, "warm_start": self.warm_start}
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ from autodim.plan import build_embedding, encode_mask
 LAYERS = {**BASE,
           # one width, all projecting / mixed project + pad (a sequence among them)
           "project_group": _plan(user={"dim": 3}, item={"dim": 3}, tags={"dim": 3}),
+          # width 1 (uniform at high ratios): a broadcast multiply instead of the bmm
+          "project_width1": _plan(user={"dim": 1}, item={"dim": 1}, tags={"dim": 1}),
           "project_pad_group": _plan(user={"dim": 2}, item={"dim": 2, "align": "pad"},
                                      tags={"dim": 2}),
           # two QR fields (one a sequence) and two MEmCom fields of one width
