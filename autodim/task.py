@@ -554,11 +554,11 @@ def train_plan(plan, datamodule: CTRDataModule, *, backbone: str = "fm",
     if config.restore_best:
         all_callbacks.append(best)
     all_callbacks.extend(callbacks)
-    _check_distributed(config, emb)
-    trainer = make_trainer(config, all_callbacks)
     chunk = config.batches_per_call
     if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
         raise AutodimError(f"train: batches_per_call={chunk!r} must be an integer >= 1")
+    _check_distributed(config, emb)
+    trainer = make_trainer(config, all_callbacks)
     if config.limit_train_batches != 1.0 or any(_batch_hooks(c) for c in trainer.callbacks):
         chunk = 1
     t0 = time.perf_counter()

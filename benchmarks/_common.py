@@ -56,16 +56,32 @@ def default_ml100k() -> str | None:
 
 
 def parser(description: str, *, quick: str = "a small run for the test suite",
-           ml100k: str | None = None, threads: str | None = None) -> argparse.ArgumentParser:
+           ml100k: str | None = None, threads: str | None = None,
+           allocator: bool = False) -> argparse.ArgumentParser:
     """The arguments every script has: ``--quick`` (help ``quick``); ``--ml100k DIR`` when
-    ``ml100k`` (its help) is given; ``--threads N`` (default 1) when ``threads`` is."""
+    ``ml100k`` (its help) is given; ``--threads N`` (default 1) when ``threads`` is;
+    ``--allocator default|tuned`` with ``allocator`` (see :func:`apply_allocator`)."""
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--quick", action="store_true", help=quick)
     if ml100k is not None:
         ap.add_argument("--ml100k", metavar="DIR", default=None, help=ml100k)
     if threads is not None:
         ap.add_argument("--threads", type=int, default=1, help=threads)
+    if allocator:
+        ap.add_argument("--allocator", default="default", choices=("default", "tuned"),
+                        help="glibc's allocator as is, or tuned as autodim predict runs it "
+                             "(autodim.tune_allocator; results in <stem>_tuned.*)")
     return ap
+
+
+def apply_allocator(choice: str) -> str:
+    """Tune the allocator when ``choice`` is ``"tuned"``; the results-file suffix: ``""``,
+    ``"_tuned"``, or ``"_untuned"`` where the C library is not glibc."""
+    if choice != "tuned":
+        return ""
+    from autodim.runtime import tune_allocator
+
+    return "_tuned" if tune_allocator() else "_untuned"
 
 
 def quiet(threads: int | None = 1) -> None:

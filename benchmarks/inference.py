@@ -50,7 +50,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import parser, quiet, results_stem, write_table
+from _common import apply_allocator, parser, quiet, results_stem, write_table
 
 D = 16
 
@@ -189,25 +189,18 @@ def time_models(models: dict, batches: dict[int, list], repeats: dict[int, int],
 
 def main(argv: list[str] | None = None) -> int:
     ap = parser(__doc__.split("\n\n")[0], quick="1/1000 of the vocabularies, few repeats",
-                threads="torch threads")
+                threads="torch threads", allocator=True)
     ap.add_argument("--ratio", type=float, default=10.0)
     ap.add_argument("--div", type=int, default=None,
                     help="divide Criteo's cardinalities by this (default 10; quick 1000)")
     ap.add_argument("--backbone", default="fm")
     ap.add_argument("--batch-sizes", default="1,256,4096")
-    ap.add_argument("--allocator", default="default", choices=("default", "tuned"),
-                    help="glibc's allocator as is, or tuned as autodim predict runs it "
-                         "(autodim.tune_allocator; results inference_tuned.*)")
     args = ap.parse_args(argv)
 
     import torch
 
     quiet(args.threads)
-    suffix = ""
-    if args.allocator == "tuned":
-        from autodim.runtime import tune_allocator
-
-        suffix = "_tuned" if tune_allocator() else "_untuned"
+    suffix = apply_allocator(args.allocator)
 
     from autodim.baselines import baseline_plan
     from autodim.budget import full_bytes

@@ -4,11 +4,11 @@ For each split seed of MovieLens-100K (FM or DeepFM, D=16; ``--data`` picks a pl
 preset instead: one split, the seeds set training) it trains the full D=16 model once (the
 reference; also the model the compressor measures its losses on, by default on training
 rows, ``--estimate-on``, and the distillation teacher and warm start of the plans measured
-on it), then at each budget (``--ratios``,
-e.g. 10x, 40x fewer embedding bytes than the full table) trains the plans below. When the
-field test flags fields, the reference is trained again without them (``ModelLoss``'s
-refit; rows ``refit -k``: the reference without ``k`` fields) and the axes that drop fields
-measure their options on it; the others keep the full model.
+on it), then at each budget (``--ratios``, e.g. 10x, 40x fewer embedding bytes than the
+full table) trains the plans below. When the field test flags fields, the reference is
+trained again without them (``ModelLoss``'s refit; rows ``refit -k``: the reference without
+``k`` fields) and the axes that drop fields measure their options on it; the others keep
+the full model.
 
 - ``hybrid``: :func:`autodim.compress.compress_plan` over dims (1..16) x bits (32/16/8/4/2/1,
   row or field scales) x MEmCom (bucket ratios 0.02..0.5, int8 per-id scalars), QAT;
@@ -55,6 +55,7 @@ from typing import Any
 
 from _common import (
     RESULTS,
+    apply_allocator,
     default_ml100k,
     load_datasets,
     parser,
@@ -150,20 +151,19 @@ def run_seed(data, seed: int, ratios, cfg, distill: float, only=None, *,
         "hashing only": dict(bits=(32,), dims=(16,), ratios=(0.01,) + HASH_RATIOS,
                              drop_idle=False, min_rows=2),
     }
+    for kw in axes.values():  # the axes that drop fields read the refit reference
+        kw.setdefault("estimator", est if kw.get("drop_idle", True) else est0)
+    measured_on = {name: kw["estimator"].model for name, kw in axes.items()}
     on_request = ("dims+bits", "hybrid-nodrop", "hybrid-norefit")
     for ratio in ratios:
         budget = int(full.num_bytes() // ratio)
         plans: dict[str, Any] = {}
-        measured_on: dict[str, Any] = {}  # axis -> the model its estimator measured
         for name, kw in axes.items():
             if name in on_request and not (only and any(m.startswith(name) for m in only)):
                 continue
             try:
-                kw = {"min_rows": 100, "estimator": est if kw.get("drop_idle", True) else est0,
-                      **kw}
-                measured_on[name] = kw["estimator"].model
                 plans[name] = compress_plan(full, data.schema, budget, scale=("row", "field"),
-                                            scalars="int8", **kw)[0]
+                                            scalars="int8", **{"min_rows": 100, **kw})[0]
             except BudgetError as exc:
                 plans[name] = exc
         if not isinstance(plans["hybrid"], Exception):
@@ -349,7 +349,7 @@ def latency(data, *, reps: int, batches=(1, 256, 4096), plans=None) -> list[dict
 
 def main(argv=None) -> int:
     ap = parser(__doc__.splitlines()[0], quick="tiny synthetic data, one seed",
-                ml100k="MovieLens-100K folder")
+                ml100k="MovieLens-100K folder", allocator=True)
     ap.add_argument("--seeds", default="0", help="split (and training) seeds, e.g. 0,1,2")
     ap.add_argument("--backbone", default="fm", help="fm or deepfm (the latency part: fm)")
     ap.add_argument("--ratios", default="10,40", help="budgets as compression ratios")
@@ -366,9 +366,6 @@ def main(argv=None) -> int:
     ap.add_argument("--latency-only", action="store_true")
     ap.add_argument("--no-latency", action="store_true")
     ap.add_argument("--reps", type=int, default=15, help="latency rounds")
-    ap.add_argument("--allocator", default="default", choices=("default", "tuned"),
-                    help="latency with glibc's allocator as is, or tuned as autodim predict "
-                         "runs it (autodim.runtime.tune_allocator; results <stem>_latency_tuned)")
     ap.add_argument("--only", default="", help="comma-separated methods to run (full always)")
     ap.add_argument("--stem", default=None, help="results file stem")
     args = ap.parse_args(argv)
@@ -428,11 +425,7 @@ def main(argv=None) -> int:
         plans = {f"hybrid {float(r['ratio']):g}x": parse_plan(r["plan"], full)
                  for r in read_rows(RESULTS / f"{stem}_runs.csv")
                  if r["method"] == "hybrid" and r["seed"] == "0" and r.get("plan")}
-        suffix = ""
-        if args.allocator == "tuned":
-            from autodim.runtime import tune_allocator
-
-            suffix = "_tuned" if tune_allocator() else "_untuned"
+        suffix = apply_allocator(args.allocator)
         lat = latency(data, reps=3 if args.quick else args.reps, plans=plans)
         print(write_table(lat, f"{stem}_latency{suffix}",
                           title=f"packed inference latency vs float32 (FM, D=16, 1 thread, "

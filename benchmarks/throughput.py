@@ -215,6 +215,7 @@ def plain_run(data, backbone: str, batch_size: int, epochs: int, D: int = 16) ->
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     train = TensorBatches(data.train, batch_size, shuffle=True, seed=0)
     val = TensorBatches(data.val, 4 * batch_size)
+    label = np.asarray(data.val.labels) > 0.5
     t0 = time.perf_counter()
     for _ in range(epochs):
         model.train()
@@ -225,7 +226,6 @@ def plain_run(data, backbone: str, batch_size: int, epochs: int, D: int = 16) ->
         model.eval()
         with torch.no_grad():
             score = torch.cat([model(x) for x, _ in val]).numpy()
-        label = np.asarray(data.val.labels) > 0.5
         ranks = score.argsort().argsort() + 1.0
         auc = (ranks[label].sum() - label.sum() * (label.sum() + 1) / 2) / max(
             1, label.sum() * (~label).sum())
@@ -334,7 +334,8 @@ def main() -> None:
     batch_sizes = [256] if args.quick else [int(b) for b in args.batch_sizes.split(",")]
     rows: list[dict] = []
 
-    if "models" not in skip:
+    datasets = []
+    if not {"models", "runs"} <= skip:  # MovieLens-100K (if found) first, then planted
         datasets = [("planted", make_planted("planted", rows=20_000 if args.quick else 200_000,
                                              seed=0))]
         folder = None if args.quick else (args.ml100k or default_ml100k())
@@ -342,6 +343,8 @@ def main() -> None:
             from autodim.data import load_data
 
             datasets.insert(0, ("ml100k", load_data(folder)))
+
+    if "models" not in skip:
         for name, data in datasets:
             for backbone in ("fm", "deepfm"):
                 for bs in batch_sizes:
@@ -358,37 +361,26 @@ def main() -> None:
                     print(row, flush=True)
 
     if "runs" not in skip:
-        # Whole training runs (what a user waits for): epochs with a validation pass each,
-        # plain loop vs train_plan with and without batches_per_call.
-        if "models" in skip:
-            datasets = []
-            folder = None if args.quick else (args.ml100k or default_ml100k())
-            if folder:
-                from autodim.data import load_data
-
-                datasets.append(("ml100k", load_data(folder)))
-            else:
-                datasets.append(("planted", make_planted(
-                    "planted", rows=20_000 if args.quick else 200_000, seed=0)))
+        # Whole training runs (what a user waits for) on the first dataset: epochs with a
+        # validation pass each, plain loop vs train_plan with and without batches_per_call.
         epochs = 1 if args.quick else args.run_epochs
-        for name, data in datasets[:1]:
-            for backbone in ("fm", "deepfm"):
-                for bs in batch_sizes:
-                    fns = {"plain": lambda d=data, b=backbone, bs=bs: plain_run(d, b, bs, epochs),
-                           "train_plan": lambda d=data, b=backbone, bs=bs: train_plan_run(
-                               d, b, bs, epochs, 8),
-                           "train_plan, 1 batch a call": lambda d=data, b=backbone, bs=bs:
-                               train_plan_run(d, b, bs, epochs, 1)}
-                    res = interleaved(fns, repeats)
-                    row = {"part": "runs", "data": name, "backbone": backbone, "batch": bs,
-                           "epochs": epochs,
-                           "plain samples/s": round(statistics.median(res["plain"]))}
-                    for k in list(fns)[1:]:
-                        row[f"{k} samples/s"] = round(statistics.median(res[k]))
-                        row[f"{k} / plain (min/med/max)"] = spread(
-                            [a / b for a, b in zip(res[k], res["plain"])])
-                    rows.append(row)
-                    print(row, flush=True)
+        name, data = datasets[0]
+        for backbone in ("fm", "deepfm"):
+            for bs in batch_sizes:
+                fns = {"plain": lambda b=backbone, bs=bs: plain_run(data, b, bs, epochs),
+                       "train_plan": lambda b=backbone, bs=bs: train_plan_run(
+                           data, b, bs, epochs, 8),
+                       "train_plan, 1 batch a call": lambda b=backbone, bs=bs: train_plan_run(
+                           data, b, bs, epochs, 1)}
+                res = interleaved(fns, repeats)
+                row = {"part": "runs", "data": name, "backbone": backbone, "batch": bs,
+                       "epochs": epochs, "plain samples/s": round(statistics.median(res["plain"]))}
+                for k in list(fns)[1:]:
+                    row[f"{k} samples/s"] = round(statistics.median(res[k]))
+                    row[f"{k} / plain (min/med/max)"] = spread(
+                        [a / b for a, b in zip(res[k], res["plain"])])
+                rows.append(row)
+                print(row, flush=True)
 
     if "sweep" not in skip:
         scales = [1, 10] if args.quick else [int(s) for s in args.scales.split(",")]

@@ -609,7 +609,8 @@ class FusedEmbedding(FieldwiseEmbedding):
                                device=self.groups[0].table.weight.device)
             start = 0
             F, D = len(self._slices), self.out_dim
-            base = torch.zeros(F, dtype=torch.long)
+            # dropped fields keep width 0 and the start of the trailing zeros (a zero window)
+            base = torch.full((F,), sum(sizes), dtype=torch.long)
             width = torch.zeros(F, dtype=torch.long)
             modulus = torch.ones(F, dtype=torch.long)  # dropped fields: any id, stride 0
             maps = torch.zeros(F, d_max, D, dtype=flat.dtype)
@@ -639,7 +640,6 @@ class FusedEmbedding(FieldwiseEmbedding):
         # field's width hold the next row's values (or the trailing zeros), which the map
         # multiplies by its zero rows (weights are finite: training stops on a non-finite
         # loss). Dropped fields read the zero window at the end.
-        base = torch.where(width > 0, base, flat.numel() - d_max)
         window = flat.as_strided((flat.numel() - d_max + 1, d_max), (1, 1))
         self._serve = dict(window=window, cols=torch.tensor([lo for lo, _ in self._slices]),
                            modulus=modulus, maps=maps, width=width, base=base,
