@@ -216,7 +216,7 @@ def _load_state(model, plan, state: Mapping[str, Any], meta: Mapping[str, str],
     # serving layout: masked tables in their stored form (kept rows + bitmap, CSR), then
     # one table per width and family
     serving_tables(model)
-    if fusable(model.embedding):
+    if fusable(model.embedding, serving=True):
         model.embedding = FusedEmbedding(model.embedding, serving=True).bake()
 
 

@@ -36,7 +36,9 @@ cannot reach a budget is listed as infeasible. The latency part times the packed
 model (float16, int8, int4, int2 with row or field scales, all fields at D=16, and the
 seed-0 hybrid plans of ``<stem>_runs.csv``) against the float32 model in one process at
 batch 1, 256 and 4096, call by call alternating with the float32 model: median of the
-per-round ratios, min-max beside it.
+per-round ratios, min-max beside it. Every model is saved and loaded back with
+``load_model``, so each is timed in the layout a serving process runs (the float32 model
+fused into one table per width, packed fields grouped by dim and precision).
 
 Usage::
 
@@ -50,7 +52,9 @@ from __future__ import annotations
 
 import statistics
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from _common import (
@@ -277,8 +281,7 @@ def latency(data, *, reps: int, batches=(1, 256, 4096), plans=None) -> list[dict
     import numpy as np
     import torch
 
-    from autodim.embeddings.quant import pack_model
-    from autodim.export import build_model
+    from autodim.export import build_model, load_model, save_weights
     from autodim.plan import DimensionPlan
 
     torch.manual_seed(0)
@@ -293,13 +296,18 @@ def latency(data, *, reps: int, batches=(1, 256, 4096), plans=None) -> list[dict
             f.precision = copy.deepcopy(prec)
         todo[name] = plan
     todo.update(plans or {})
+    # Every model as a serving process gets it: saved, then loaded back with load_model
+    # (packed tables, fused groups), the float32 reference included.
     models = {}
-    for name, plan in todo.items():
-        model = build_model(plan, "fm")
-        with torch.no_grad():
-            for p in model.parameters():
-                p.normal_(0, 0.1)
-        models[name] = pack_model(model).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, plan in todo.items():
+            model = build_model(plan, "fm")
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.normal_(0, 0.1)
+            path = save_weights(model.eval(), Path(tmp) / "w.safetensors", plan=plan,
+                                backbone="fm")
+            models[name] = load_model(plan, path).eval()
     test = torch.as_tensor(np.asarray(data.test.ids))
     rows = []
     with torch.inference_mode():
@@ -428,9 +436,10 @@ def main(argv=None) -> int:
         suffix = apply_allocator(args.allocator)
         lat = latency(data, reps=3 if args.quick else args.reps, plans=plans)
         print(write_table(lat, f"{stem}_latency{suffix}",
-                          title=f"packed inference latency vs float32 (FM, D=16, 1 thread, "
-                                f"{args.allocator} allocator, median of the per-round ratios, "
-                                f"each call alternating with a float32 call)"))
+                          title=f"packed inference latency vs float32, each model as "
+                                f"load_model serves it (FM, D=16, 1 thread, {args.allocator} "
+                                "allocator, median of the per-round ratios, each call "
+                                "alternating with a float32 call)"))
     return 0
 
 

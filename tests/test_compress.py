@@ -173,9 +173,10 @@ def test_study_with_the_compressor_and_distillation(tmp_path, tiny_data, monkeyp
         model = res.model(t.number)
         assert model.embedding.num_bytes() == plan.num_bytes()
         if any(f.bits < 32 for f in plan.fields):  # loaded back as packed tables
+            from autodim.embeddings.fused import named_field_modules
             from autodim.embeddings.quant import QuantizedEmbedding
 
-            assert any(isinstance(m, QuantizedEmbedding) for m in model.modules())
+            assert any(isinstance(m, QuantizedEmbedding) for _, m in named_field_modules(model))
 
 
 def test_the_estimator_measures_on_training_rows(tiny_data, tiny_dm):

@@ -11,7 +11,10 @@
   (``[n, B, d] x [n, d, D]``), fields that select columns (SSEDS) one scatter; prefix-padded
   fields pad once;
 - QR and MEmCom fields of one width fuse their two tables each (two gathers for the group);
-- every other field (frequency groups, dropped, non-float32 precision) keeps its own module.
+- every other field (frequency groups, dropped, non-float32 precision) keeps its own module;
+  served, packed fields (8 / 4 / 2 bits, dense or hashed) of one dim and precision are one
+  buffer read by one kernel call, 16-bit ones of one dim and dtype one half table
+  (:class:`_PackedGroup`).
 
 Served (``FusedEmbedding(..., serving=True)``, what :func:`autodim.weights.build_model` and
 ``load_model`` build): masked tables arrive in their stored form
@@ -37,7 +40,7 @@ from torch import nn
 
 from autodim.embeddings.compact import FieldwiseEmbedding
 from autodim.embeddings.field import Align, DroppedField, FieldEmbedding, Project, Select
-from autodim.embeddings.quant import FakeQuantEmbedding, QuantizedEmbedding
+from autodim.embeddings.quant import FakeQuantEmbedding, QuantizedEmbedding, kernel_op
 from autodim.embeddings.tables import (
     KEPT_LUT_BYTES,
     CSRTable,
@@ -108,7 +111,10 @@ def _kind(module: nn.Module) -> str | None:
         return None  # other precisions keep their own module
     if any(isinstance(m, (FakeQuantEmbedding, QuantizedEmbedding)) for m in module.modules()):
         return None  # quantized fields (QAT or packed) keep their own module and byte count
-    align = module.align
+    return _align_kind(module.align)
+
+
+def _align_kind(align: nn.Module) -> str | None:
     if type(align) is Align:
         return "identity"
     if type(align) is Project:
@@ -118,14 +124,31 @@ def _kind(module: nn.Module) -> str | None:
     return None
 
 
-def fusable(emb: nn.Module) -> bool:
+def _packed_key(module: nn.Module) -> tuple[int, str] | None:
+    """``(dim, "int<bits>")`` for a field whose dense or hashed table is packed in a kernel's
+    layout (:class:`QuantizedEmbedding` at 8 / 4 / 2 bits), else None: fields of one key
+    serve through one kernel call (:class:`_PackedGroup`)."""
+    if type(module) is not FieldEmbedding or type(module.table) not in (DenseTable, HashTable):
+        return None
+    q = module.table.embedding
+    if (type(q) is not QuantizedEmbedding or not (q.in_place or q.bits == 16)
+            or _align_kind(module.align) is None):
+        return None
+    return (module.table.dim, f"int{q.bits}" if q.bits < 16 else f"half-{q.precision['dtype']}")
+
+
+def fusable(emb: nn.Module, *, serving: bool = False) -> bool:
     """Whether :class:`FusedEmbedding` would fuse anything of ``emb``: a
-    ``FieldwiseEmbedding`` with at least two plain fields of one width."""
+    ``FieldwiseEmbedding`` with at least two plain fields of one width (``serving``: or two
+    packed fields of one width and precision)."""
     if not isinstance(emb, FieldwiseEmbedding) or isinstance(emb, FusedEmbedding):
         return False
     dims: dict[tuple[int, str], int] = defaultdict(int)
     for m in emb.fields:
-        if _kind(m) is not None:
+        key = _packed_key(m) if serving else None
+        if key is not None:
+            dims[key] += 1
+        elif _kind(m) is not None:
             dims[(m.table.dim, _family(m.table))] += 1
     return any(n > 1 for n in dims.values())
 
@@ -321,7 +344,10 @@ class _Group(nn.Module):
                 t.mask if type(t) is SparseTable else torch.ones(n, dim, dtype=torch.bool)
                 for t, n in zip(tables, sizes)]), persistent=False)
         self.baked = False
-        kinds = [_kind(m) for _, m, _ in members]
+        self._init_align([m for _, m, _ in members])
+
+    def _init_align(self, members: list[FieldEmbedding]) -> None:
+        kinds = [_align_kind(m.align) for m in members]
         self.all_identity = all(k == "identity" for k in kinds)
         self.all_pad = all(k == "pad" for k in kinds)
         # Output parts, each a set of the group's fields: projected ones (one batched matmul
@@ -339,10 +365,10 @@ class _Group(nn.Module):
             [j for k in self.parts for j in by_kind[k]]).argsort(), persistent=False)
         if by_kind["select"]:
             self.register_buffer("select_cols", torch.stack(
-                [members[j][1].align.columns for j in by_kind["select"]]), persistent=False)
+                [members[j].align.columns for j in by_kind["select"]]), persistent=False)
         if self.proj_local:
             with torch.no_grad():
-                w = torch.stack([members[j][1].align.linear.weight
+                w = torch.stack([members[j].align.linear.weight
                                  for j in self.proj_local])  # [n, D, d]
             self.proj = nn.Parameter(w)
         else:
@@ -376,6 +402,9 @@ class _Group(nn.Module):
                 t.keep = self.keep[lo:hi]
             elif type(t) is SparseTable:
                 t.mask = self.mask[lo:hi]
+        self._rebind_proj(members)
+
+    def _rebind_proj(self, members: list[FieldEmbedding]) -> None:
         if self.proj is not None:
             for k, j in enumerate(self.proj_local):
                 members[j].align.linear.weight = nn.Parameter(
@@ -476,6 +505,95 @@ class _Group(nn.Module):
         return torch.cat(outs, 1).index_select(1, self.part_order)
 
 
+class _PackedGroup(_Group):
+    """Serving only: the packed fields of one dim and precision (8 / 4 / 2 bits, dense or
+    hashed tables) as ONE buffer in the kernel's layout and one kernel call a batch (an
+    ``embedding_bag`` with per-sample weights when a sequence field is averaged), instead
+    of a kernel call per field; 16-bit fields of one dim and dtype likewise as one half
+    table, one gather and one cast; alignment as :class:`_Group`. The fields' ``packed`` buffers
+    become views of the group's, so nothing is held twice and a state dict loaded into the
+    fields is what the group reads."""
+
+    family = "packed"
+    masked = row_pruned = False
+
+    def __init__(self, members: list[tuple[int, FieldEmbedding, tuple[int, int]]],
+                 out_dim: int):
+        nn.Module.__init__(self)
+        tables = [m.table for _, m, _ in members]
+        first = tables[0].embedding
+        self.dim, self.out_dim, self.bits = first.embedding_dim, out_dim, first.bits
+        self.field_index = [i for i, _, _ in members]
+        self.half = self.bits == 16
+        self.buffer = "weight" if self.half else "packed"
+        self.kernel = None if self.half else kernel_op(self.bits)
+        sizes = [t.embedding.num_embeddings for t in tables]
+        starts = torch.tensor([0] + sizes[:-1]).cumsum(0)
+        self.bounds = [(int(s), int(s) + n) for s, n in zip(starts, sizes)]
+        widths = [hi - lo if m.is_sequence else 1 for _, m, (lo, hi) in members]
+        cols = torch.cat([torch.arange(lo, lo + w) for (_, _, (lo, _)), w in zip(members, widths)])
+        per_col = torch.tensor(widths)
+        self.register_buffer("cols", cols, persistent=False)
+        self.register_buffer("col_offsets", starts.repeat_interleave(per_col), persistent=False)
+        self.hashed = any(type(t) is HashTable for t in tables)
+        if self.hashed:
+            self.register_buffer("col_modulus", torch.tensor(sizes).repeat_interleave(per_col),
+                                 persistent=False)
+        self.pooled = any(m.is_sequence for _, m, _ in members)
+        self.num_cols = int(sum(widths))
+        if self.pooled:
+            self.register_buffer("bag_starts", torch.tensor([0] + widths[:-1]).cumsum(0),
+                                 persistent=False)
+            is_seq = torch.tensor([m.is_sequence for _, m, _ in members])
+            self.register_buffer("col_is_seq", is_seq.repeat_interleave(per_col),
+                                 persistent=False)
+            self.register_buffer("col_bag", torch.arange(len(members)).repeat_interleave(per_col),
+                                 persistent=False)
+        with torch.no_grad():
+            packed = torch.cat([getattr(t.embedding, self.buffer) for t in tables])
+        self.register_buffer("packed", packed, persistent=False)
+        self._offsets: torch.Tensor | None = None
+        self.baked = False
+        self._init_align([m for _, m, _ in members])
+        self.rebind([m for _, m, _ in members])
+
+    def rebind(self, members: list[FieldEmbedding]) -> None:
+        for (lo, hi), m in zip(self.bounds, members):
+            setattr(m.table.embedding, self.buffer, self.packed[lo:hi])
+        self._rebind_proj(members)
+
+    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        """``ids[B, T] -> [B, n, d]`` (pooled, not aligned)."""
+        local = ids.index_select(1, self.cols)
+        rows = torch.remainder(local, self.col_modulus) if self.hashed else local
+        rows = (rows + self.col_offsets).reshape(-1)
+        B = ids.shape[0]
+        if self.pooled:  # (sample, field) bags, sequence ids weighted by mask / count
+            m = torch.where(self.col_is_seq, local != 0, torch.ones_like(local, dtype=torch.bool))
+            m = m.to(torch.float32)
+            count = m.new_zeros(B, len(self.bounds)).index_add_(1, self.col_bag, m)
+            weights = (m / count.clamp_min(1.0).index_select(1, self.col_bag)).reshape(-1)
+        if self.half:  # gather, widen, then pool in float32 (as the per-field read)
+            v = nn.functional.embedding(rows, self.packed).float().view(B, -1, self.dim)
+            if not self.pooled:
+                return v
+            v = v * weights.view(B, -1, 1)
+            return v.new_zeros(B, len(self.bounds), self.dim).index_add_(1, self.col_bag, v)
+        if self.pooled:
+            offsets = (torch.arange(B, device=ids.device).unsqueeze(1) * self.num_cols
+                       + self.bag_starts).reshape(-1)
+        else:
+            weights, n = None, rows.shape[0]
+            offsets = self._offsets
+            if offsets is None or offsets.shape[0] != n:
+                offsets = self._offsets = torch.arange(n, device=ids.device)
+        # (weight, indices, offsets, scale_grad_by_freq, mode=sum, pruned_weights,
+        #  per_sample_weights, compressed_indices_mapping, include_last_offset)
+        out = self.kernel(self.packed, rows, offsets, False, 0, False, weights, None, False)
+        out = out.view(B, -1, out.shape[-1])
+        return out[..., :self.dim] if out.shape[-1] != self.dim else out
+
+
 class FusedEmbedding(FieldwiseEmbedding):
     """A :class:`FieldwiseEmbedding` whose plain fields share one table per width.
 
@@ -493,7 +611,10 @@ class FusedEmbedding(FieldwiseEmbedding):
         placeholders = []
         by_dim: dict[tuple[int, str], list[int]] = defaultdict(list)
         for i, m in enumerate(fieldwise.fields):
-            if _kind(m) is not None:
+            key = _packed_key(m) if serving else None
+            if key is not None:  # serving: packed fields of one dim and precision
+                by_dim[key].append(i)
+            elif _kind(m) is not None:
                 by_dim[(m.table.dim, _family(m.table))].append(i)
         stand_in: dict[int, FieldEmbedding] = {}
         dropped = [i for i, m in enumerate(fieldwise.fields) if type(m) is DroppedField]
@@ -531,9 +652,12 @@ class FusedEmbedding(FieldwiseEmbedding):
         object.__setattr__(self, "_fieldwise", fieldwise)  # not a submodule: no double params
         self.fused_fields = sorted(fused)
         groups = []
-        for _, members in sorted(by_dim.items()):
-            groups.append(_Group([(i, stand_in.get(i, fieldwise.fields[i]), self._slices[i])
-                                  for i in members], self.out_dim, sparse_threshold))
+        for (_, family), members in sorted(by_dim.items()):
+            triples = [(i, stand_in.get(i, fieldwise.fields[i]), self._slices[i])
+                       for i in members]
+            groups.append(_PackedGroup(triples, self.out_dim)
+                          if family.startswith(("int", "half"))
+                          else _Group(triples, self.out_dim, sparse_threshold))
         self.groups = nn.ModuleList(groups)
         self.rest = [i for i in range(len(placeholders)) if i not in fused]
         order = [i for g in self.groups for i in g.field_index] + self.rest
@@ -723,11 +847,14 @@ def _keeps_prefix(table: KeptRowsTable) -> bool:
 
 def resident_bytes(module: nn.Module) -> int:
     """Bytes of every distinct tensor storage ``module`` holds: parameters and buffers
-    (persistent or not), the per-field modules a fused layer keeps, and its serving copies
-    (flat rows, maps). Views of one storage count once, a view of a bigger storage counts
-    all of it (what stays in memory)."""
+    (persistent or not), the per-field modules a fused layer keeps, its serving copies
+    (flat rows, maps), and a 1-bit table's lookup table once built. Views of one storage
+    count once, a view of a bigger storage counts all of it (what stays in memory)."""
     tensors = list(module.parameters()) + list(module.buffers())
     for m in module.modules():
+        if isinstance(m, QuantizedEmbedding) and m._lut is not None:  # 1 bit: built on
+            # first read (the offsets cache, 8 bytes per id of the last batch, is scratch)
+            tensors.append(m._lut)
         if isinstance(m, FusedEmbedding):
             per_field = m.fieldwise()
             tensors += list(per_field.parameters()) + list(per_field.buffers())

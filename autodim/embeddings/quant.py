@@ -29,12 +29,13 @@ Training (:class:`FakeQuantEmbedding`, a drop-in ``nn.Embedding``):
   section 3: shrink ``[min, max]`` bin by bin from the side that lowers the L2 error most,
   keep the best; 200 bins, at most 16 % of the range, fbgemm's defaults).
 
-Inference (:class:`QuantizedEmbedding`): packed codes, float16 scales and offsets. 8- and
-4-bit tables are read with torch's quantized embedding-bag kernels
-(``quantized::embedding_bag_byte_rowwise_offsets``/``embedding_bag_4bit_rowwise_offsets``);
-their prepacked buffer is built on first use and is not part of the stored bytes (the 8-bit
-kernel wants float32 scales: the float16 ones widen exactly). 2- and 1-bit tables unpack with
-shifts. :func:`pack_model` turns a trained model's fake-quantized tables into these.
+Inference (:class:`QuantizedEmbedding`): packed codes, float16 scales and offsets. 8-, 4-
+and 2-bit tables are read with torch's quantized embedding-bag kernels
+(``quantized::embedding_bag_byte_rowwise_offsets`` / ``embedding_bag_4bit_rowwise_offsets`` /
+``embedding_bag_2bit_rowwise_offsets``), from one buffer in the kernels' layout that is also
+the table's storage (the 8-bit kernel wants float32 scales: the float16 ones widen exactly).
+1-bit tables read a byte-to-values table (no kernel exists for them).
+:func:`pack_model` turns a trained model's fake-quantized tables into these.
 """
 
 from __future__ import annotations
@@ -312,37 +313,117 @@ class FakeQuantEmbedding(nn.Embedding):
         return q * t["scale"].float()[:, None] + t["offset"].float()[:, None]
 
 
+def _scale_pair(scale: torch.Tensor, offset: torch.Tensor, bits: int) -> torch.Tensor:
+    """Bytes of each row's scale and offset as fbgemm's kernels read them after the codes:
+    float32 for 8 bits (the float16 values widen exactly), float16 below."""
+    dtype = torch.float32 if bits == 8 else torch.float16
+    pair = torch.stack([scale.to(dtype), offset.to(dtype)], 1)
+    return pair.contiguous().view(torch.uint8)
+
+
 # -- inference-time table -------------------------------------------------------------------
 # Resolved once (an attribute lookup on torch.ops per call costs microseconds); kept out of
 # the modules so that they stay picklable.
 _KERNELS = {8: torch.ops.quantized.embedding_bag_byte_rowwise_offsets.default,
-            4: torch.ops.quantized.embedding_bag_4bit_rowwise_offsets.default}
+            4: torch.ops.quantized.embedding_bag_4bit_rowwise_offsets.default,
+            2: torch.ops.quantized.embedding_bag_2bit_rowwise_offsets.default}
+
+
+def kernel_op(bits: int):
+    """The embedding-bag kernel that reads a packed table of ``bits`` (8, 4 or 2)."""
+    return _KERNELS[bits]
 
 class QuantizedEmbedding(nn.Module):
-    """A packed table (see the module docstring); ``forward(ids) -> [..., d]`` float32."""
+    """A packed table (see the module docstring); ``forward(ids) -> [..., d]`` float32.
+
+    Its state dict holds ``codes``, ``scale`` and ``offset`` (or ``weight`` at 16 / 32 bits)
+    whatever the storage. An 8-, 4- or 2-bit table keeps them in ONE buffer, ``packed``, in
+    the layout fbgemm's kernel reads (a row's codes, then its scale and offset: float16 for
+    4 / 2 bits, float32 for 8; a field scale repeated on every row). Before, the stored
+    tensors and the kernel's prepacked copy of them were both held. Resident bytes are
+    :func:`table_bytes` for row-scaled 4 / 2 bits, plus 4 bytes a row for 8 bits (float32
+    scales) and for field scales (repeated). ``codes`` is then a view of the buffer and
+    ``scale`` / ``offset`` copies read out of it.
+    """
 
     def __init__(self, rows: int, dim: int, precision: Mapping[str, Any]):
         super().__init__()
         self.precision = normalize_precision(precision)
         self.bits = self.precision["bits"]
         self.num_embeddings, self.embedding_dim = rows, dim
+        self.row_bytes = row_bytes(dim, self.bits) if self.bits < 16 else 0
+        self.in_place = self.bits in _KERNELS
+        self.field_scale = self.precision["scale"] == "field"
         if self.bits >= 16:
             dtype = torch.float32 if self.bits == 32 else HALF_DTYPES[self.precision["dtype"]]
             self.register_buffer("weight", torch.zeros(rows, dim, dtype=dtype))
+        elif self.in_place:
+            tail = _scale_pair(torch.ones(rows), torch.zeros(rows), self.bits)
+            packed = torch.cat([torch.zeros(rows, self.row_bytes, dtype=torch.uint8), tail], 1)
+            self.register_buffer("packed", packed, persistent=False)
         else:
             n_scales = rows if self.precision["scale"] == "row" else 1
-            self.register_buffer("codes", torch.zeros(rows, row_bytes(dim, self.bits),
-                                                      dtype=torch.uint8))
+            self.register_buffer("codes", torch.zeros(rows, self.row_bytes, dtype=torch.uint8))
             self.register_buffer("scale", torch.ones(n_scales, dtype=torch.float16))
             self.register_buffer("offset", torch.zeros(n_scales, dtype=torch.float16))
-        self._kernel: torch.Tensor | None = None
         self._lut: torch.Tensor | None = None
         self._offsets: torch.Tensor | None = None
-        self.register_load_state_dict_post_hook(QuantizedEmbedding._drop_kernel)
+        self.register_load_state_dict_post_hook(QuantizedEmbedding._drop_lut)
+
+    # -- the one-buffer form: the stored tensors as views / copies of ``packed`` -----------
+    def __getattr__(self, name: str) -> Any:
+        if name in ("codes", "scale", "offset") and self.__dict__.get("in_place"):
+            packed = self._buffers["packed"]
+            if name == "codes":
+                return packed[:, :self.row_bytes]
+            dtype = torch.float32 if self.bits == 8 else torch.float16
+            pair = packed[:, self.row_bytes:].contiguous().view(dtype)
+            if self.field_scale:
+                pair = pair[:1]
+            return pair[:, 0 if name == "scale" else 1].to(torch.float16)
+        return super().__getattr__(name)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.in_place:
+            for name in ("codes", "scale", "offset"):
+                destination[prefix + name] = getattr(self, name)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        if not self.in_place:
+            return super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                                 missing_keys, unexpected_keys, error_msgs)
+        rows, nb = self.num_embeddings, self.row_bytes
+        n = 1 if self.field_scale else rows
+        want = {"codes": ((rows, nb), torch.uint8), "scale": ((n,), torch.float16),
+                "offset": ((n,), torch.float16)}
+        got = {}
+        for name, (shape, dtype) in want.items():
+            key = prefix + name
+            if key not in state_dict:
+                missing_keys.append(key)
+            elif tuple(state_dict[key].shape) != shape or state_dict[key].dtype != dtype:
+                t = state_dict[key]
+                error_msgs.append(f"size mismatch for {key}: copying a param with shape "
+                                  f"{tuple(t.shape)} ({t.dtype}), the table holds {shape} "
+                                  f"({dtype})")
+            else:
+                got[name] = state_dict[key]
+        if strict:
+            unexpected_keys += [k for k in state_dict if k.startswith(prefix)
+                                and k[len(prefix):].split(".", 1)[0] not in want]
+        if len(got) == len(want):
+            with torch.no_grad():
+                packed = self._buffers["packed"]
+                packed[:, :nb] = got["codes"].to(packed.device)
+                tail = _scale_pair(got["scale"].expand(rows), got["offset"].expand(rows),
+                                   self.bits)
+                packed[:, nb:] = tail.to(packed.device)
 
     @staticmethod
-    def _drop_kernel(module: "QuantizedEmbedding", _keys: Any) -> None:
-        module._kernel = module._lut = None  # rebuilt from the loaded tensors on next read
+    def _drop_lut(module: "QuantizedEmbedding", _keys: Any) -> None:
+        module._lut = None  # rebuilt from the loaded tensors on next read
 
     def _code_lut(self) -> torch.Tensor:
         """``[256, 8 // bits]``: the values a packed byte holds, lowest bits first (for a
@@ -360,37 +441,25 @@ class QuantizedEmbedding(nn.Module):
         return self._lut
 
     def num_bytes(self) -> int:
-        return sum(b.numel() * b.element_size() for b in self.buffers())
-
-    def _rowwise(self, x: torch.Tensor) -> torch.Tensor:
-        return x.expand(self.num_embeddings) if x.numel() == 1 else x
-
-    def _kernel_weight(self) -> torch.Tensor:
-        """fbgemm's prepacked layout: codes, then scale and bias (float32 for 8 bits,
-        float16 for 4 bits; 4-bit rows padded to an even number of values)."""
-        if self._kernel is None:
-            dt = torch.float32 if self.bits == 8 else torch.float16
-            sb = torch.stack([self._rowwise(self.scale).to(dt),
-                              self._rowwise(self.offset).to(dt)], 1)
-            self._kernel = torch.cat([self.codes, sb.contiguous().view(torch.uint8)], 1)
-        return self._kernel
+        return table_bytes(self.num_embeddings, self.embedding_dim, self.precision)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self.bits >= 16:
             return nn.functional.embedding(ids, self.weight).float()
         flat = ids.reshape(-1).contiguous()
-        if self.bits in (8, 4):
-            # One id per bag; the op, the prepacked table and the offsets are cached (the
-            # per-call Python overhead is what decides small-batch latency).
-            kernel = self._kernel if self._kernel is not None else self._kernel_weight()
+        if self.bits in _KERNELS:
+            # One id per bag; the op and the offsets are cached (the per-call Python
+            # overhead is what decides small-batch latency). The kernel reads every value
+            # of a row's last byte: columns past the dim are dropped.
             n = flat.shape[0]
             offsets = self._offsets
             if offsets is None or offsets.shape[0] != n or offsets.dtype != flat.dtype:
                 offsets = self._offsets = torch.arange(n, dtype=flat.dtype)
             # (weight, indices, offsets, scale_grad_by_freq, mode=sum, pruned_weights,
             #  per_sample_weights, compressed_indices_mapping, include_last_offset)
-            out = _KERNELS[self.bits](kernel, flat, offsets, False, 0, False, None, None, False)
-            if out.shape[1] != self.embedding_dim:  # odd dims at 4 bits pad one column
+            out = _KERNELS[self.bits](self._buffers["packed"], flat, offsets, False, 0, False,
+                                      None, None, False)
+            if out.shape[1] != self.embedding_dim:
                 out = out[:, :self.embedding_dim]
             if ids.dim() == 2:
                 return out.view(ids.shape[0], ids.shape[1], out.shape[1])

@@ -13,6 +13,7 @@ from autodim.embeddings.quant import (
     pack_codes,
     pack_model,
     range_search,
+    row_bytes,
     table_bytes,
     unpack_codes,
 )
@@ -128,17 +129,57 @@ def test_pack_unpack_roundtrip(bits):
     assert torch.equal(unpack_codes(packed, bits, 11).to(torch.uint8), q)
 
 
-def test_4bit_kernel_layout_matches_torch_prepack():
+@pytest.mark.parametrize("bits,dim", [(4, 6), (2, 8)])
+def test_kernel_layout_matches_torch_prepack(bits, dim):
     torch.manual_seed(1)
-    w = torch.randn(20, 6)
-    fb = torch.ops.quantized.embedding_bag_4bit_prepack(w)
-    sb = fb[:, 3:].contiguous().view(torch.float16)
-    qe = QuantizedEmbedding(20, 6, {"bits": 4})
-    qe.load_state_dict({"codes": fb[:, :3].clone(), "scale": sb[:, 0].clone(),
+    w = torch.randn(20, dim)
+    fb = getattr(torch.ops.quantized, f"embedding_bag_{bits}bit_prepack")(w)
+    nb = dim * bits // 8
+    sb = fb[:, nb:].contiguous().view(torch.float16)
+    qe = QuantizedEmbedding(20, dim, {"bits": bits})
+    qe.load_state_dict({"codes": fb[:, :nb].clone(), "scale": sb[:, 0].clone(),
                         "offset": sb[:, 1].clone()})
     ids = torch.tensor([[3], [0], [19]])
-    ref = torch.ops.quantized.embedding_bag_4bit_unpack(fb)[ids[:, 0]]
+    ref = getattr(torch.ops.quantized, f"embedding_bag_{bits}bit_unpack")(fb)[ids[:, 0]]
     torch.testing.assert_close(qe(ids)[:, 0], ref)
+
+
+@pytest.mark.parametrize("bits,scale", [(8, "row"), (4, "row"), (4, "field"), (2, "row"),
+                                        (2, "field"), (1, "row")])
+def test_packed_table_state_roundtrips_and_resident_bytes_are_counted(bits, scale):
+    """An 8-, 4- or 2-bit table holds its codes, scales and offsets in the kernel's own
+    buffer (the stored tensors and a prepacked copy used to be both held): resident bytes
+    are the stored ones for row-scaled 4 / 2 bits; 8 bits (float32 scales) and field scales
+    (repeated on every row) add 4 bytes a row; a 1-bit table adds its byte lookup table. The
+    state dict gives back exactly the loaded tensors."""
+    from autodim.embeddings.fused import resident_bytes
+
+    torch.manual_seed(0)
+    rows, dim = 40, 7
+    n = rows if scale == "row" else 1
+    q = torch.randint(0, 2 ** bits, (rows, dim), dtype=torch.uint8)
+    st = {"codes": pack_codes(q, bits), "scale": (torch.rand(n) + 0.5).half(),
+          "offset": torch.randn(n).half()}
+    qe = QuantizedEmbedding(rows, dim, {"bits": bits, "scale": scale})
+    qe.load_state_dict(st)
+    back = qe.state_dict()
+    assert list(back) == ["codes", "scale", "offset"]
+    for k, v in st.items():
+        assert back[k].dtype == v.dtype and torch.equal(back[k], v), k
+    stored = table_bytes(rows, dim, qe.precision)
+    assert qe.num_bytes() == stored
+    qe(torch.arange(rows))
+    resident = resident_bytes(qe)
+    if bits == 1:  # + the lookup table: 8 float32 values per byte value
+        assert resident == stored + 256 * 8 * 4
+    else:  # one buffer: a row's codes, then its scale and offset (float32 at 8 bits)
+        assert resident == rows * (row_bytes(dim, bits) + (8 if bits == 8 else 4))
+        if bits < 8 and scale == "row":
+            assert resident == stored
+    with pytest.raises(RuntimeError, match="codes"):
+        qe.load_state_dict({**st, "codes": st["codes"][:-1]})
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        qe.load_state_dict({**st, "extra": st["scale"]})
 
 
 def test_precision_json_roundtrip_and_version1_reads_as_float32():
@@ -207,11 +248,87 @@ def test_export_file_bytes_equal_num_bytes_and_load_model_matches(tmp_path):
                      "t_i": "BF16", "t_c": "INT8"}
 
 
+def test_served_packed_fields_of_one_dim_and_precision_read_one_buffer(tmp_path):
+    """A served model reads the packed fields of one dim and precision with ONE kernel call
+    from one buffer (dense and hashed tables, row and field scales, a sequence field, fields
+    that project, pad or select), 16-bit fields of one dim with one gather; its outputs
+    equal the per-field packed model's, nothing is held twice, the state dict is the
+    per-field one, and tensors loaded into it are what it reads."""
+    from autodim.embeddings.fused import FusedEmbedding, _PackedGroup, resident_bytes
+    from autodim.export import build_model, load_model, save_weights
+
+    schema = Schema([Field("a", vocab_size=500), Field("b", vocab_size=300),
+                     Field("s", vocab_size=40, kind="sequence", width=3),
+                     Field("c", vocab_size=60), Field("e", vocab_size=90),
+                     Field("f", vocab_size=70), Field("g", vocab_size=50),
+                     Field("h", vocab_size=80), Field("k", vocab_size=30, kind="sequence",
+                                                      width=2)])
+    plan = DimensionPlan.from_dims(schema, 8, {"a": 4, "b": 4, "s": 4, "c": 4, "e": 8,
+                                               "f": 8, "g": 3, "h": 4, "k": 4})
+    prec = {"a": {"bits": 4}, "b": {"bits": 4, "scale": "field"}, "s": {"bits": 4},
+            "c": {"bits": 4}, "e": {"bits": 2}, "f": {"bits": 2, "scale": "field"},
+            "g": {"bits": 1}, "h": {"bits": 16}, "k": {"bits": 16}}
+    for f in plan.fields:
+        f.precision = prec[f.name]
+    plan.fields[1].hashing = {"method": "hash", "buckets": 50}
+    plan.fields[3].align = "pad"
+    plan.fields[5].align, plan.fields[5].columns = "select", [0, 1, 2, 3, 4, 5, 6, 7]
+    plan.validate()
+    model = build_model(plan, "fm")
+    with torch.no_grad():
+        for p in model.embedding.parameters():
+            p.normal_(0, 0.5)
+    path = save_weights(model.eval(), tmp_path / "w.safetensors", plan=plan, backbone="fm")
+    served = load_model(plan, path)
+    emb = served.embedding
+    assert isinstance(emb, FusedEmbedding)
+    packed = [g for g in emb.groups if isinstance(g, _PackedGroup)]
+    assert sorted((g.dim, g.bits, len(g.field_index)) for g in packed) == [
+        (4, 4, 4), (4, 16, 2), (8, 2, 2)]
+    fieldwise = emb.fieldwise()  # the per-field packed modules, views of the groups
+    before = {k: v.clone() for k, v in fieldwise.state_dict().items()}
+    g = torch.Generator().manual_seed(3)
+    ids = torch.stack([torch.randint(0, f.vocab_size, (33,), generator=g)
+                       for f in schema.fields for _ in range(f.width)], 1)
+    ids[0, 2:5] = 0  # a sequence of padding only
+    ids[1, 3:5] = 0
+    ids[2, -2:] = 0
+    with torch.inference_mode():
+        torch.testing.assert_close(emb(ids), fieldwise(ids), rtol=0, atol=1e-6)
+    for grp in packed:  # each field's buffer is a view of its group's: no second copy
+        for i in grp.field_index:
+            q = fieldwise.fields[i].table.embedding
+            own = q.weight if q.bits == 16 else q.packed
+            assert own.untyped_storage().data_ptr() == grp.packed.untyped_storage().data_ptr()
+    tables = sum(t.numel() * t.element_size() for t in fieldwise.buffers())
+    params = sum(p.numel() * p.element_size() for p in fieldwise.parameters())
+    lut = 256 * 8 * 4  # the 1-bit field's byte lookup table, built on its first read
+    assert tables + params + lut < resident_bytes(emb) <= tables + params + lut + 1024
+    state = emb.state_dict()
+    assert sorted(state) == sorted(fieldwise.state_dict())
+    assert not any(k.startswith("groups.") for k in state)
+    assert all(torch.equal(state[k], v) for k, v in before.items())
+    new = {k: (v.flip(0) if k.endswith(("codes", "weight")) and v.dim() == 2 and
+               not k.endswith("linear.weight") else v) for k, v in state.items()}
+    old_out = emb(ids)
+    emb.load_state_dict(new)
+    assert not torch.allclose(emb(ids), old_out)
+    with torch.inference_mode():
+        fresh = build_model(plan, "fm")
+        from autodim.embeddings.quant import packed_skeleton
+
+        packed_skeleton(fresh)
+        fresh.embedding.load_state_dict(new)
+        torch.testing.assert_close(emb(ids), fresh.embedding(ids), rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("bits", [2, 1])
 @pytest.mark.parametrize("scale", ["row", "field"])
 def test_low_bit_read_equals_unpacking_and_follows_loaded_tensors(bits, scale):
-    """2- and 1-bit tables read through a byte lookup table (field scales folded in); it is
-    rebuilt when new tensors are loaded, so a read never serves the old scale."""
+    """2-bit tables read through fbgemm's kernel (from the buffer they are loaded into),
+    1-bit ones through a byte lookup table (field
+    scales folded in); every cache is rebuilt when new tensors are loaded, so a read never
+    serves the old scale."""
     torch.manual_seed(0)
     rows, dim = 30, 7
     qe = QuantizedEmbedding(rows, dim, {"bits": bits, "scale": scale})
