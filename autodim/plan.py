@@ -29,7 +29,7 @@ import math
 import zlib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import numpy as np
 import torch
@@ -319,9 +319,12 @@ class DimensionPlan:
         return plan
 
     @classmethod
-    def full(cls, schema: Schema, D: int, **meta: Any) -> "DimensionPlan":
+    def full(cls, schema: Schema, D: int, *, drop: Collection[str] = (),
+             **meta: Any) -> "DimensionPlan":
+        """Every field at ``D`` (the fields in ``drop`` at 0: left out)."""
         meta.setdefault("searcher", {"name": "full", "settings": {}})
-        return cls.from_dims(schema, D, {n: D for n in schema.names}, **meta)
+        return cls.from_dims(schema, D, {n: 0 if n in drop else D for n in schema.names},
+                             **meta)
 
     # -- queries ----------------------------------------------------------------------------
     @property

@@ -7,8 +7,8 @@ whenever more than twice that is free at its top; a model scoring a batch of tho
 rows allocates and frees a few MB of temporaries per call, so each call faults its pages
 in again. Measured on MovieLens-100K (FM, D=16, batch 4096, 1 thread, median of 60 calls,
 ``benchmarks/quant.py`` has the table): float32 1.33 ms, int8 1.95 ms, float16 4.7 ms with
-the defaults; 0.94, 0.93 and 0.96 ms tuned. Packed models allocate more temporaries (one
-gather and one widening per field), so they gain the most. Memory freed by Python stays
+the defaults; 0.94, 0.93 and 0.96 ms tuned (models read field by field then; packed models
+made the most temporaries, so they gained the most). Memory freed by Python stays
 with the process for reuse instead of going back to the system, which is what a scoring
 server wants.
 """

@@ -128,8 +128,7 @@ def run_seed(data, seed: int, ratios, cfg, distill: float, only=None, *,
     if est0.idle:
 
         def refit(drop):
-            plan = DimensionPlan.from_dims(data.schema, 16, {
-                n: 0 if n in drop else 16 for n in data.schema.names})
+            plan = DimensionPlan.full(data.schema, 16, drop=drop)
             t0 = time.perf_counter()
             res = _train(plan, data, cfg, seed, backbone=backbone)
             rows.append({"seed": seed, "ratio": 1, "method": f"refit -{len(drop)}",
@@ -314,7 +313,7 @@ def latency(data, *, reps: int, batches=(1, 256, 4096), plans=None) -> list[dict
         for bs in batches:
             idx = torch.randint(0, test.shape[0], (bs,))
             x = test[idx].long().contiguous()
-            for m in models.values():  # warm-up (builds the kernels' prepacked buffers)
+            for m in models.values():  # warm-up (allocator, caches)
                 m(x)
             # Calls per timing: enough for the float32 model to run >= 20 ms, so one sample
             # is not a fraction of a scheduler tick. Each timing is paired call by call: the

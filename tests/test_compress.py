@@ -281,8 +281,7 @@ def test_refit_measures_on_a_reference_trained_without_the_flagged_fields(
 
     def refit(drop):
         calls.append(set(drop))
-        plan = DimensionPlan.from_dims(tiny_data.schema, 8,
-                                       {n: 0 if n in drop else 8 for n in names})
+        plan = DimensionPlan.full(tiny_data.schema, 8, drop=drop)
         refs.append(train_plan(plan, tiny_dm, config=cfg, test=False).task.eval())
         return refs[-1]
 

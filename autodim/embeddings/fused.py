@@ -40,7 +40,12 @@ from torch import nn
 
 from autodim.embeddings.compact import FieldwiseEmbedding
 from autodim.embeddings.field import Align, DroppedField, FieldEmbedding, Project, Select
-from autodim.embeddings.quant import FakeQuantEmbedding, QuantizedEmbedding, kernel_op
+from autodim.embeddings.quant import (
+    FakeQuantEmbedding,
+    QuantizedEmbedding,
+    one_id_per_bag,
+    read_packed,
+)
 from autodim.embeddings.tables import (
     KEPT_LUT_BYTES,
     CSRTable,
@@ -132,7 +137,7 @@ def _packed_key(module: nn.Module) -> tuple[int, str] | None:
     if type(module) is not FieldEmbedding or type(module.table) not in (DenseTable, HashTable):
         return None
     q = module.table.embedding
-    if (type(q) is not QuantizedEmbedding or not (q.in_place or q.bits == 16)
+    if (type(q) is not QuantizedEmbedding or not (q.kernel_layout or q.bits == 16)
             or _align_kind(module.align) is None):
         return None
     return (module.table.dim, f"int{q.bits}" if q.bits < 16 else f"half-{q.precision['dtype']}")
@@ -213,19 +218,7 @@ class _Group(nn.Module):
         self.family = _family(tables[0])
         firsts = [_weights(t)[0] for t in tables]
         sizes = [w.shape[0] for w in firsts]
-        starts = torch.tensor([0] + sizes[:-1]).cumsum(0)
-        self.bounds = [(int(s), int(s) + n) for s, n in zip(starts, sizes)]
-        # A categorical field reads its first column only (as mean_pool does).
-        widths = [hi - lo if m.is_sequence else 1 for _, m, (lo, hi) in members]
-        cols = torch.cat([torch.arange(lo, lo + w) for (_, _, (lo, _)), w in zip(members, widths)])
-        per_col = torch.tensor(widths)
-
-        def col_buffer(name: str, values) -> None:
-            self.register_buffer(name, torch.tensor(values).repeat_interleave(per_col),
-                                 persistent=False)
-
-        self.register_buffer("cols", cols, persistent=False)
-        self.register_buffer("col_offsets", starts.repeat_interleave(per_col), persistent=False)
+        col_buffer, per_col = self._init_columns(members, sizes)
         buckets = [getattr(t, "buckets", 0) for t in tables]
         # first table's row: QR id // m; hashing and MEmCom id mod m; else the id itself
         self.divided = self.family == "qr"
@@ -263,20 +256,6 @@ class _Group(nn.Module):
             self.table_b = nn.Embedding(weight_b.shape[0], weight_b.shape[1],
                                         sparse=weight_b.shape[0] > sparse_threshold,
                                         _weight=weight_b)
-        # sequences pool (even of width 1: an all-padding row reads zeros, as mean_pool)
-        self.pooled = any(m.is_sequence for _, m, _ in members)
-        self.num_cols = int(sum(widths))
-        if self.pooled:
-            # (sample, field) bags: field j of a sample starts at column bag_starts[j] of the
-            # group's columns; sequence columns are weighted by mask / count (mean over
-            # non-padding ids, as mean_pool), others by 1.
-            self.register_buffer("bag_starts", torch.tensor([0] + widths[:-1]).cumsum(0),
-                                 persistent=False)
-            is_seq = torch.tensor([m.is_sequence for _, m, _ in members])
-            self.register_buffer("col_is_seq", is_seq.repeat_interleave(per_col),
-                                 persistent=False)
-            self.register_buffer("col_bag", torch.arange(len(members)).repeat_interleave(per_col),
-                                 persistent=False)
         self.csr = self.family == "csr"
         self.kept = self.family == "kept"
         with torch.no_grad():
@@ -346,6 +325,54 @@ class _Group(nn.Module):
                 for t, n in zip(tables, sizes)]), persistent=False)
         self.baked = False
         self._init_align([m for _, m, _ in members])
+
+    def _init_columns(self, members: list[tuple[int, FieldEmbedding, tuple[int, int]]],
+                      sizes: list[int]):
+        """The group's columns of the id batch, each field's first row (``bounds``,
+        ``col_offsets``) and the sequence bags; returns ``col_buffer(name, per-field
+        values)``, which registers a per-column buffer, and the columns per field."""
+        starts = torch.tensor([0] + sizes[:-1]).cumsum(0)
+        self.bounds = [(int(s), int(s) + n) for s, n in zip(starts, sizes)]
+        # A categorical field reads its first column only (as mean_pool does).
+        widths = [hi - lo if m.is_sequence else 1 for _, m, (lo, hi) in members]
+        cols = torch.cat([torch.arange(lo, lo + w) for (_, _, (lo, _)), w in zip(members, widths)])
+        per_col = torch.tensor(widths)
+
+        def col_buffer(name: str, values) -> None:
+            self.register_buffer(name, torch.tensor(values).repeat_interleave(per_col),
+                                 persistent=False)
+
+        self.register_buffer("cols", cols, persistent=False)
+        self.register_buffer("col_offsets", starts.repeat_interleave(per_col), persistent=False)
+        # sequences pool (even of width 1: an all-padding row reads zeros, as mean_pool)
+        self.pooled = any(m.is_sequence for _, m, _ in members)
+        self.num_cols = int(sum(widths))
+        if self.pooled:
+            # (sample, field) bags: field j of a sample starts at column bag_starts[j] of the
+            # group's columns; sequence columns are weighted by mask / count (mean over
+            # non-padding ids, as mean_pool), others by 1.
+            self.register_buffer("bag_starts", torch.tensor([0] + widths[:-1]).cumsum(0),
+                                 persistent=False)
+            col_buffer("col_is_seq", [m.is_sequence for _, m, _ in members])
+            col_buffer("col_bag", list(range(len(members))))
+        return col_buffer, per_col
+
+    def _bag_weights(self, local: torch.Tensor) -> torch.Tensor:
+        """``[B, columns]``: 1 for a categorical column, mask / count for a sequence one."""
+        m = torch.where(self.col_is_seq, local != 0, torch.ones_like(local, dtype=torch.bool))
+        m = m.to(torch.float32)  # fused tables are float32
+        count = m.new_zeros(local.shape[0], len(self.bounds)).index_add_(1, self.col_bag, m)
+        return m / count.clamp_min(1.0).index_select(1, self.col_bag)
+
+    def _bag_offsets(self, B: int, device) -> torch.Tensor:
+        """Where each (sample, field) bag starts in the flattened ``[B, columns]`` ids."""
+        return (torch.arange(B, device=device).unsqueeze(1) * self.num_cols
+                + self.bag_starts).reshape(-1)
+
+    def _pool(self, v: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """``[B, columns, d]`` values -> ``[B, fields, d]``, weighted by ``weights``."""
+        v = v * weights.unsqueeze(-1)
+        return v.new_zeros(v.shape[0], len(self.bounds), self.dim).index_add_(1, self.col_bag, v)
 
     def _init_align(self, members: list[FieldEmbedding]) -> None:
         kinds = [_align_kind(m.align) for m in members]
@@ -442,14 +469,10 @@ class _Group(nn.Module):
         use_mask = self.masked and not (self.baked and not self.training)
         B = ids.shape[0]
         if self.pooled:
-            m = torch.where(self.col_is_seq, local != 0, torch.ones_like(local, dtype=torch.bool))
-            m = m.to(torch.float32)  # fused tables are float32
-            count = m.new_zeros(B, len(self.bounds)).index_add_(1, self.col_bag, m)
-            weights = m / count.clamp_min(1.0).index_select(1, self.col_bag)
+            weights = self._bag_weights(local)
             if not (use_mask or self.product or self.csr):  # one embedding_bag: gather + mean
-                offsets = (torch.arange(B, device=ids.device).unsqueeze(1) * self.num_cols
-                           + self.bag_starts).reshape(-1)
-                out = nn.functional.embedding_bag(rows.reshape(-1), self.table.weight, offsets,
+                out = nn.functional.embedding_bag(rows.reshape(-1), self.table.weight,
+                                                  self._bag_offsets(B, ids.device),
                                                   mode="sum", sparse=self.table.sparse,
                                                   per_sample_weights=weights.reshape(-1))
                 return out.view(B, len(self.bounds), self.dim)
@@ -472,10 +495,8 @@ class _Group(nn.Module):
             v = v * self.table_b(rows_b + self.col_offsets_b)
         if use_mask:
             v = v * self.mask[rows]
-        if not self.pooled:
-            return v
-        v = v * weights.unsqueeze(-1)  # gather, multiply/mask, then pool
-        return v.new_zeros(B, len(self.bounds), self.dim).index_add_(1, self.col_bag, v)
+        # gather, multiply/mask, then pool
+        return self._pool(v, weights) if self.pooled else v
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """``ids[B, T] -> [B, n, D]`` in the group's field order."""
@@ -511,7 +532,7 @@ class _PackedGroup(_Group):
     hashed tables) as ONE buffer in the kernel's layout and one kernel call a batch (an
     ``embedding_bag`` with per-sample weights when a sequence field is averaged), instead
     of a kernel call per field; 16-bit fields of one dim and dtype likewise as one half
-    table, one gather and one cast; alignment as :class:`_Group`. The fields' ``packed`` buffers
+    table, one gather and one cast; alignment as :class:`_Group`. The fields' buffers
     become views of the group's, so nothing is held twice and a state dict loaded into the
     fields is what the group reads."""
 
@@ -527,29 +548,11 @@ class _PackedGroup(_Group):
         self.field_index = [i for i, _, _ in members]
         self.half = self.bits == 16
         self.buffer = "weight" if self.half else "packed"
-        self.kernel = None if self.half else kernel_op(self.bits)
         sizes = [t.embedding.num_embeddings for t in tables]
-        starts = torch.tensor([0] + sizes[:-1]).cumsum(0)
-        self.bounds = [(int(s), int(s) + n) for s, n in zip(starts, sizes)]
-        widths = [hi - lo if m.is_sequence else 1 for _, m, (lo, hi) in members]
-        cols = torch.cat([torch.arange(lo, lo + w) for (_, _, (lo, _)), w in zip(members, widths)])
-        per_col = torch.tensor(widths)
-        self.register_buffer("cols", cols, persistent=False)
-        self.register_buffer("col_offsets", starts.repeat_interleave(per_col), persistent=False)
+        col_buffer, _ = self._init_columns(members, sizes)
         self.hashed = any(type(t) is HashTable for t in tables)
         if self.hashed:
-            self.register_buffer("col_modulus", torch.tensor(sizes).repeat_interleave(per_col),
-                                 persistent=False)
-        self.pooled = any(m.is_sequence for _, m, _ in members)
-        self.num_cols = int(sum(widths))
-        if self.pooled:
-            self.register_buffer("bag_starts", torch.tensor([0] + widths[:-1]).cumsum(0),
-                                 persistent=False)
-            is_seq = torch.tensor([m.is_sequence for _, m, _ in members])
-            self.register_buffer("col_is_seq", is_seq.repeat_interleave(per_col),
-                                 persistent=False)
-            self.register_buffer("col_bag", torch.arange(len(members)).repeat_interleave(per_col),
-                                 persistent=False)
+            col_buffer("col_modulus", sizes)
         with torch.no_grad():
             packed = torch.cat([getattr(t.embedding, self.buffer) for t in tables])
         self.register_buffer("packed", packed, persistent=False)
@@ -569,30 +572,17 @@ class _PackedGroup(_Group):
         rows = torch.remainder(local, self.col_modulus) if self.hashed else local
         rows = (rows + self.col_offsets).reshape(-1)
         B = ids.shape[0]
-        if self.pooled:  # (sample, field) bags, sequence ids weighted by mask / count
-            m = torch.where(self.col_is_seq, local != 0, torch.ones_like(local, dtype=torch.bool))
-            m = m.to(torch.float32)
-            count = m.new_zeros(B, len(self.bounds)).index_add_(1, self.col_bag, m)
-            weights = (m / count.clamp_min(1.0).index_select(1, self.col_bag)).reshape(-1)
+        weights = self._bag_weights(local) if self.pooled else None
         if self.half:  # gather, widen, then pool in float32 (as the per-field read)
             v = nn.functional.embedding(rows, self.packed).float().view(B, -1, self.dim)
-            if not self.pooled:
-                return v
-            v = v * weights.view(B, -1, 1)
-            return v.new_zeros(B, len(self.bounds), self.dim).index_add_(1, self.col_bag, v)
+            return self._pool(v, weights) if self.pooled else v
         if self.pooled:
-            offsets = (torch.arange(B, device=ids.device).unsqueeze(1) * self.num_cols
-                       + self.bag_starts).reshape(-1)
+            offsets = self._bag_offsets(B, ids.device)
+            weights = weights.reshape(-1)
         else:
-            weights, n = None, rows.shape[0]
-            offsets = self._offsets
-            if offsets is None or offsets.shape[0] != n:
-                offsets = self._offsets = torch.arange(n, device=ids.device)
-        # (weight, indices, offsets, scale_grad_by_freq, mode=sum, pruned_weights,
-        #  per_sample_weights, compressed_indices_mapping, include_last_offset)
-        out = self.kernel(self.packed, rows, offsets, False, 0, False, weights, None, False)
-        out = out.view(B, -1, out.shape[-1])
-        return out[..., :self.dim] if out.shape[-1] != self.dim else out
+            offsets = self._offsets = one_id_per_bag(self._offsets, rows)
+        out = read_packed(self.packed, self.bits, self.dim, rows, offsets, weights)
+        return out.view(B, -1, self.dim)
 
 
 class FusedEmbedding(FieldwiseEmbedding):

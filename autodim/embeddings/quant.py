@@ -314,9 +314,9 @@ class FakeQuantEmbedding(nn.Embedding):
 
 
 def _scale_pair(scale: torch.Tensor, offset: torch.Tensor, bits: int) -> torch.Tensor:
-    """Bytes of each row's scale and offset as fbgemm's kernels read them after the codes:
-    float32 for 8 bits (the float16 values widen exactly), float16 below."""
-    dtype = torch.float32 if bits == 8 else torch.float16
+    """Bytes of each row's scale and offset as fbgemm's kernels read them after the codes
+    (:func:`_scale_dtype`)."""
+    dtype = _scale_dtype(bits)
     pair = torch.stack([scale.to(dtype), offset.to(dtype)], 1)
     return pair.contiguous().view(torch.uint8)
 
@@ -329,9 +329,31 @@ _KERNELS = {8: torch.ops.quantized.embedding_bag_byte_rowwise_offsets.default,
             2: torch.ops.quantized.embedding_bag_2bit_rowwise_offsets.default}
 
 
-def kernel_op(bits: int):
-    """The embedding-bag kernel that reads a packed table of ``bits`` (8, 4 or 2)."""
-    return _KERNELS[bits]
+def read_packed(packed: torch.Tensor, bits: int, dim: int, rows: torch.Tensor,
+                offsets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Bags of rows of a table in the kernels' layout (``bits`` 8, 4 or 2): ``[bags, dim]``
+    float32, each bag the sum of its rows (times ``weights`` when given). The kernel reads
+    every value of a row's last byte; the columns past ``dim`` are dropped."""
+    # (weight, indices, offsets, scale_grad_by_freq, mode=sum, pruned_weights,
+    #  per_sample_weights, compressed_indices_mapping, include_last_offset)
+    out = _KERNELS[bits](packed, rows, offsets, False, 0, False, weights, None, False)
+    return out[:, :dim] if out.shape[1] != dim else out
+
+
+def one_id_per_bag(cached: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
+    """Offsets ``0 .. n-1`` for ``n`` rows of one id each: ``cached`` when it fits (per-call
+    Python and allocation overhead is what decides small-batch latency)."""
+    n = rows.shape[0]
+    if cached is None or cached.shape[0] != n or cached.dtype != rows.dtype:
+        cached = torch.arange(n, dtype=rows.dtype, device=rows.device)
+    return cached
+
+
+def _scale_dtype(bits: int) -> torch.dtype:
+    """Scales and offsets in the kernels' layout: float32 for 8 bits (the stored float16
+    values widen exactly), float16 below."""
+    return torch.float32 if bits == 8 else torch.float16
+
 
 class QuantizedEmbedding(nn.Module):
     """A packed table (see the module docstring); ``forward(ids) -> [..., d]`` float32.
@@ -339,11 +361,10 @@ class QuantizedEmbedding(nn.Module):
     Its state dict holds ``codes``, ``scale`` and ``offset`` (or ``weight`` at 16 / 32 bits)
     whatever the storage. An 8-, 4- or 2-bit table keeps them in ONE buffer, ``packed``, in
     the layout fbgemm's kernel reads (a row's codes, then its scale and offset: float16 for
-    4 / 2 bits, float32 for 8; a field scale repeated on every row). Before, the stored
-    tensors and the kernel's prepacked copy of them were both held. Resident bytes are
-    :func:`table_bytes` for row-scaled 4 / 2 bits, plus 4 bytes a row for 8 bits (float32
-    scales) and for field scales (repeated). ``codes`` is then a view of the buffer and
-    ``scale`` / ``offset`` copies read out of it.
+    4 / 2 bits, float32 for 8; a field scale repeated on every row), so nothing is held
+    twice: resident bytes are :func:`table_bytes` for row-scaled 4 / 2 bits, plus 4 bytes a
+    row for 8 bits (float32 scales) and for field scales (repeated). ``codes`` is then a
+    view of the buffer and ``scale`` / ``offset`` copies read out of it.
     """
 
     def __init__(self, rows: int, dim: int, precision: Mapping[str, Any]):
@@ -352,12 +373,12 @@ class QuantizedEmbedding(nn.Module):
         self.bits = self.precision["bits"]
         self.num_embeddings, self.embedding_dim = rows, dim
         self.row_bytes = row_bytes(dim, self.bits) if self.bits < 16 else 0
-        self.in_place = self.bits in _KERNELS
+        self.kernel_layout = self.bits in _KERNELS
         self.field_scale = self.precision["scale"] == "field"
         if self.bits >= 16:
             dtype = torch.float32 if self.bits == 32 else HALF_DTYPES[self.precision["dtype"]]
             self.register_buffer("weight", torch.zeros(rows, dim, dtype=dtype))
-        elif self.in_place:
+        elif self.kernel_layout:
             tail = _scale_pair(torch.ones(rows), torch.zeros(rows), self.bits)
             packed = torch.cat([torch.zeros(rows, self.row_bytes, dtype=torch.uint8), tail], 1)
             self.register_buffer("packed", packed, persistent=False)
@@ -372,12 +393,11 @@ class QuantizedEmbedding(nn.Module):
 
     # -- the one-buffer form: the stored tensors as views / copies of ``packed`` -----------
     def __getattr__(self, name: str) -> Any:
-        if name in ("codes", "scale", "offset") and self.__dict__.get("in_place"):
+        if name in ("codes", "scale", "offset") and self.__dict__.get("kernel_layout"):
             packed = self._buffers["packed"]
             if name == "codes":
                 return packed[:, :self.row_bytes]
-            dtype = torch.float32 if self.bits == 8 else torch.float16
-            pair = packed[:, self.row_bytes:].contiguous().view(dtype)
+            pair = packed[:, self.row_bytes:].contiguous().view(_scale_dtype(self.bits))
             if self.field_scale:
                 pair = pair[:1]
             return pair[:, 0 if name == "scale" else 1].to(torch.float16)
@@ -385,13 +405,13 @@ class QuantizedEmbedding(nn.Module):
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
-        if self.in_place:
+        if self.kernel_layout:
             for name in ("codes", "scale", "offset"):
                 destination[prefix + name] = getattr(self, name)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
-        if not self.in_place:
+        if not self.kernel_layout:
             return super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
                                                  missing_keys, unexpected_keys, error_msgs)
         rows, nb = self.num_embeddings, self.row_bytes
@@ -427,11 +447,12 @@ class QuantizedEmbedding(nn.Module):
 
     def _code_lut(self) -> torch.Tensor:
         """``[256, 8 // bits]``: the values a packed byte holds, lowest bits first (for a
-        field scale already times the scale plus the offset). One gather of the byte's row
-        replaces the shift / mask / cast / scale chain. Measured per field (2 bits, a
-        2,000 x 16 table, one thread), batch 256 / 4096: row scales 58 -> 39 / 185 -> 133
-        us, a field scale 29 -> 14 / 148 -> 81 us; a float32 gather takes 7 / 13 us, so
-        2-bit reads stay the slowest format. 8 KiB at most, part of the stated overhead."""
+        field scale already times the scale plus the offset); 1-bit tables read through it
+        (no kernel exists for them). One gather of the byte's row replaces the shift / mask
+        / cast / scale chain (measured when it served 2 bits too, a 2,000 x 16 table, one
+        thread, batch 256 / 4096: row scales 58 -> 39 / 185 -> 133 us, a field scale 29 ->
+        14 / 148 -> 81 us; fbgemm's 2-bit kernel now takes 12 / 33 and 15 / 36 us). 8 KiB,
+        part of the stated overhead."""
         if self._lut is None:
             lut = unpack_codes(torch.arange(256, dtype=torch.uint8)[:, None], self.bits,
                                8 // self.bits).float()
@@ -447,20 +468,10 @@ class QuantizedEmbedding(nn.Module):
         if self.bits >= 16:
             return nn.functional.embedding(ids, self.weight).float()
         flat = ids.reshape(-1).contiguous()
-        if self.bits in _KERNELS:
-            # One id per bag; the op and the offsets are cached (the per-call Python
-            # overhead is what decides small-batch latency). The kernel reads every value
-            # of a row's last byte: columns past the dim are dropped.
-            n = flat.shape[0]
-            offsets = self._offsets
-            if offsets is None or offsets.shape[0] != n or offsets.dtype != flat.dtype:
-                offsets = self._offsets = torch.arange(n, dtype=flat.dtype)
-            # (weight, indices, offsets, scale_grad_by_freq, mode=sum, pruned_weights,
-            #  per_sample_weights, compressed_indices_mapping, include_last_offset)
-            out = _KERNELS[self.bits](self._buffers["packed"], flat, offsets, False, 0, False,
-                                      None, None, False)
-            if out.shape[1] != self.embedding_dim:
-                out = out[:, :self.embedding_dim]
+        if self.kernel_layout:  # one id per bag
+            self._offsets = one_id_per_bag(self._offsets, flat)
+            out = read_packed(self._buffers["packed"], self.bits, self.embedding_dim, flat,
+                              self._offsets)
             if ids.dim() == 2:
                 return out.view(ids.shape[0], ids.shape[1], out.shape[1])
         else:

@@ -38,10 +38,7 @@ def train_full_model(task: SearchTask, config: TrainConfig | None = None, *,
     config = replace(config or task.train, seed=task.seed)
     if epochs is not None:
         config = replace(config, max_epochs=epochs)
-    plan = DimensionPlan.full(task.schema, task.D)
-    if drop:
-        plan = DimensionPlan.from_dims(task.schema, task.D,
-                                       {n: 0 if n in drop else task.D for n in task.schema.names})
+    plan = DimensionPlan.full(task.schema, task.D, drop=drop)
     return train_plan(plan, task.data, backbone=task.backbone,
                       backbone_kwargs=task.backbone_kwargs, config=config, test=False)
 

@@ -292,9 +292,6 @@ class TrialObjective:
         self._distill_weight = float(cs.distill.suggest(trial, "compress.distill"))
         if cs.estimator == "model":
             estimator = self._model_loss()
-            # Distillation and the warm start follow the model the options were measured on
-            # (the refit reference when the field test flagged fields).
-            self._reference_model = estimator.model
         else:
             estimator = ProxyLoss(self.data.schema, self.config.D)
         out, info = compress_plan(plan, self.data.schema, budget, bits=bits, dims=dims,
@@ -330,10 +327,11 @@ class TrialObjective:
         return self._model_loss_cache
 
     def _reference(self):
-        """The model distillation and the warm start read: the one the compressor measured
-        on, else the full-``D`` model."""
-        model = getattr(self, "_reference_model", None)
-        return self._teacher() if model is None else model
+        """The model distillation and the warm start read: the one the compressor's model
+        estimator measured on (the refit reference when the field test flagged fields),
+        else the full-``D`` model."""
+        estimator = getattr(self, "_model_loss_cache", None)
+        return self._teacher() if estimator is None else estimator.model
 
     def _teacher(self, drop: frozenset[str] = frozenset()):
         """The full-``D`` model (with ``drop``: with those fields left out, the compressor's
@@ -348,12 +346,10 @@ class TrialObjective:
 
         cfg = self.config
         path = self.folder / "teacher" / "weights.safetensors"
-        plan = DimensionPlan.full(self.data.schema, cfg.D)
+        plan = DimensionPlan.full(self.data.schema, cfg.D, drop=drop)
         if drop:
             key = hashlib.sha1(",".join(sorted(drop)).encode()).hexdigest()[:12]
             path = self.folder / "teacher" / f"without-{key}" / "weights.safetensors"
-            plan = DimensionPlan.from_dims(self.data.schema, cfg.D, {
-                n: 0 if n in drop else cfg.D for n in self.data.schema.names})
         if path.is_file():
             model = load_model(plan, path, backbone=cfg.backbone,
                                backbone_kwargs=dict(cfg.backbone_kwargs))
