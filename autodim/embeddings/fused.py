@@ -40,6 +40,7 @@ from torch import nn
 
 from autodim.embeddings.compact import FieldwiseEmbedding
 from autodim.embeddings.field import Align, DroppedField, FieldEmbedding, Project, Select
+from autodim.embeddings.gather import Embedding, bag_sum
 from autodim.embeddings.quant import (
     FakeQuantEmbedding,
     QuantizedEmbedding,
@@ -253,9 +254,9 @@ class _Group(nn.Module):
                 col_buffer("col_modulus_b", [t.rows for t in tables])
             with torch.no_grad():
                 weight_b = torch.cat(seconds)
-            self.table_b = nn.Embedding(weight_b.shape[0], weight_b.shape[1],
-                                        sparse=weight_b.shape[0] > sparse_threshold,
-                                        _weight=weight_b)
+            self.table_b = Embedding(weight_b.shape[0], weight_b.shape[1],
+                                     sparse=weight_b.shape[0] > sparse_threshold,
+                                     _weight=weight_b)
         self.csr = self.family == "csr"
         self.kept = self.family == "kept"
         with torch.no_grad():
@@ -290,8 +291,8 @@ class _Group(nn.Module):
             col_buffer("col_ptr_off", ptr_starts.tolist())
             self.table = None
         else:
-            self.table = nn.Embedding(weight.shape[0], dim,
-                                      sparse=weight.shape[0] > sparse_threshold, _weight=weight)
+            self.table = Embedding(weight.shape[0], dim,
+                                   sparse=weight.shape[0] > sparse_threshold, _weight=weight)
         if self.kept:
             self.table.weight.requires_grad_(False)
             # Ids are numbered by descending frequency, so a field often keeps a prefix of
@@ -471,10 +472,9 @@ class _Group(nn.Module):
         if self.pooled:
             weights = self._bag_weights(local)
             if not (use_mask or self.product or self.csr):  # one embedding_bag: gather + mean
-                out = nn.functional.embedding_bag(rows.reshape(-1), self.table.weight,
-                                                  self._bag_offsets(B, ids.device),
-                                                  mode="sum", sparse=self.table.sparse,
-                                                  per_sample_weights=weights.reshape(-1))
+                out = bag_sum(self.table.weight, rows.reshape(-1),
+                              self._bag_offsets(B, ids.device), weights.reshape(-1),
+                              sparse=self.table.sparse)
                 return out.view(B, len(self.bounds), self.dim)
         if self.csr:  # only the stored entries are read
             v = csr_gather(rows + self.col_ptr_off, self.col_offsets, self.values,

@@ -46,6 +46,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from autodim.embeddings.gather import Embedding
+
 __all__ = ["ALLOWED_BITS", "SCALE_GRANULARITIES", "TRAIN_MODES", "SCALAR_DTYPES",
            "normalize_precision", "table_bytes", "scalar_bytes", "row_bytes",
            "FakeQuantEmbedding", "QuantizedEmbedding", "quantize_tensor", "range_search",
@@ -199,7 +201,7 @@ def unpack_codes(packed: torch.Tensor, bits: int, dim: int) -> torch.Tensor:
 
 
 # -- training-time table --------------------------------------------------------------------
-class FakeQuantEmbedding(nn.Embedding):
+class FakeQuantEmbedding(Embedding):
     """An ``nn.Embedding`` whose reads are quantized as the plan's precision says (see the
     module docstring). Keeps float32 master weights; :meth:`export` gives the packed form.
     ``num_bytes()`` is the packed form's size."""
@@ -216,7 +218,7 @@ class FakeQuantEmbedding(nn.Embedding):
         if self.learned:
             # log-gain on the min/max step and shift in steps (see the module docstring).
             if self.row_scale:
-                self.lsq = nn.Embedding(rows, 2, sparse=sparse)
+                self.lsq = Embedding(rows, 2, sparse=sparse)
                 nn.init.zeros_(self.lsq.weight)
             else:
                 self.lsq_field = nn.Parameter(torch.zeros(2))

@@ -13,6 +13,8 @@ import math
 import torch
 from torch import nn
 
+from autodim.embeddings.gather import Embedding
+
 __all__ = [
     "FLOAT_BYTES", "tensor_bytes", "FieldTable", "DenseTable", "HashTable", "QRTable",
     "MEmComTable", "RowPrunedTable", "SparseTable", "sparse_table_bytes", "row_pruned_bytes",
@@ -47,8 +49,8 @@ def row_pruned_bytes(rows: int, dim: int, kept: int) -> int:
     return kept * dim * FLOAT_BYTES + math.ceil(rows / 8)
 
 
-def _embedding(rows: int, dim: int, sparse: bool, init_std: float) -> nn.Embedding:
-    emb = nn.Embedding(rows, dim, sparse=sparse)
+def _embedding(rows: int, dim: int, sparse: bool, init_std: float) -> Embedding:
+    emb = Embedding(rows, dim, sparse=sparse)
     nn.init.normal_(emb.weight, std=init_std)
     return emb
 
@@ -129,7 +131,7 @@ class MEmComTable(FieldTable):
         super().__init__()
         self.rows, self.buckets, self.dim = rows, buckets, dim
         self.shared = _embedding(buckets, dim, sparse, init_std)
-        self.scale = nn.Embedding(rows, 1, sparse=sparse)
+        self.scale = Embedding(rows, 1, sparse=sparse)
         nn.init.ones_(self.scale.weight)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:

@@ -60,6 +60,7 @@ from torch import nn
 from autodim.budget import full_bytes, parse_budget
 from autodim.data.schema import Schema
 from autodim.embeddings.field import mean_pool
+from autodim.embeddings.gather import Embedding, gather
 from autodim.embeddings.tables import sparse_table_bytes
 from autodim.errors import ConfigError
 from autodim.knapsack import solve_mckp
@@ -120,7 +121,7 @@ class PEPEmbedding(nn.Module):
         rows = [f.vocab_size for f in schema.fields]
         self.bounds = list(zip(np.cumsum([0] + rows[:-1]).tolist(), np.cumsum(rows).tolist()))
         N, F = sum(rows), len(rows)
-        self.weight = nn.Embedding(N, D, sparse=sparse)
+        self.weight = Embedding(N, D, sparse=sparse)
         nn.init.normal_(self.weight.weight, std=init_std)
         shape = {"global": (1, 1), "dimension": (1, D), "field": (F, 1), "field_dim": (F, D),
                  "feature": (N, 1), "feature_dim": (N, D)}[granularity]
@@ -144,7 +145,7 @@ class PEPEmbedding(nn.Module):
         elif self.granularity in ("field", "field_dim"):
             s = s[self.col_field].unsqueeze(0)
         else:
-            s = nn.functional.embedding(rows, s)
+            s = gather(s, rows)
         return torch.sigmoid(s)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:

@@ -69,6 +69,7 @@ from autodim.budget import (
     min_feasible_bytes,
 )
 from autodim.data.schema import Field, Schema
+from autodim.embeddings.gather import Embedding
 from autodim.searchers._tables import paired_lower_bound
 from autodim.task import TrainingDiverged, adam, split_parameters
 
@@ -114,8 +115,8 @@ class FusedFieldTable(nn.Module):
                              persistent=False)
         # One column per field: the lookup result already is [B, F, width].
         self.one_column_per_field = len(col_field) == schema.num_fields
-        self.embedding = nn.Embedding(self.total_rows, self.width,
-                                      sparse=self.total_rows > sparse_threshold)
+        self.embedding = Embedding(self.total_rows, self.width,
+                                   sparse=self.total_rows > sparse_threshold)
         nn.init.normal_(self.embedding.weight, std=init_std)
 
     def global_ids(self, ids: torch.Tensor) -> torch.Tensor:
