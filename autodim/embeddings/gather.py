@@ -32,14 +32,19 @@ class _Gather(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        flat = ids.reshape(-1)
-        ctx.save_for_backward(flat)
+        ctx.save_for_backward(ids)
         ctx.rows = weight.shape[0]
-        return weight.index_select(0, flat).view(*ids.shape, weight.shape[1])
+        return weight.index_select(0, ids.reshape(-1)).view(*ids.shape, weight.shape[1])
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (flat,) = ctx.saved_tensors
+        (ids,) = ctx.saved_tensors
+        if grad.dim() == 3 and not grad.is_contiguous() and grad.transpose(0, 1).is_contiguous():
+            # A field-major gradient (the supernet's lift hands back [F, B, d] memory):
+            # read it in its own order instead of copying it to [B, F, d].
+            flat, grad = ids.t().reshape(-1), grad.transpose(0, 1)
+        else:
+            flat = ids.reshape(-1)
         g = grad.reshape(flat.shape[0], -1)
         return g.new_zeros(ctx.rows, g.shape[1]).index_add_(0, flat, g), None
 

@@ -149,48 +149,56 @@ class FusedFieldTable(nn.Module):
 
 
 class _Moments(torch.autograd.Function):
-    """``rows[B, F, I] -> (mean[F, I], cov[F, I, I])`` over the batch (biased covariance),
-    with a backward of one matmul per block.
+    """``rows[B, F, I] -> (mean[F, I], cov[F, I, I], c[F, B, I])`` over the batch: the mean,
+    the biased covariance and the centred rows ``c = rows − mean`` (field-major, the layout
+    ``bmm`` reads), with a backward of one matmul per block.
 
-    ``cov = cᵀc / B`` with ``c = rows − mean``; its gradient w.r.t. the rows is
-    ``c (G + Gᵀ) / B`` exactly (the path through the mean adds ``−(G + Gᵀ) Σ_b c_b / B²``,
-    which is zero since the centred rows sum to zero). Autograd through an einsum took two
-    matmuls, a negation, a sum and an extra ``[B, F, I]`` accumulation for the same result
-    (darts on the planted preset: about 1 ms of a 9 ms supernet step). ``blocks``: column
-    ranges ``(lo, hi)``; only ``cov[:, lo:hi, lo:hi]`` is computed, the rest is zero (the
-    callers read no other entry).
+    ``cov = cᵀc / B``; its gradient w.r.t. the rows is ``c (G + Gᵀ) / B`` exactly (the path
+    through the mean adds ``−(G + Gᵀ) Σ_b c_b / B²``, which is zero since the centred rows
+    sum to zero). A gradient ``d_c`` of the centred rows reaches the rows as
+    ``d_c − mean_b(d_c)``. Autograd through an einsum took two matmuls, a negation, a sum
+    and an extra ``[B, F, I]`` accumulation for the covariance alone (darts on the planted
+    preset: about 1 ms of a 9 ms supernet step). ``blocks``: column ranges ``(lo, hi)``; only
+    ``cov[:, lo:hi, lo:hi]`` is computed, the rest is zero (the callers read no other entry).
     """
 
     @staticmethod
     def forward(ctx, rows: torch.Tensor, blocks: tuple[tuple[int, int], ...]
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, F, n = rows.shape
         mean = rows.mean(0)
         c = rows.new_empty(F, B, n)  # centred rows, written once in the layout bmm reads
         torch.sub(rows.transpose(0, 1), mean.unsqueeze(1), out=c)
         ctx.save_for_backward(c)
         ctx.blocks = blocks
+        ctx.set_materialize_grads(False)
         if blocks == ((0, n),):
-            return mean, torch.bmm(c.transpose(1, 2), c) / B
+            return mean, torch.bmm(c.transpose(1, 2), c) / B, c
         cov = rows.new_zeros(F, n, n)
         for lo, hi in blocks:
             part = c[:, :, lo:hi]
             cov[:, lo:hi, lo:hi] = torch.bmm(part.transpose(1, 2), part) / B
-        return mean, cov
+        return mean, cov, c
 
     @staticmethod
-    def backward(ctx, d_mean: torch.Tensor, d_cov: torch.Tensor):
-        # Both gradients arrive materialised (zeros for an output the loss does not read).
+    def backward(ctx, d_mean, d_cov, d_c):
+        # Gradients of outputs the loss does not read arrive as None.
         (c,) = ctx.saved_tensors
         F, B, n = c.shape
-        if ctx.blocks == ((0, n),):
-            grad = torch.bmm(c, (d_cov + d_cov.transpose(1, 2)) / B)  # [F, B, I]
+        if d_c is not None:
+            grad = d_c - d_c.mean(1, keepdim=True)
         else:
             grad = c.new_zeros(F, B, n)
-            for lo, hi in ctx.blocks:
-                g = d_cov[:, lo:hi, lo:hi]
-                grad[:, :, lo:hi] = torch.bmm(c[:, :, lo:hi], (g + g.transpose(1, 2)) / B)
-        return grad.add_((d_mean / B).unsqueeze(1)).transpose(0, 1), None
+        if d_cov is not None:
+            if ctx.blocks == ((0, n),):
+                grad.baddbmm_(c, d_cov + d_cov.transpose(1, 2), alpha=1.0 / B)
+            else:
+                for lo, hi in ctx.blocks:
+                    g = d_cov[:, lo:hi, lo:hi]
+                    grad[:, :, lo:hi] += torch.bmm(c[:, :, lo:hi], g + g.transpose(1, 2)) / B
+        if d_mean is not None:
+            grad.add_((d_mean / B).unsqueeze(1))
+        return grad.transpose(0, 1), None
 
 
 def _moment_blocks(starts: Sequence[int], dims: Sequence[int], width: int
@@ -294,21 +302,38 @@ class CandidateLift(nn.Module):
         running ones."""
         if not self.training:
             return torch.einsum("fi,fio->fo", self.running_row_mean, W), self.running_var
+        mean, var, _ = self._train_stats(rows, W)
+        return torch.einsum("fi,fio->fo", mean, W), var
+
+    def _train_stats(self, rows: torch.Tensor, W: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Training mode: the batch's row mean ``[F, I]``, channel variance ``[F, K*D]`` and
+        centred rows ``[F, B, I]``; the running stats are updated."""
         B = rows.shape[0]
-        mean, cov = _Moments.apply(rows, self.blocks)  # [F, I], [F, I, I]
-        mu = torch.einsum("fi,fio->fo", mean, W)
+        mean, cov, c = _Moments.apply(rows, self.blocks)  # [F, I], [F, I, I], [F, B, I]
         var = (torch.bmm(cov, W) * W).sum(1).clamp_min(0.0)
         with torch.no_grad():
             m = self.momentum
             self.running_row_mean.mul_(1 - m).add_(m * mean.detach())
             self.running_var.mul_(1 - m).add_(m * var.detach() * B / max(B - 1, 1))
             self.num_batches_tracked.add_(1)
-        return mu, var
+        return mean, var, c
 
     def forward(self, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         B, F, n_in = rows.shape
         K, D = self.num_candidates, self.out_dim
         W = self.masked_weight()
+        if self.training and weights.shape[0] == 1:
+            # One mixture for the whole batch, batch statistics: with the mixture folded
+            # into the maps as well, the output is the centred rows times one map per field,
+            # (rows − mean) Σ_k w_k V_k, since BN's shift μ_k·scale_k = mean·V_k. The centred
+            # rows come out of the moments in the layout bmm reads, so the lift is one bmm
+            # with no copy of the rows, and the rows' gradient is summed inside _Moments.
+            _, var, c = self._train_stats(rows, W)
+            scale = torch.rsqrt(var + self.eps) * self.gain.repeat(1, K)
+            V_mix = ((W * scale.unsqueeze(1)).view(F, n_in, K, D)
+                     * weights[0].view(F, 1, K, 1)).sum(2)  # [F, I, D]
+            return torch.bmm(c, V_mix).transpose(0, 1)
         mu, var = self.batch_stats(rows, W)
         # BN scale and the field's output gain, folded into the maps.
         scale = torch.rsqrt(var + self.eps) * self.gain.repeat(1, K)  # [F, K*D]

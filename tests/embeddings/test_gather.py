@@ -4,8 +4,8 @@ index_add backward on the CPU, and used by the tables that train."""
 from __future__ import annotations
 
 import torch
-from torch import nn
 from test_layers import SCHEMA, _batch, _plan
+from torch import nn
 
 from autodim.embeddings.gather import Embedding, bag_sum, gather
 from autodim.plan import build_embedding

@@ -187,8 +187,10 @@ def test_batch_moments_backward_is_the_exact_gradient():
     assert _moment_blocks([0, 0, 0], [1, 2, 4], 4) == ((0, 4),)  # weight sharing: all
     for b in (((0, 7),), blocks):
         assert torch.autograd.gradcheck(lambda x, b=b: _Moments.apply(x, b), (rows,))
-        mean, cov = _Moments.apply(rows, b)
+        assert torch.autograd.gradcheck(lambda x, b=b: _Moments.apply(x, b)[1:], (rows,))
+        mean, cov, centred = _Moments.apply(rows, b)
         torch.testing.assert_close(mean, rows.mean(0))
+        torch.testing.assert_close(centred, c.transpose(0, 1))
         for lo, hi in b:
             torch.testing.assert_close(cov[:, lo:hi, lo:hi], full[:, lo:hi, lo:hi])
 
