@@ -87,11 +87,12 @@ class RowWiseAdam(torch.optim.Optimizer):
     FBGEMM's ``PARTIAL_ROWWISE_ADAM`` (the table-batched embedding optimiser of
     DLRM/TorchRec): a per-element first moment and ONE second moment per row (the mean of
     the row's squared gradient), so its state is ``rows x (dim + 1)`` numbers instead of
-    Adam's ``2 x rows x dim``. Lazy: a step touches only the rows in the batch, its cost
+    Adam's ``2 x rows x dim`` (plus one int32 per row that finds a batch's repeated ids, see
+    :func:`_touched_rows`). Lazy: a step touches only the rows in the batch, its cost
     depends on the batch, not on the vocabulary.
 
     The first moment is stored in ``moment_dtype`` (default bfloat16; the update itself is
-    computed in float32), so table + state is about 1.56x the table instead of 2.06x
+    computed in float32), so table + state is about 1.62x the table instead of 2.06x (D=16)
     (our deviation from fbgemm, which keeps it in float32; ``moment_dtype=torch.float32``
     restores that). Measured side by side, planted data x10 / x100 (240k / 2.4M ids, 400k
     rows, FM, 3 seeds): test AUC 0.7539 / 0.7016 with either dtype, to four decimals.
@@ -120,13 +121,12 @@ class RowWiseAdam(torch.optim.Optimizer):
                 if not grad.is_sparse:
                     raise RuntimeError("RowWiseAdam expects sparse gradients (nn.Embedding("
                                        "sparse=True)); use Adam for dense parameters")
-                grad = grad.coalesce()  # one entry per touched row
-                rows, values = grad.indices()[0], grad.values()
                 state = self.state[p]
                 if not state:
                     state["step"] = 0
                     state["exp_avg"] = torch.zeros_like(p, dtype=self.moment_dtype)
                     state["exp_avg_sq"] = p.new_zeros(p.shape[0])
+                rows, values = _touched_rows(grad, state)
                 state["step"] += 1
                 t = state["step"]
                 m = (state["exp_avg"].index_select(0, rows).float().mul_(b1)
@@ -136,8 +136,40 @@ class RowWiseAdam(torch.optim.Optimizer):
                 state["exp_avg"].index_copy_(0, rows, m.to(self.moment_dtype))
                 state["exp_avg_sq"].index_copy_(0, rows, v)
                 denom = (v / (1 - b2 ** t)).sqrt_().add_(group["eps"])
-                p.index_add_(0, rows, m / denom.unsqueeze(1), alpha=-group["lr"] / (1 - b1 ** t))
+                # The rows are unique, so read-update-write equals index_add_, which on a
+                # large table costs several times more (2.4M x 16, ~9.7k rows: 0.96 ms
+                # against 0.15 ms in a training step).
+                p.index_copy_(0, rows, p.index_select(0, rows).add_(
+                    m / denom.unsqueeze(1), alpha=-group["lr"] / (1 - b1 ** t)))
         return loss
+
+
+def _touched_rows(grad: torch.Tensor, state: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows a sparse gradient touches, each once, and their summed gradients.
+
+    ``coalesce()`` sorts the ids to find duplicates (0.7 ms of a 3.7 ms step for 10,240 ids
+    into a 2.4M-row table). Instead each id writes its position into a per-row slot (kept
+    in the optimiser state, 4 bytes a row) and reads the slot back: the positions that read
+    themselves are one representative per row, whichever duplicate wrote last, and every
+    id finds its representative's rank there. The rows come out in batch order, unsorted;
+    the gradient tensor itself is left as autograd made it.
+    """
+    n = grad._nnz()
+    if grad.is_coalesced() or n >= 2**31:  # (positions must fit the int32 slots)
+        grad = grad.coalesce()
+        return grad.indices()[0], grad.values()
+    ids, values = grad._indices()[0], grad._values()
+    if "slot" not in state:
+        state["slot"] = torch.zeros(grad.shape[0], dtype=torch.int32, device=ids.device)
+    slot = state["slot"]
+    pos = torch.arange(n, dtype=torch.int32, device=ids.device)
+    slot.index_copy_(0, ids, pos)
+    winner = slot.index_select(0, ids)
+    first = winner == pos
+    rank = torch.cumsum(first, 0) - 1  # a representative's index among the unique rows
+    summed = values.new_zeros(int(first.sum()), *values.shape[1:])
+    summed.index_add_(0, rank.index_select(0, winner.long()), values)
+    return ids[first], summed
 
 
 SPARSE_OPTIMIZERS = {"rowwise_adam": RowWiseAdam, "sparse_adam": torch.optim.SparseAdam}

@@ -214,6 +214,29 @@ def test_rowwise_adam_updates_only_touched_rows_by_its_formula():
     assert exact.state[emb.weight]["exp_avg"].dtype == torch.float32
 
 
+def test_rowwise_adam_finds_duplicate_rows_without_coalescing():
+    """Steps from autodim's slot-based deduplication equal steps from coalesced gradients."""
+    from autodim.task import RowWiseAdam
+
+    torch.manual_seed(0)
+    a = torch.nn.Embedding(500, 4, sparse=True)
+    b = torch.nn.Embedding(500, 4, sparse=True, _weight=a.weight.detach().clone())
+    opt_a, opt_b = RowWiseAdam(a.parameters(), lr=0.05), RowWiseAdam(b.parameters(), lr=0.05)
+    for _ in range(3):
+        ids = torch.randint(0, 500, (300,))
+        ids[:100] = ids[:100] % 7  # many repeats
+        w = torch.randn(300, 4)
+        for emb, opt, coalesce in ((a, opt_a, False), (b, opt_b, True)):
+            opt.zero_grad()
+            (emb(ids) * w).sum().backward()
+            if coalesce:
+                emb.weight.grad = emb.weight.grad.coalesce()
+            assert emb.weight.grad.is_coalesced() == coalesce
+            opt.step()
+        torch.testing.assert_close(a.weight, b.weight, atol=1e-6, rtol=1e-5)
+    assert "slot" in opt_a.state[a.weight] and "slot" not in opt_b.state[b.weight]
+
+
 def test_rowwise_adam_training_learns(tiny_data):
     dm = CTRDataModule(tiny_data, batch_size=256)
     plan = DimensionPlan.full(tiny_data.schema, 8)
