@@ -158,6 +158,19 @@ def test_baked_layer_serves_the_same_outputs_and_exports(name):
         assert torch.equal(before[k], after[k]), k
 
 
+@pytest.mark.parametrize("name", FUSABLE)
+def test_eval_outputs_equal_the_per_field_path(name):
+    """Serving reads (MEmCom's scale as embedding_bag weights, the one-gather path up to
+    2048 rows, the groups beyond) give the per-field outputs."""
+    ref, fused = _pair(name)
+    ref.eval()
+    fused.eval().bake()
+    for n in (32, 3000):
+        x = _padded_batch(n)
+        with torch.no_grad():
+            torch.testing.assert_close(fused(x), ref(x), atol=1e-6, rtol=1e-5)
+
+
 def test_loaded_model_is_fused_baked_and_equal(tmp_path):
     from autodim.export import build_model, load_model, save_weights
 
