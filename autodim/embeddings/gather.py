@@ -68,12 +68,13 @@ class _BagSum(torch.autograd.Function):
         weight, ids, offsets, w = ctx.saved_tensors
         sizes = torch.diff(offsets, append=offsets.new_tensor([ids.shape[0]]))
         bag = torch.repeat_interleave(torch.arange(offsets.shape[0], device=ids.device), sizes)
-        g = grad.index_select(0, bag)  # [N, dim]: each id's bag gradient
+        g = grad.index_select(0, bag)  # [N, dim]: each id's bag gradient (our own buffer)
         d_weight = d_w = None
-        if ctx.needs_input_grad[0]:
-            d_weight = grad.new_zeros(weight.shape).index_add_(0, ids, g * w.unsqueeze(1))
         if ctx.needs_input_grad[3]:
             d_w = (g * weight.index_select(0, ids)).sum(1)
+        if ctx.needs_input_grad[0]:
+            # scaled in place: a second [N, dim] buffer per step cost more than the multiply
+            d_weight = grad.new_zeros(weight.shape).index_add_(0, ids, g.mul_(w.unsqueeze(1)))
         return d_weight, None, None, d_w
 
 
