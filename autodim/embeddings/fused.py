@@ -696,13 +696,15 @@ class FusedEmbedding(FieldwiseEmbedding):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         # The one-gather path (see bake) against the groups' own gathers, x the full model,
-        # Criteo cardinalities / 10, FM, 1 thread (mde: 12 widths; select: 3):
-        #   rows     1     128   256   1024  2048  4096
-        #   mde    0.93  1.19  1.37  1.73  1.52  1.59   (groups: 5.57 3.76 2.22 2.55 2.18 1.96)
-        #   select 0.79  1.27  1.42  1.63  1.46  1.63   (groups: 2.08 1.66 1.70 1.81 1.45 1.37)
-        # so it serves up to 2048 rows, and beyond that when there are more than 4 groups.
-        if (self._serve is not None and not self.training
-                and (ids.shape[0] <= 2048 or len(self.groups) > 4)):
+        # Criteo cardinalities / 10, FM, 1 thread, 55 interleaved rounds, default / tuned
+        # allocator (mde: 12 widths; select: 3), since its gather is field-major:
+        #   rows            1024         2048         4096
+        #   mde    serve  1.02 / 0.98  1.00 / 1.07  1.28 / 1.03
+        #          groups 1.55 / 1.33  1.39 / 1.61  1.66 / 1.50
+        #   select serve  1.02 / 0.95  0.99 / 1.08  1.38 / 1.05
+        #          groups 1.13 / 0.91  1.15 / 1.13  1.26 / 1.18
+        # (batch-major it lost to the groups beyond 2048 rows), so it serves every batch.
+        if self._serve is not None and not self.training:
             return self._serve_forward(ids)
         if self.single:
             return self.groups[0](ids)
@@ -723,13 +725,12 @@ class FusedEmbedding(FieldwiseEmbedding):
         Masks are baked into the weights (see :meth:`_Group.bake`). When every field is a
         categorical field of a plain group (dense, hashed or element-pruned tables), all
         groups' rows are moved into ONE flat buffer (the tables become views of it) and an
-        eval-mode batch is one row gather of ``[B, F]`` windows of ``d_max`` elements (a
+        eval-mode batch is one row gather of ``[F, B]`` windows of ``d_max`` elements (a
         strided view of the buffer; positions beyond a field's width are multiplied by zero)
         and one batched ``[F, B, d_max] x [F, d_max, D]`` map
         (identity, projection or column placement per field), whatever the number of
-        widths (used up to 2048 rows a batch, at any size with more than 4 widths; measured in
-        :meth:`forward`). ``train()`` turns that path off again (the map copies the
-        projections).
+        widths (measured in :meth:`forward`). ``train()`` turns that path off again (the map
+        copies the projections).
         """
         for g in self.groups:
             g.bake()
@@ -780,17 +781,18 @@ class FusedEmbedding(FieldwiseEmbedding):
         # loss). Dropped fields read the zero window at the end.
         window = flat.as_strided((flat.numel() - d_max + 1, d_max), (1, 1))
         self._serve = dict(window=window, cols=torch.tensor([lo for lo, _ in self._slices]),
-                           modulus=modulus, maps=maps, width=width, base=base,
-                           hashed=any(g.hashed for g in self.groups))
+                           modulus_t=modulus[:, None], maps=maps, width_t=width[:, None],
+                           base_t=base[:, None], hashed=any(g.hashed for g in self.groups))
         return self
 
     def _serve_forward(self, ids: torch.Tensor) -> torch.Tensor:
         sv = self._serve
-        local = ids.index_select(1, sv["cols"])
+        # gathered field-major ([F, B, d_max]), the layout bmm reads, so it copies nothing
+        local = ids.t().index_select(0, sv["cols"])
         if sv["hashed"]:
-            local = torch.remainder(local, sv["modulus"])
-        x = nn.functional.embedding(local * sv["width"] + sv["base"], sv["window"])
-        return torch.bmm(x.transpose(0, 1), sv["maps"]).transpose(0, 1)  # [B, F, D]
+            local = torch.remainder(local, sv["modulus_t"])
+        x = nn.functional.embedding(local * sv["width_t"] + sv["base_t"], sv["window"])
+        return torch.bmm(x, sv["maps"]).transpose(0, 1)  # [B, F, D]
 
     def train(self, mode: bool = True):
         if mode:
