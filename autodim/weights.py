@@ -212,12 +212,14 @@ def _load_state(model, plan, state: Mapping[str, Any], meta: Mapping[str, str],
     except RuntimeError as exc:
         raise PlanError(f"{source}: the weights do not fit this plan/backbone "
                         f"({str(exc).splitlines()[0]})") from None
-    model.eval()
     # serving layout: masked tables in their stored form (kept rows + bitmap, CSR), then
     # one table per width and family
     serving_tables(model)
     if fusable(model.embedding, serving=True):
         model.embedding = FusedEmbedding(model.embedding, serving=True).bake()
+    # Evaluation mode last: the modules built just above start in training mode, which
+    # turned off the served read paths (one gather, baked masks, MEmCom as a bag).
+    model.eval()
 
 
 def check_weights(plan, tensors: Mapping[str, Any], meta: Mapping[str, str], *,

@@ -260,3 +260,31 @@ def test_width_one_sequence_reads_zero_for_padding():
     fused = build_embedding(plan, fused=True)
     x = torch.tensor([[1, 0], [2, 3]])
     assert torch.allclose(fused(x), ref(x)) and float(fused(x)[0, 1].detach().abs().sum()) == 0.0
+
+
+@pytest.mark.parametrize("hashing", [{"user": {"method": "memcom", "buckets": 5}},
+                                     {"user": {"method": "memcom", "buckets": 5},
+                                      "item": {"method": "memcom", "buckets": 3}},
+                                     {"user": {"method": "qr", "buckets": 7}}])
+def test_served_product_groups_with_dense_stand_ins_equal_the_model(tmp_path, hashing):
+    """load_model joins dense fields to a QR / MEmCom group of their width (a factor of 1);
+    its reads (MEmCom as a weighted embedding_bag from 64 rows, products in place) give the
+    trained model's outputs below and above that size."""
+    from autodim.export import build_model, load_model, save_weights
+
+    plan = _plan(**{k: {"hashing": v} for k, v in hashing.items()})
+    torch.manual_seed(0)
+    model = build_model(plan, "fm")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.5)
+    path = save_weights(model.eval(), tmp_path / "w.safetensors", plan=plan, backbone="fm")
+    served = load_model(plan, path)
+    assert not any(m.training for m in served.modules())  # the served read paths are on
+    (group,) = served.embedding.groups
+    assert group.family == hashing["user"]["method"] and group.partial_product
+    for n in (16, 200):
+        x = _padded_batch(n)
+        with torch.inference_mode():
+            torch.testing.assert_close(served.embedding(x), model.embedding(x),
+                                       atol=1e-6, rtol=1e-5)
