@@ -201,6 +201,12 @@ class _Moments(torch.autograd.Function):
         return grad.transpose(0, 1), None
 
 
+def _mixed(V: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Maps ``[F, I, K, D]`` mixed by one weight per field and candidate ``[F, K]``:
+    ``[F, I, D]``."""
+    return (V * w.view(w.shape[0], 1, w.shape[1], 1)).sum(2)
+
+
 def _moment_blocks(starts: Sequence[int], dims: Sequence[int], width: int
                    ) -> tuple[tuple[int, int], ...]:
     """Column ranges whose covariance the batch statistics need: each candidate's own
@@ -319,6 +325,13 @@ class CandidateLift(nn.Module):
             self.num_batches_tracked.add_(1)
         return mean, var, c
 
+    def _maps(self, W: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """BN's scale times the field's output gain, ``[F, K*D]``, and the maps with it
+        folded in, ``[F, I, K, D]``."""
+        F, n_in, K = W.shape[0], W.shape[1], self.num_candidates
+        scale = torch.rsqrt(var + self.eps) * self.gain.repeat(1, K)
+        return scale, (W * scale.unsqueeze(1)).view(F, n_in, K, self.out_dim)
+
     def forward(self, rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         B, F, n_in = rows.shape
         K, D = self.num_candidates, self.out_dim
@@ -330,19 +343,15 @@ class CandidateLift(nn.Module):
             # rows come out of the moments in the layout bmm reads, so the lift is one bmm
             # with no copy of the rows, and the rows' gradient is summed inside _Moments.
             _, var, c = self._train_stats(rows, W)
-            scale = torch.rsqrt(var + self.eps) * self.gain.repeat(1, K)
-            V_mix = ((W * scale.unsqueeze(1)).view(F, n_in, K, D)
-                     * weights[0].view(F, 1, K, 1)).sum(2)  # [F, I, D]
-            return torch.bmm(c, V_mix).transpose(0, 1)
+            _, V = self._maps(W, var)
+            return torch.bmm(c, _mixed(V, weights[0])).transpose(0, 1)
         mu, var = self.batch_stats(rows, W)
-        # BN scale and the field's output gain, folded into the maps.
-        scale = torch.rsqrt(var + self.eps) * self.gain.repeat(1, K)  # [F, K*D]
-        V = (W * scale.unsqueeze(1)).view(F, n_in, K, D)  # maps with the BN scale folded in
+        scale, V = self._maps(W, var)
         shift = (mu * scale).view(F, K, D)
         if weights.shape[0] == 1:  # one mixture for the whole batch: fold it in too
             w = weights[0]
-            V_mix = (V * w.view(F, 1, K, 1)).sum(2)  # [F, I, D]
-            return torch.einsum("bfi,fid->bfd", rows, V_mix) - (shift * w.unsqueeze(-1)).sum(1)
+            return (torch.einsum("bfi,fid->bfd", rows, _mixed(V, w))
+                    - (shift * w.unsqueeze(-1)).sum(1))
         shift_b = torch.einsum("bfk,fkd->bfd", weights, shift)
         if self.disjoint:
             # Column i belongs to one candidate only: weight the rows, then one matmul.
