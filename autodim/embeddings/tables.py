@@ -19,7 +19,8 @@ __all__ = [
     "FLOAT_BYTES", "tensor_bytes", "FieldTable", "DenseTable", "HashTable", "QRTable",
     "MEmComTable", "RowPrunedTable", "SparseTable", "sparse_table_bytes", "row_pruned_bytes",
     "col_index_bytes", "KeptRowsTable", "CSRTable", "serving_tables", "rank_directory",
-    "kept_row_index", "csr_gather", "kept_lut_table", "KEPT_LUT_BYTES",
+    "kept_row_index", "kept_positions", "kept_row_search", "csr_gather", "kept_lut_table",
+    "KEPT_LUT_BYTES",
 ]
 
 FLOAT_BYTES = 4  # float32 storage everywhere
@@ -222,8 +223,29 @@ def kept_row_index(pos: torch.Tensor, bits: torch.Tensor, lut: torch.Tensor,
     """The kept row of bit position ``pos`` (its rank among kept ids), or ``fallback``
     (the field's row 0, the shared OOV row) where the id was pruned."""
     byte = pos >> 3
-    t = lut[(bits[byte].long() << 3) | (pos & 7)]
+    # lut read as [byte value, bit]: one two-index read instead of shifting and or-ing the
+    # flat index (Criteo / 10, 26 fields: 237 against 269 us a lookup at 256 rows)
+    t = lut.view(256, 8)[bits[byte].long(), pos & 7]
     return torch.where(t >= 0, block[byte >> 5] + prefix[byte] + t, fallback)
+
+
+def kept_positions(bits: torch.Tensor) -> torch.Tensor:
+    """The bit positions of the kept ids of a keep bitmap (np.packbits order), ascending,
+    as int32, then one sentinel past every position: for :func:`kept_row_search`."""
+    shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=bits.device)
+    kept = ((bits.unsqueeze(1) >> shifts) & 1).reshape(-1).nonzero()[:, 0]
+    end = torch.tensor([bits.numel() * 8], device=bits.device)
+    return torch.cat([kept, end]).to(torch.int32)
+
+
+def kept_row_search(pos: torch.Tensor, positions: torch.Tensor,
+                    fallback: torch.Tensor | int) -> torch.Tensor:
+    """:func:`kept_row_index` by binary search in :func:`kept_positions`: a kept id's row is
+    where its position is found. Four operations instead of the rank's dozen, so it wins
+    for small lookups and loses for large ones (each search reads ~log2(kept) entries)."""
+    pos = pos.to(positions.dtype)  # (mixed dtypes convert the whole sequence each call)
+    r = torch.searchsorted(positions, pos, out_int32=True)
+    return torch.where(positions[r] == pos, r, fallback)
 
 
 def csr_gather(ptr: torch.Tensor, value_offset: torch.Tensor | int, values: torch.Tensor,

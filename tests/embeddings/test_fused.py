@@ -288,3 +288,49 @@ def test_served_product_groups_with_dense_stand_ins_equal_the_model(tmp_path, ha
         with torch.inference_mode():
             torch.testing.assert_close(served.embedding(x), model.embedding(x),
                                        atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("hashing", [{"user": {"method": "memcom", "buckets": 5},
+                                      "item": {"method": "memcom", "buckets": 3}},
+                                     {"user": {"method": "qr", "buckets": 7},
+                                      "item": {"method": "qr", "buckets": 4}}])
+def test_small_served_batches_read_products_in_one_pass(tmp_path, hashing):
+    """Up to 64 rows a served QR / MEmCom group takes both row indices from one index
+    computation (QR: one gather from its two tables moved into one buffer, same bytes);
+    outputs equal the trained model's, also after a move and a load (which rebuild it)."""
+    from autodim.embeddings.fused import resident_bytes
+    from autodim.export import build_model, load_model, save_weights
+
+    # (the sequence field pools: a width of its own, outside the product group)
+    plan = _plan(tags={"dim": 4}, **{k: {"hashing": v} for k, v in hashing.items()})
+    torch.manual_seed(0)
+    model = build_model(plan, "fm")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.5)
+    path = save_weights(model.eval(), tmp_path / "w.safetensors", plan=plan, backbone="fm")
+    served = load_model(plan, path)
+    groups = [g for g in served.embedding.groups if g.product]
+    assert groups and all(g._small is not None for g in groups)
+    qr = [g for g in groups if g.family == "qr"]
+    for g in qr:  # one storage for both tables
+        assert (g.table.weight.untyped_storage().data_ptr()
+                == g.table_b.weight.untyped_storage().data_ptr())
+    assert resident_bytes(served.embedding) - plan.num_bytes() < 8192
+    calls = []
+    for g in groups:
+        read = g._read_small
+        g._read_small = lambda local, read=read: calls.append(1) or read(local)
+    emb, ref = served.embedding, model.embedding
+    for moved in (False, True):
+        if moved:  # a move copies every tensor; new weights are then loaded into the copies
+            emb._apply(lambda t: t.clone())
+            with torch.no_grad():
+                for p in ref.parameters():
+                    p.mul_(-1.5)
+            emb.load_state_dict(ref.state_dict())
+        for n in (1, 16, 64, 65):
+            x = _padded_batch(n)
+            with torch.inference_mode():
+                torch.testing.assert_close(emb(x), ref(x), atol=1e-6, rtol=1e-5)
+    assert len(calls) == 2 * 3 * len(groups)  # 1, 16 and 64 rows, before and after

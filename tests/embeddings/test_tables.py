@@ -12,7 +12,9 @@ from autodim.embeddings.tables import (
     KeptRowsTable,
     RowPrunedTable,
     SparseTable,
+    kept_positions,
     kept_row_index,
+    kept_row_search,
     rank_directory,
     row_pruned_bytes,
     sparse_table_bytes,
@@ -34,6 +36,12 @@ def test_rank_of_a_bitmap_is_the_kept_row(n):
     got = kept_row_index(ids, bits, lut, block, prefix, -1)
     want = torch.where(torch.from_numpy(keep), torch.from_numpy(np.cumsum(keep) - 1), -1)
     assert torch.equal(got.long(), want)
+    # the search over the kept positions (small serving lookups) reads the same rows
+    positions = kept_positions(bits)
+    assert positions.dtype == torch.int32 and positions.numel() == keep.sum() + 1
+    assert torch.equal(kept_row_search(ids, positions, -1).long(), want)
+    assert torch.equal(kept_row_search(ids.view(-1, 1).flip(0), positions, -1).long(),
+                       want.view(-1, 1).flip(0))
 
 
 @pytest.mark.parametrize("shape", [(64,), (16, 5)])
