@@ -21,8 +21,9 @@ exported with :mod:`autodim.export` (``save_weights`` + ``export_plan``), loaded
 - the resident bytes of the loaded embedding (every distinct tensor storage it holds,
   :func:`autodim.embeddings.fused.resident_bytes`) against ``plan.num_bytes()``: the
   difference is the stated constant, split into the rank directories of kept-rows tables
-  (``ceil(b/32)*4 + b`` bytes for a bitmap of ``b`` bytes, plus a 4 KiB bit table; derived
-  at load, not stored) and per-column metadata (offsets, moduli, projection maps of the
+  (``ceil(b/32)*4 + b`` bytes for a bitmap of ``b`` bytes, plus a 4 KiB bit table, and a
+  fused group's kept positions for small lookups, 4 bytes a kept row; derived at load, not
+  stored) and per-column metadata (offsets, moduli, projection maps of the
   small-batch path), which does not grow with the vocabulary.
 
 ``load_model`` serves masked tables in their stored form: element-pruned tables as CSR
