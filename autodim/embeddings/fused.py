@@ -224,7 +224,7 @@ class _Group(nn.Module):
     the group's, so the per-field modules and the group always hold the same values.
     """
 
-    # serving small-batch product read (tensors it reads), set up by bake()
+    # the tensors of the serving small-batch read (products, kept rows), set up by bake()
     _small: tuple | None = None
 
     def __init__(self, members: list[tuple[int, FieldEmbedding, tuple[int, int]]],
@@ -469,14 +469,14 @@ class _Group(nn.Module):
                     self.proj.data[k], requires_grad=self.proj.requires_grad)
 
     @torch.no_grad()
-    @torch.no_grad()
     def bake(self) -> None:
         """For serving: zero the masked-out entries once, so a lookup needs no mask; set up
-        the small-batch product read (:meth:`_product_small`)."""
+        the small-batch reads (:meth:`_read_small`)."""
         if self.masked and not self.baked:
             self.table.weight.mul_(self.mask)
             self.baked = True
-        if (self.product or (self.kept and not self.prefix_only)) and not self.pooled:
+        small = self.product or (self.kept and not self.prefix_only)
+        if small and not self.pooled and self._small is None:
             self._setup_small()
 
     def _setup_small(self) -> None:
