@@ -262,6 +262,20 @@ def test_width_one_sequence_reads_zero_for_padding():
     assert torch.allclose(fused(x), ref(x)) and float(fused(x)[0, 1].detach().abs().sum()) == 0.0
 
 
+def _trained_and_served(plan, tmp_path):
+    """A model of ``plan`` with N(0, 0.5) weights, and the same model as ``load_model``
+    serves it from its saved weights."""
+    from autodim.export import build_model, load_model, save_weights
+
+    torch.manual_seed(0)
+    model = build_model(plan, "fm")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.5)
+    path = save_weights(model.eval(), tmp_path / "w.safetensors", plan=plan, backbone="fm")
+    return model, load_model(plan, path)
+
+
 @pytest.mark.parametrize("hashing", [{"user": {"method": "memcom", "buckets": 5}},
                                      {"user": {"method": "memcom", "buckets": 5},
                                       "item": {"method": "memcom", "buckets": 3}},
@@ -270,16 +284,8 @@ def test_served_product_groups_with_dense_stand_ins_equal_the_model(tmp_path, ha
     """load_model joins dense fields to a QR / MEmCom group of their width (a factor of 1);
     its reads (MEmCom as a weighted embedding_bag from 64 rows, products in place) give the
     trained model's outputs below and above that size."""
-    from autodim.export import build_model, load_model, save_weights
-
-    plan = _plan(**{k: {"hashing": v} for k, v in hashing.items()})
-    torch.manual_seed(0)
-    model = build_model(plan, "fm")
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.5)
-    path = save_weights(model.eval(), tmp_path / "w.safetensors", plan=plan, backbone="fm")
-    served = load_model(plan, path)
+    model, served = _trained_and_served(_plan(**{k: {"hashing": v}
+                                                 for k, v in hashing.items()}), tmp_path)
     assert not any(m.training for m in served.modules())  # the served read paths are on
     (group,) = served.embedding.groups
     assert group.family == hashing["user"]["method"] and group.partial_product
@@ -299,17 +305,10 @@ def test_small_served_batches_read_products_in_one_pass(tmp_path, hashing):
     computation (QR: one gather from its two tables moved into one buffer, same bytes);
     outputs equal the trained model's, also after a move and a load (which rebuild it)."""
     from autodim.embeddings.fused import resident_bytes
-    from autodim.export import build_model, load_model, save_weights
 
     # (the sequence field pools: a width of its own, outside the product group)
     plan = _plan(tags={"dim": 4}, **{k: {"hashing": v} for k, v in hashing.items()})
-    torch.manual_seed(0)
-    model = build_model(plan, "fm")
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.5)
-    path = save_weights(model.eval(), tmp_path / "w.safetensors", plan=plan, backbone="fm")
-    served = load_model(plan, path)
+    model, served = _trained_and_served(plan, tmp_path)
     groups = [g for g in served.embedding.groups if g.product]
     assert groups and all(g._small is not None for g in groups)
     qr = [g for g in groups if g.family == "qr"]
