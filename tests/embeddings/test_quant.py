@@ -346,3 +346,86 @@ def test_low_bit_read_equals_unpacking_and_follows_loaded_tensors(bits, scale):
         q = unpack_codes(st["codes"], bits, dim).float()
         ref = q * st["scale"].float()[:, None] + st["offset"].float()[:, None]
         torch.testing.assert_close(qe(ids), ref[ids])
+
+
+def test_served_hybrid_groups_share_one_column_gather(tmp_path):
+    """A served model of several packed groups (dims and bits per field: identity, padding,
+    projection and a one-wide projection, a hashed field, 16 bits, a pooling group) reads
+    them from ONE field-major gather of the ids, beside a float32 group, and assembles
+    every group in field order; outputs equal the per-field packed model's at 1,
+    5 and 300 rows, also after a move that copies every tensor and a load of new weights."""
+    from autodim.embeddings.fused import FusedEmbedding
+    from autodim.export import build_model, load_model, save_weights
+
+    # (name, vocabulary, dim, precision); pairs of one dim and precision are one group
+    spec = [("a", 500, 8, {"bits": 4}), ("b", 300, 4, {"bits": 2, "scale": "field"}),
+            ("s", 40, 8, {"bits": 8}), ("c", 60, 4, {"bits": 2}), ("e", 90, 1, {"bits": 4}),
+            ("p", 70, 4, {"bits": 8}), ("h", 80, 8, {"bits": 16}), ("a2", 30, 8, {"bits": 4}),
+            ("e2", 20, 1, {"bits": 4}), ("p2", 25, 4, {"bits": 8}), ("h2", 35, 8, {"bits": 16}),
+            ("s2", 45, 8, {"bits": 8}), ("z", 50, 4, None), ("z2", 40, 4, None),
+            # pooling groups that project (16 bits), project one-wide, pad
+            ("t", 33, 4, {"bits": 16}), ("t2", 21, 4, {"bits": 16}),
+            ("q", 27, 1, {"bits": 2}), ("q2", 23, 1, {"bits": 2}),
+            ("r", 31, 4, {"bits": 4}), ("pr", 29, 4, {"bits": 4})]
+    schema = Schema([Field(n, vocab_size=v, **({"kind": "sequence", "width": 3}
+                                               if n in ("s", "s2", "t", "q", "r") else {}))
+                     for n, v, _, _ in spec])
+    plan = DimensionPlan.from_dims(schema, 8, {n: d for n, _, d, _ in spec})
+    for f, (_, _, _, prec) in zip(plan.fields, spec):
+        f.precision = prec
+        if f.name.startswith("p") or f.name == "r":
+            f.align = "pad"
+    plan.fields[1].hashing = {"method": "hash", "buckets": 50}
+    plan.validate()
+    model = build_model(plan, "fm")
+    with torch.no_grad():
+        for p in model.embedding.parameters():
+            p.normal_(0, 0.5)
+    path = save_weights(model.eval(), tmp_path / "w.safetensors", plan=plan, backbone="fm")
+    emb = load_model(plan, path).embedding
+    assert isinstance(emb, FusedEmbedding) and not emb.rest
+    shared, calls, order = emb._calls
+    kinds = sorted((item[5], item[7] is not None) for item in shared[3])  # (align, pools)
+    assert kinds == [("identity", False), ("identity", False), ("identity", True),
+                     ("outer", False), ("outer", True), ("pad", False), ("pad", True),
+                     ("project", False), ("project", True)], kinds
+    assert shared[2] is not None  # the hashed field's modulus
+    assert len(calls) == 1 and order is not None  # the float32 group, then field order
+    fieldwise = emb.fieldwise()
+
+    def check():
+        g = torch.Generator().manual_seed(5)
+        for n in (1, 5, 300):
+            ids = torch.stack([torch.randint(0, f.vocab_size, (n,), generator=g)
+                               for f in schema.fields for _ in range(f.width)], 1)
+            ids[0, 2:5] = 0  # a sequence of padding only
+            with torch.inference_mode():
+                out = emb(ids)
+                assert out.is_contiguous()
+                torch.testing.assert_close(out, fieldwise(ids), rtol=0, atol=1e-6)
+
+    check()
+    emb._apply(lambda t: t.clone())  # a move: every tensor is a new one
+    state = emb.state_dict()
+    new = {k: (v.flip(0) if v.dim() == 2 and v.shape[0] > 1 else v) for k, v in state.items()}
+    ones = torch.ones(2, sum(f.width for f in schema.fields), dtype=torch.long)
+    old = emb(ones)
+    emb.load_state_dict(new)
+    assert not torch.allclose(emb(ones), old)
+    fieldwise = emb.fieldwise()
+    torch.testing.assert_close(fieldwise.state_dict(), emb.state_dict())
+    check()
+
+    # one group of one precision reads batch-major, as the group itself does
+    one = DimensionPlan.from_dims(SCHEMA, 8, {"u": 8, "i": 8, "c": 8})
+    for f in one.fields:
+        f.precision = {"bits": 4}
+    one.validate()
+    model = build_model(one, "fm")
+    path = save_weights(model.eval(), tmp_path / "one.safetensors", plan=one, backbone="fm")
+    emb = load_model(one, path).embedding
+    assert emb._calls[0] is None and len(emb._calls[1]) == 1
+    with torch.inference_mode():
+        out = emb(_ids(7))
+        assert out.is_contiguous()
+        torch.testing.assert_close(out, emb.fieldwise()(_ids(7)), rtol=0, atol=1e-6)
