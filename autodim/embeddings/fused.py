@@ -971,10 +971,8 @@ class FusedEmbedding(FieldwiseEmbedding):
             hashed = hashed or g.hashed
             w = None
             if kind == "project":  # views of the group's maps: loads in place reach them
-                kind, w = (("outer", g.proj[:, :, 0].detach()) if g.dim == 1
-                           else ("project", g.proj.detach().transpose(1, 2)))
-                if kind == "outer" and not g.pooled:  # field-major: [n, 1, D]
-                    w = w.unsqueeze(1)
+                kind, w = (("outer", g.proj[:, :, 0].detach().unsqueeze(1)) if g.dim == 1
+                           else ("project", g.proj.detach().transpose(1, 2)))  # [n, 1|d, D]
             items.append((c0, c0 + g.cols.numel(), g.packed, g.bits, g.dim, kind, w,
                           g if g.pooled else None))
             fields += g.field_index
@@ -998,7 +996,7 @@ class FusedEmbedding(FieldwiseEmbedding):
             raw = ids.t().index_select(0, cols)  # [columns, B]
             rows = (raw if moduli is None else torch.remainder(raw, moduli)) + offsets
             for c0, c1, packed, bits, dim, kind, w, pooling in items:
-                if pooling is not None:  # batch-major bags: [B, n, d]
+                if pooling is not None:  # bags of one sample's columns: batch-major
                     weights = pooling._bag_weights(raw[c0:c1].t())
                     r = rows[c0:c1].t().reshape(-1)
                     if bits == 16:
@@ -1007,23 +1005,17 @@ class FusedEmbedding(FieldwiseEmbedding):
                     else:
                         v = read_packed(packed, bits, dim, r, pooling._bag_offsets(B, r.device),
                                         weights.reshape(-1)).view(B, -1, dim)
-                    if kind == "project":
-                        v = torch.bmm(v.transpose(0, 1), w).transpose(0, 1)
-                    elif kind == "outer":
-                        v = v * w
-                    elif kind == "pad":
-                        v = nn.functional.pad(v, (0, self.out_dim - dim))
-                    parts.append(v)
-                    continue
-                r = rows[c0:c1].view(-1)
-                if bits == 16:
-                    v = nn.functional.embedding(r, packed).float()
-                else:  # one id a bag: a prefix of one cached 0, 1, 2, ...
-                    n, ar = r.shape[0], self._bag_ids
-                    if ar is None or ar.shape[0] < n or ar.device != r.device:
-                        ar = self._bag_ids = torch.arange(n, device=r.device)
-                    v = read_packed(packed, bits, dim, r, ar[:n], None)
-                v = v.view(c1 - c0, B, dim)  # field-major: [n, B, d]
+                    v = v.transpose(0, 1)  # [n, B, d], a view
+                else:
+                    r = rows[c0:c1].view(-1)
+                    if bits == 16:
+                        v = nn.functional.embedding(r, packed).float()
+                    else:  # one id a bag: a prefix of one cached 0, 1, 2, ...
+                        n, ar = r.shape[0], self._bag_ids
+                        if ar is None or ar.shape[0] < n or ar.device != r.device:
+                            ar = self._bag_ids = torch.arange(n, device=r.device)
+                        v = read_packed(packed, bits, dim, r, ar[:n], None)
+                    v = v.view(c1 - c0, B, dim)  # field-major: [n, B, d]
                 if kind == "project":
                     v = torch.bmm(v, w)
                 elif kind == "outer":
