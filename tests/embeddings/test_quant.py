@@ -384,13 +384,14 @@ def test_served_hybrid_groups_share_one_column_gather(tmp_path):
     path = save_weights(model.eval(), tmp_path / "w.safetensors", plan=plan, backbone="fm")
     emb = load_model(plan, path).embedding
     assert isinstance(emb, FusedEmbedding) and not emb.rest
-    shared, calls, order = emb._calls
+    shared, calls, order, field_major = emb._calls
     kinds = sorted((item[5], item[7] is not None) for item in shared[3])  # (align, pools)
     assert kinds == [("identity", False), ("identity", False), ("identity", True),
                      ("outer", False), ("outer", True), ("pad", False), ("pad", True),
                      ("project", False), ("project", True)], kinds
     assert shared[2] is not None  # the hashed field's modulus
     assert len(calls) == 1 and order is not None  # the float32 group, then field order
+    assert field_major  # half the fields come out of non-pooling packed groups
     fieldwise = emb.fieldwise()
 
     def check():
@@ -404,6 +405,8 @@ def test_served_hybrid_groups_share_one_column_gather(tmp_path):
                 assert out.is_contiguous()
                 torch.testing.assert_close(out, fieldwise(ids), rtol=0, atol=1e-6)
 
+    check()
+    emb._calls = (*emb._calls[:3], False)  # the batch-major assembly gives the same
     check()
     emb._apply(lambda t: t.clone())  # a move: every tensor is a new one
     state = emb.state_dict()
