@@ -1000,9 +1000,11 @@ class FusedEmbedding(FieldwiseEmbedding):
         if items:
             shared = (torch.cat(cols), torch.cat(offsets)[:, None],
                       torch.cat(moduli)[:, None] if hashed else None, tuple(items))
-        order = torch.tensor(fields, device=self.order.device).argsort()
-        same = bool(torch.equal(order, torch.arange(order.numel(), device=order.device)))
-        return shared, tuple(g.forward for g in calls), None if same else order, field_major
+        # field order already when the (distinct) field indices come sorted: decided on the
+        # host, so a move to any device (also ``meta``) needs no read of a device tensor
+        order = (None if fields == sorted(fields)
+                 else torch.tensor(fields, device=self.order.device).argsort())
+        return shared, tuple(g.forward for g in calls), order, field_major
 
     def _served_groups(self, ids: torch.Tensor) -> torch.Tensor:
         shared, calls, order, field_major = self._calls

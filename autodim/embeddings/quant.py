@@ -35,6 +35,8 @@ and 2-bit tables are read with torch's quantized embedding-bag kernels
 ``embedding_bag_2bit_rowwise_offsets``), from one buffer in the kernels' layout that is also
 the table's storage (the 8-bit kernel wants float32 scales: the float16 ones widen exactly).
 1-bit tables read a byte-to-values table (no kernel exists for them).
+On a device where torch has no such kernel (CUDA: none for 2 bits, none for 8 / 4 bits
+when a row is not a multiple of 4 bytes) :func:`read_unpacked` reads the same layout.
 :func:`pack_model` turns a trained model's fake-quantized tables into these.
 """
 
@@ -331,22 +333,71 @@ _KERNELS = {8: torch.ops.quantized.embedding_bag_byte_rowwise_offsets.default,
             2: torch.ops.quantized.embedding_bag_2bit_rowwise_offsets.default}
 
 
+# Per (device type, bits): whether torch has the kernel for that device. On CPU all three
+# exist; torch's CUDA build has the 8- and 4-bit ones only (seen with torch 2.11 on an H200:
+# the 2-bit one raises NotImplementedError), and they refuse rows whose values are not a
+# multiple of 4 bytes ("Expected D % 4 == 0" for 8 bits, "D % 8" for 4), which the CPU ones
+# read. Anything else reads through :func:`read_unpacked`.
+_ON_DEVICE: dict[tuple[str, int], bool] = {}
+
+
+def kernel_reads(packed: torch.Tensor, bits: int) -> bool:
+    """Whether torch's kernel reads ``packed`` (a table in the kernels' layout) where it is."""
+    kind = packed.device.type
+    if kind == "cpu":
+        return True
+    ok = _ON_DEVICE.get((kind, bits))
+    if ok is None:
+        name = _KERNELS[bits].name()
+        try:
+            ok = torch._C._dispatch_has_kernel_for_dispatch_key(name, kind.upper())
+        except (AttributeError, RuntimeError):
+            ok = False
+        _ON_DEVICE[(kind, bits)] = ok
+    return ok and (packed.shape[1] - (8 if bits == 8 else 4)) % 4 == 0
+
+
 def read_packed(packed: torch.Tensor, bits: int, dim: int, rows: torch.Tensor,
                 offsets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Bags of rows of a table in the kernels' layout (``bits`` 8, 4 or 2): ``[bags, dim]``
     float32, each bag the sum of its rows (times ``weights`` when given). The kernel reads
-    every value of a row's last byte; the columns past ``dim`` are dropped."""
+    every value of a row's last byte; the columns past ``dim`` are dropped. Where torch has
+    no kernel for the table's device and row width, :func:`read_unpacked` reads it."""
+    if not kernel_reads(packed, bits):
+        return read_unpacked(packed, bits, dim, rows, offsets, weights)
     # (weight, indices, offsets, scale_grad_by_freq, mode=sum, pruned_weights,
     #  per_sample_weights, compressed_indices_mapping, include_last_offset)
     out = _KERNELS[bits](packed, rows, offsets, False, 0, False, weights, None, False)
     return out[:, :dim] if out.shape[1] != dim else out
 
 
+def read_unpacked(packed: torch.Tensor, bits: int, dim: int, rows: torch.Tensor,
+                  offsets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """What :func:`read_packed`'s kernel computes, in plain tensor operations (any device):
+    gather the rows, unpack their codes, ``q * scale + offset`` from each row's tail, and
+    sum each bag (``offsets``: each bag's first row, as the kernel's; empty bags give 0)."""
+    nb = packed.shape[1] - (8 if bits == 8 else 4)
+    got = packed.index_select(0, rows)
+    # a copy, not .contiguous(): one row's tail is contiguous already, at an odd offset
+    pair = got[:, nb:].clone(memory_format=torch.contiguous_format).view(
+        _scale_dtype(bits)).float()
+    q = got[:, :dim] if bits == 8 else unpack_codes(got[:, :nb], bits, dim)
+    v = torch.addcmul(pair[:, 1:], q.float(), pair[:, :1])
+    if weights is not None:
+        v = v * weights.unsqueeze(1)
+    n, bags = rows.shape[0], offsets.shape[0]
+    ends = torch.cat([offsets[1:], offsets.new_full((1,), n)])
+    bag = torch.repeat_interleave(torch.arange(bags, device=rows.device), ends - offsets,
+                                  output_size=n)
+    return v.new_zeros(bags, dim).index_add_(0, bag, v)
+
+
 def one_id_per_bag(cached: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
     """Offsets ``0 .. n-1`` for ``n`` rows of one id each: ``cached`` when it fits (per-call
     Python and allocation overhead is what decides small-batch latency)."""
     n = rows.shape[0]
-    if cached is None or cached.shape[0] != n or cached.dtype != rows.dtype:
+    if (cached is None or cached.shape[0] != n or cached.dtype != rows.dtype
+            or cached.device != rows.device):
         cached = torch.arange(n, dtype=rows.dtype, device=rows.device)
     return cached
 
@@ -447,6 +498,12 @@ class QuantizedEmbedding(nn.Module):
     def _drop_lut(module: "QuantizedEmbedding", _keys: Any) -> None:
         module._lut = None  # rebuilt from the loaded tensors on next read
 
+    def _apply(self, fn, recurse=True):
+        # A move (``.to(device)``) leaves plain attributes where they are: the byte table
+        # and the cached offsets are rebuilt on the tables' new device at the next read.
+        self._lut = self._offsets = None
+        return super()._apply(fn, recurse)
+
     def _code_lut(self) -> torch.Tensor:
         """``[256, 8 // bits]``: the values a packed byte holds, lowest bits first (for a
         field scale already times the scale plus the offset); 1-bit tables read through it
@@ -456,8 +513,8 @@ class QuantizedEmbedding(nn.Module):
         14 / 148 -> 81 us; fbgemm's 2-bit kernel now takes 12 / 33 and 15 / 36 us). 8 KiB,
         part of the stated overhead."""
         if self._lut is None:
-            lut = unpack_codes(torch.arange(256, dtype=torch.uint8)[:, None], self.bits,
-                               8 // self.bits).float()
+            lut = unpack_codes(torch.arange(256, dtype=torch.uint8, device=self.codes.device
+                                            )[:, None], self.bits, 8 // self.bits).float()
             if self.scale.numel() == 1:
                 lut = lut * self.scale.float() + self.offset.float()
             self._lut = lut.contiguous()

@@ -348,15 +348,9 @@ def test_low_bit_read_equals_unpacking_and_follows_loaded_tensors(bits, scale):
         torch.testing.assert_close(qe(ids), ref[ids])
 
 
-def test_served_hybrid_groups_share_one_column_gather(tmp_path):
-    """A served model of several packed groups (dims and bits per field: identity, padding,
-    projection and a one-wide projection, a hashed field, 16 bits, a pooling group) reads
-    them from ONE field-major gather of the ids, beside a float32 group, and assembles
-    every group in field order; outputs equal the per-field packed model's at 1,
-    5 and 300 rows, also after a move that copies every tensor and a load of new weights."""
-    from autodim.embeddings.fused import FusedEmbedding
-    from autodim.export import build_model, load_model, save_weights
-
+def _hybrid_plan():
+    """20 fields of several dims and precisions (identity, padding, projection and one-wide
+    projection, a hashed field, 16 bits, pooling groups, a float32 group): ``(schema, plan)``."""
     # (name, vocabulary, dim, precision); pairs of one dim and precision are one group
     spec = [("a", 500, 8, {"bits": 4}), ("b", 300, 4, {"bits": 2, "scale": "field"}),
             ("s", 40, 8, {"bits": 8}), ("c", 60, 4, {"bits": 2}), ("e", 90, 1, {"bits": 4}),
@@ -377,6 +371,19 @@ def test_served_hybrid_groups_share_one_column_gather(tmp_path):
             f.align = "pad"
     plan.fields[1].hashing = {"method": "hash", "buckets": 50}
     plan.validate()
+    return schema, plan
+
+
+def test_served_hybrid_groups_share_one_column_gather(tmp_path):
+    """A served model of several packed groups (dims and bits per field: identity, padding,
+    projection and a one-wide projection, a hashed field, 16 bits, a pooling group) reads
+    them from ONE field-major gather of the ids, beside a float32 group, and assembles
+    every group in field order; outputs equal the per-field packed model's at 1,
+    5 and 300 rows, also after a move that copies every tensor and a load of new weights."""
+    from autodim.embeddings.fused import FusedEmbedding
+    from autodim.export import build_model, load_model, save_weights
+
+    schema, plan = _hybrid_plan()
     model = build_model(plan, "fm")
     with torch.no_grad():
         for p in model.embedding.parameters():
@@ -432,3 +439,82 @@ def test_served_hybrid_groups_share_one_column_gather(tmp_path):
         out = emb(_ids(7))
         assert out.is_contiguous()
         torch.testing.assert_close(out, emb.fieldwise()(_ids(7)), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("bits", [8, 4, 2])
+def test_unpacked_read_equals_the_kernel(bits):
+    """``read_unpacked`` (devices without torch's kernel: CUDA has no 2-bit one, and no 8- or
+    4-bit one for rows that are not a multiple of 4 bytes) computes what the CPU kernel
+    computes: rows of several widths, bags of 0 to 5 rows, with and without weights."""
+    from autodim.embeddings.quant import _scale_pair, read_packed, read_unpacked
+
+    g = torch.Generator().manual_seed(bits)
+    for dim in (1, 3, 5, 8, 13, 16):
+        table = QuantizedEmbedding(50, dim, {"bits": bits})
+        packed, nb = table._buffers["packed"], table.row_bytes
+        packed[:, :nb] = torch.randint(0, 256, (50, nb), generator=g, dtype=torch.uint8)
+        packed[:, nb:] = _scale_pair(torch.rand(50, generator=g) + 0.1,
+                                     torch.randn(50, generator=g), bits)
+        rows = torch.randint(0, 50, (12,), generator=g)
+        weights = torch.rand(12, generator=g)
+        for offsets in (torch.tensor([0, 0, 1, 4, 4, 7]), torch.arange(12)):
+            for w in (None, weights):
+                got = read_unpacked(packed, bits, dim, rows, offsets, w)
+                assert got.shape == (offsets.numel(), dim)
+                torch.testing.assert_close(got, read_packed(packed, bits, dim, rows, offsets, w),
+                                           rtol=1e-6, atol=1e-6)
+
+
+def test_served_models_read_without_the_kernels_and_follow_a_move(tmp_path, monkeypatch):
+    """Where torch has no kernel for the tables' device, a served hybrid model (packed groups,
+    pooling, hashing, 16 bits) and its per-field form read through ``read_unpacked`` with the
+    same outputs; a packed table moved to another device reads there (its cached offsets and
+    the 1-bit byte table follow the move: ``meta`` stands in for a GPU)."""
+    from autodim.embeddings import quant
+    from autodim.export import build_model, load_model, save_weights
+
+    schema, plan = _hybrid_plan()
+    model = build_model(plan, "fm")
+    with torch.no_grad():
+        for p in model.embedding.parameters():
+            p.normal_(0, 0.5)
+    path = save_weights(model.eval(), tmp_path / "w.safetensors", plan=plan, backbone="fm")
+    served = load_model(plan, path).eval()
+    g = torch.Generator().manual_seed(3)
+    batches = [torch.stack([torch.randint(0, f.vocab_size, (n,), generator=g)
+                            for f in schema.fields for _ in range(f.width)], 1)
+               for n in (1, 5, 300)]
+    with torch.inference_mode():
+        want = [(served(x), served.embedding.fieldwise()(x)) for x in batches]
+    calls = []
+    unpacked = quant.read_unpacked
+    monkeypatch.setattr(quant, "kernel_reads", lambda packed, bits: False)
+    monkeypatch.setattr(quant, "read_unpacked", lambda *a: calls.append(1) or unpacked(*a))
+    with torch.inference_mode():
+        for x, (out, per_field) in zip(batches, want):
+            # float32 rounding: the kernel sums a bag in its own order
+            torch.testing.assert_close(served(x), out, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(served.embedding.fieldwise()(x), per_field,
+                                       rtol=1e-5, atol=1e-5)
+    assert calls
+    monkeypatch.undo()
+
+    for bits in (8, 1):
+        table = QuantizedEmbedding(40, 5, {"bits": bits})
+        ids = torch.randint(0, 40, (6, 2))
+        with torch.inference_mode():
+            table(ids)  # caches on the CPU
+            table.to("meta")
+            out = table(ids.to("meta"))
+        assert out.device.type == "meta" and out.shape == (6, 2, 5)
+    x = batches[1]
+    with torch.inference_mode():
+        groups = [(g, g(x).shape) for g in served.embedding.groups]  # caches on the CPU
+        out = served.to("meta")(x.to("meta"))
+        assert out.device.type == "meta" and out.shape == want[1][0].shape
+        for g, shape in groups:  # each group on its own (the unserved path) reads there too
+            assert g(x.to("meta")).shape == shape
+    # the cached one-id-a-bag offsets follow the rows' device (meta kernels check no device)
+    cpu = quant.one_id_per_bag(None, torch.zeros(4, dtype=torch.long))
+    assert quant.one_id_per_bag(cpu, torch.zeros(4, dtype=torch.long, device="meta")
+                                ).device.type == "meta"
