@@ -28,6 +28,7 @@ bytes (aim: peak - RSS before training <= 2 x embedding bytes + a fixed overhead
 
     python benchmarks/throughput.py            # ML-100K (if found) + planted, sweep, RSS
     python benchmarks/throughput.py --quick    # tiny, for the test suite
+    python benchmarks/throughput.py --device cuda --skip runs,sweep,rss   # models, on a GPU
 """
 
 from __future__ import annotations
@@ -123,16 +124,31 @@ def plain_model(schema, D: int, backbone: str):
     return Plain()
 
 
+# ``--device``: where the models part trains (``cpu``, or ``cuda`` on a GPU machine: the
+# loops copy each batch there, as Lightning does, and synchronise before reading the clock).
+DEVICE = "cpu"
+
+
+def _sync() -> None:
+    if DEVICE.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
 def run_loop(model, opts, batches, steps: int, warm: int = 0) -> float:
     """zero_grad, forward, BCE, backward, step for ``warm`` untimed then ``steps`` timed
-    batches; seconds (optimiser construction is the caller's)."""
+    batches on :data:`DEVICE`; seconds (optimiser construction is the caller's)."""
     import torch
 
     model.train()
     t0 = time.perf_counter()
     for n, (x, y) in enumerate(batches):
         if n == warm:
+            _sync()
             t0 = time.perf_counter()
+        if DEVICE != "cpu":
+            x, y = x.to(DEVICE, non_blocking=True), y.to(DEVICE, non_blocking=True)
         for o in opts:
             o.zero_grad()
         torch.nn.functional.binary_cross_entropy_with_logits(model(x), y).backward()
@@ -140,6 +156,7 @@ def run_loop(model, opts, batches, steps: int, warm: int = 0) -> float:
             o.step()
         if n + 1 >= warm + steps:
             break
+    _sync()
     return time.perf_counter() - t0
 
 
@@ -155,14 +172,17 @@ def lightning_loop(task, dm, steps: int, warm: int = 0) -> float:
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
             if batch_idx == warm:
+                _sync()
                 self.t0 = time.perf_counter()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            _sync()
             self.t1 = time.perf_counter()
 
     window = Window()
-    trainer = make_trainer(TrainConfig(max_epochs=1, max_steps=warm + steps), [window],
-                           limit_val_batches=0)
+    accel = "gpu" if DEVICE.startswith("cuda") else DEVICE
+    trainer = make_trainer(TrainConfig(max_epochs=1, max_steps=warm + steps,
+                                       accelerator=accel), [window], limit_val_batches=0)
     trainer.fit(task, train_dataloaders=dm.train_dataloader())
     release_optimizers(trainer)
     return window.t1 - window.t0
@@ -180,6 +200,8 @@ def measure(kind: str, data, backbone: str, batch_size: int, steps: int, D: int 
 
     seed_everything(0)
     plan = DimensionPlan.full(data.schema, D)
+    if DEVICE != "cpu":
+        train_kwargs.setdefault("accelerator", "gpu" if DEVICE.startswith("cuda") else DEVICE)
     if kind == "train_plan":
         dm = CTRDataModule(data, batch_size=batch_size, seed=0)
         cfg = TrainConfig(max_epochs=1, max_steps=steps, batch_size=batch_size,
@@ -188,11 +210,12 @@ def measure(kind: str, data, backbone: str, batch_size: int, steps: int, D: int 
                           test=False).metrics["samples_per_s"]
     batches = TensorBatches(data.train, batch_size, shuffle=True, seed=0)
     if kind == "plain":
-        model = plain_model(data.schema, D, backbone)
+        model = plain_model(data.schema, D, backbone).to(DEVICE)
         secs = run_loop(model, [torch.optim.Adam(model.parameters(), lr=1e-3)], batches, steps)
     else:
         # the layer train_plan trains (fused where the plan allows it)
         task = CTRTask(plan.build(fused=True), create_backbone(backbone, data.schema.num_fields, D))
+        task.to(DEVICE)
         if kind == "hand":
             secs = run_loop(task, make_optimizers(task, 1e-3), batches, steps)
         else:
@@ -316,6 +339,12 @@ def main() -> None:
     ap.add_argument("--skip", default="", help="comma list of parts to skip: models,runs,sweep,rss")
     ap.add_argument("--run-epochs", type=int, default=5,
                     help="epochs of the whole-run comparison (part runs)")
+    ap.add_argument("--model-rows", type=int, default=200_000,
+                    help="rows of the planted data of the models and runs parts (an epoch "
+                         "must hold --steps batches: a GPU needs more steps to time)")
+    ap.add_argument("--device", default="cpu",
+                    help="where the models part trains: cpu, or cuda on a GPU machine "
+                         "(the other parts stay on the CPU)")
     ap.add_argument("--rss-child", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--batch-size", type=int, default=1024, help=argparse.SUPPRESS)
     ap.add_argument("--epochs", type=int, default=1, help=argparse.SUPPRESS)
@@ -326,6 +355,8 @@ def main() -> None:
         return
 
     quiet(args.threads)
+    global DEVICE
+    DEVICE = args.device
     from autodim.data.synthetic import PRESETS, make_planted
 
     skip = set(filter(None, args.skip.split(",")))
@@ -336,8 +367,8 @@ def main() -> None:
 
     datasets = []
     if not {"models", "runs"} <= skip:  # MovieLens-100K (if found) first, then planted
-        datasets = [("planted", make_planted("planted", rows=20_000 if args.quick else 200_000,
-                                             seed=0))]
+        datasets = [("planted", make_planted("planted", rows=20_000 if args.quick else
+                                             args.model_rows, seed=0))]
         folder = None if args.quick else (args.ml100k or default_ml100k())
         if folder:
             from autodim.data import load_data
@@ -429,8 +460,10 @@ def main() -> None:
             rows.append(row)
             print(row, flush=True)
 
-    stem = results_stem("throughput", args.quick)
-    titles = {"model": "Training throughput vs an independent plain PyTorch loop",
+    on = "" if DEVICE == "cpu" else f"_{DEVICE.split(':')[0]}"
+    stem = results_stem("throughput" + on, args.quick)
+    titles = {"model": "Training throughput vs an independent plain PyTorch loop"
+                       + (f" on {DEVICE}" if on else ""),
               "runs": "Whole training runs (validation each epoch) vs a plain PyTorch run",
               "vocab sweep": "Samples/s as the vocabulary grows (fixed rows)",
               "peak RSS": "Peak RSS of train_plan vs embedding bytes"}

@@ -137,6 +137,22 @@ def test_inference():
 
 
 @pytest.mark.slow
+def test_device_check_on_the_cpu():
+    """The GPU check runs its outputs and training parts with ``--device cpu`` (a check of
+    the script; the comparison itself needs a GPU machine)."""
+    fresh(RESULTS / "device_check_quick.csv")
+    out = run_script("device_check.py", "--device", "cpu", "--skip", "latency")
+    rows = read_csv(RESULTS / "device_check_quick.csv")
+    outputs = {r["model"]: r for r in rows if r["part"] == "outputs"}
+    assert {"full", "sparse", "int2", "int1", "memcom 8-bit", "hybrid (sequence fields)"
+            } <= set(outputs)
+    assert all(r["ok (<= 1e-5, grads 1e-3)"] == "True" for r in outputs.values()), outputs
+    train = [r for r in rows if r["part"] == "train"]
+    assert len(train) == 5 and all(is_auc(r["cpu test AUC"]) for r in train)
+    assert "outputs not matching: none" in out
+
+
+@pytest.mark.slow
 def test_compare():
     from autodim.searchers import list_searchers
 
