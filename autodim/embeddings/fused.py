@@ -12,7 +12,7 @@
   fields pad once;
 - QR and MEmCom fields of one width fuse their two tables each (two gathers for the group);
 - every other field (frequency groups, dropped, non-float32 precision) keeps its own module;
-  served, packed fields (8 / 4 / 2 bits, dense or hashed) of one dim and precision are one
+  served, packed fields (8 / 4 / 2 / 1 bits, dense or hashed) of one dim and precision are one
   buffer read by one kernel call, 16-bit ones of one dim and dtype one half table
   (:class:`_PackedGroup`).
 
@@ -142,7 +142,7 @@ def _align_kind(align: nn.Module) -> str | None:
 
 def _packed_key(module: nn.Module) -> tuple[int, str] | None:
     """``(dim, "int<bits>")`` for a field whose dense or hashed table is packed in a kernel's
-    layout (:class:`QuantizedEmbedding` at 8 / 4 / 2 bits), ``(dim, "half-<dtype>")`` for a
+    layout (:class:`QuantizedEmbedding` at 8 / 4 / 2 / 1 bits), ``(dim, "half-<dtype>")`` for a
     16-bit one, else None: fields of one key serve through one read
     (:class:`_PackedGroup`)."""
     if type(module) is not FieldEmbedding or type(module.table) not in (DenseTable, HashTable):
@@ -703,7 +703,7 @@ class _Group(nn.Module):
 
 
 class _PackedGroup(_Group):
-    """Serving only: the packed fields of one dim and precision (8 / 4 / 2 bits, dense or
+    """Serving only: the packed fields of one dim and precision (8 / 4 / 2 / 1 bits, dense or
     hashed tables) as ONE buffer in the kernel's layout and one kernel call a batch (an
     ``embedding_bag`` with per-sample weights when a sequence field is averaged), instead
     of a kernel call per field; 16-bit fields of one dim and dtype likewise as one half
@@ -956,7 +956,7 @@ class FusedEmbedding(FieldwiseEmbedding):
         """What a served call of a layer whose fields are all in groups runs (``None``
         otherwise): ``(shared, calls, order, field_major)``.
 
-        ``shared`` reads the packed groups (8 / 4 / 2 / 16 bits; aligned by identity,
+        ``shared`` reads the packed groups (8 / 4 / 2 / 1 / 16 bits; aligned by identity,
         padding or projection) from ONE field-major column gather of the ids
         (``[columns, B]``, hashed and offset at once). A group that does not pool reads a
         contiguous slice of it, its kernel output is ``[n, B, d]`` and its projection one
@@ -1144,13 +1144,11 @@ def _keeps_prefix(table: KeptRowsTable) -> bool:
 def resident_bytes(module: nn.Module) -> int:
     """Bytes of every distinct tensor storage ``module`` holds: parameters and buffers
     (persistent or not), the per-field modules a fused layer keeps, its serving copies
-    (flat rows, maps), and a 1-bit table's lookup table once built. Views of one storage
-    count once, a view of a bigger storage counts all of it (what stays in memory)."""
+    (flat rows, maps). Views of one storage count once, a view of a bigger storage counts
+    all of it (what stays in memory); cached offsets (a few bytes per id of the last batch)
+    are scratch."""
     tensors = list(module.parameters()) + list(module.buffers())
     for m in module.modules():
-        if isinstance(m, QuantizedEmbedding) and m._lut is not None:  # 1 bit: built on
-            # first read (the offsets cache, 8 bytes per id of the last batch, is scratch)
-            tensors.append(m._lut)
         if isinstance(m, FusedEmbedding):
             per_field = m.fieldwise()
             tensors += list(per_field.parameters()) + list(per_field.buffers())

@@ -29,14 +29,14 @@ Training (:class:`FakeQuantEmbedding`, a drop-in ``nn.Embedding``):
   section 3: shrink ``[min, max]`` bin by bin from the side that lowers the L2 error most,
   keep the best; 200 bins, at most 16 % of the range, fbgemm's defaults).
 
-Inference (:class:`QuantizedEmbedding`): packed codes, float16 scales and offsets. 8-, 4-
-and 2-bit tables are read with torch's quantized embedding-bag kernels
+Inference (:class:`QuantizedEmbedding`): packed codes, float16 scales and offsets, in one
+buffer in the layout of torch's quantized embedding-bag kernels that is also the table's
+storage (a row's codes, then its scale and offset; the 8-bit kernel wants float32 scales:
+the float16 ones widen exactly). 8-, 4- and 2-bit tables are read with those kernels
 (``quantized::embedding_bag_byte_rowwise_offsets`` / ``embedding_bag_4bit_rowwise_offsets`` /
-``embedding_bag_2bit_rowwise_offsets``), from one buffer in the kernels' layout that is also
-the table's storage (the 8-bit kernel wants float32 scales: the float16 ones widen exactly).
-1-bit tables read a byte-to-values table (no kernel exists for them).
-On a device where torch has no such kernel (CUDA: none for 2 bits, none for 8 / 4 bits
-when a row is not a multiple of 4 bytes) :func:`read_unpacked` reads the same layout.
+``embedding_bag_2bit_rowwise_offsets``). 1-bit tables, which no kernel reads, and tables
+on a device where torch has no such kernel (CUDA: none for 2 bits, none for 8 / 4 bits when
+a row is not a multiple of 4 bytes) are read by :func:`read_unpacked` from the same layout.
 :func:`pack_model` turns a trained model's fake-quantized tables into these.
 """
 
@@ -343,6 +343,8 @@ _ON_DEVICE: dict[tuple[str, int], bool] = {}
 
 def kernel_reads(packed: torch.Tensor, bits: int) -> bool:
     """Whether torch's kernel reads ``packed`` (a table in the kernels' layout) where it is."""
+    if bits not in _KERNELS:
+        return False  # 1 bit
     kind = packed.device.type
     if kind == "cpu":
         return True
@@ -359,12 +361,15 @@ def kernel_reads(packed: torch.Tensor, bits: int) -> bool:
 
 def read_packed(packed: torch.Tensor, bits: int, dim: int, rows: torch.Tensor,
                 offsets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Bags of rows of a table in the kernels' layout (``bits`` 8, 4 or 2): ``[bags, dim]``
+    """Bags of rows of a table in the kernels' layout (``bits`` 8, 4, 2 or 1): ``[bags, dim]``
     float32, each bag the sum of its rows (times ``weights`` when given). The kernel reads
     every value of a row's last byte; the columns past ``dim`` are dropped. Where torch has
-    no kernel for the table's device and row width, :func:`read_unpacked` reads it."""
-    if not kernel_reads(packed, bits):
-        return read_unpacked(packed, bits, dim, rows, offsets, weights)
+    no kernel for the bits, the table's device and row width, :func:`read_unpacked` reads
+    it; bags then hold at least one row each (every caller's bags do: one id, or a field's
+    columns), so as many bags as rows is one row a bag."""
+    if not kernel_reads(packed, bits):  # as many bags as rows: one row each (see above)
+        return read_unpacked(packed, bits, dim, rows,
+                             None if offsets.shape[0] == rows.shape[0] else offsets, weights)
     # (weight, indices, offsets, scale_grad_by_freq, mode=sum, pruned_weights,
     #  per_sample_weights, compressed_indices_mapping, include_last_offset)
     out = _KERNELS[bits](packed, rows, offsets, False, 0, False, weights, None, False)
@@ -372,24 +377,47 @@ def read_packed(packed: torch.Tensor, bits: int, dim: int, rows: torch.Tensor,
 
 
 def read_unpacked(packed: torch.Tensor, bits: int, dim: int, rows: torch.Tensor,
-                  offsets: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+                  offsets: torch.Tensor | None, weights: torch.Tensor | None = None
+                  ) -> torch.Tensor:
     """What :func:`read_packed`'s kernel computes, in plain tensor operations (any device):
     gather the rows, unpack their codes, ``q * scale + offset`` from each row's tail, and
-    sum each bag (``offsets``: each bag's first row, as the kernel's; empty bags give 0)."""
+    sum each bag (``offsets``: each bag's first row, as the kernel's; empty bags give 0;
+    ``None``: one row a bag)."""
     nb = packed.shape[1] - (8 if bits == 8 else 4)
     got = packed.index_select(0, rows)
     # a copy, not .contiguous(): one row's tail is contiguous already, at an odd offset
     pair = got[:, nb:].clone(memory_format=torch.contiguous_format).view(
         _scale_dtype(bits)).float()
-    q = got[:, :dim] if bits == 8 else unpack_codes(got[:, :nb], bits, dim)
-    v = torch.addcmul(pair[:, 1:], q.float(), pair[:, :1])
+    n = rows.shape[0]
+    if bits == 8:
+        q = got[:, :dim].float()
+    else:  # each byte's values from a 256-row table: one gather, not shifts and masks
+        q = (_byte_values(bits, packed.device).index_select(0, got[:, :nb].reshape(-1).int())
+             .view(n, -1)[:, :dim])
+    v = torch.addcmul(pair[:, 1:], q, pair[:, :1])
     if weights is not None:
         v = v * weights.unsqueeze(1)
-    n, bags = rows.shape[0], offsets.shape[0]
+    if offsets is None:
+        return v
+    bags = offsets.shape[0]
     ends = torch.cat([offsets[1:], offsets.new_full((1,), n)])
     bag = torch.repeat_interleave(torch.arange(bags, device=rows.device), ends - offsets,
                                   output_size=n)
     return v.new_zeros(bags, dim).index_add_(0, bag, v)
+
+
+_BYTE_VALUES: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+
+def _byte_values(bits: int, device: torch.device) -> torch.Tensor:
+    """``[256, 8 // bits]`` float32: the codes a byte holds, lowest bits first (one per
+    bits and device, shared by every table: 8 KiB at most)."""
+    table = _BYTE_VALUES.get((bits, device))
+    if table is None:
+        table = _BYTE_VALUES[(bits, device)] = unpack_codes(
+            torch.arange(256, dtype=torch.uint8, device=device)[:, None], bits,
+            8 // bits).float()
+    return table
 
 
 def one_id_per_bag(cached: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
@@ -412,12 +440,12 @@ class QuantizedEmbedding(nn.Module):
     """A packed table (see the module docstring); ``forward(ids) -> [..., d]`` float32.
 
     Its state dict holds ``codes``, ``scale`` and ``offset`` (or ``weight`` at 16 / 32 bits)
-    whatever the storage. An 8-, 4- or 2-bit table keeps them in ONE buffer, ``packed``, in
-    the layout fbgemm's kernel reads (a row's codes, then its scale and offset: float16 for
-    4 / 2 bits, float32 for 8; a field scale repeated on every row), so nothing is held
-    twice: resident bytes are :func:`table_bytes` for row-scaled 4 / 2 bits, plus 4 bytes a
-    row for 8 bits (float32 scales) and for field scales (repeated). ``codes`` is then a
-    view of the buffer and ``scale`` / ``offset`` copies read out of it.
+    whatever the storage. An 8-, 4-, 2- or 1-bit table keeps them in ONE buffer, ``packed``,
+    in the layout fbgemm's kernels read (a row's codes, then its scale and offset: float16
+    below 8 bits, float32 for 8; a field scale repeated on every row), so nothing is held
+    twice: resident bytes are :func:`table_bytes` for row-scaled 4 / 2 / 1 bits, plus 4
+    bytes a row for 8 bits (float32 scales) and for field scales (repeated). ``codes`` is
+    then a view of the buffer and ``scale`` / ``offset`` copies read out of it.
     """
 
     def __init__(self, rows: int, dim: int, precision: Mapping[str, Any]):
@@ -426,23 +454,20 @@ class QuantizedEmbedding(nn.Module):
         self.bits = self.precision["bits"]
         self.num_embeddings, self.embedding_dim = rows, dim
         self.row_bytes = row_bytes(dim, self.bits) if self.bits < 16 else 0
-        self.kernel_layout = self.bits in _KERNELS
+        # 1 bit too: no kernel reads it, but the layout lets 1-bit fields of one dim serve
+        # as one buffer like the others (a served Criteo / 100 model, one thread: 15.7 /
+        # 8.0 / 2.9x the float32 model at 1 / 256 / 4096 rows when each field read its own
+        # codes through a byte-to-values table)
+        self.kernel_layout = self.bits <= 8
         self.field_scale = self.precision["scale"] == "field"
         if self.bits >= 16:
             dtype = torch.float32 if self.bits == 32 else HALF_DTYPES[self.precision["dtype"]]
             self.register_buffer("weight", torch.zeros(rows, dim, dtype=dtype))
-        elif self.kernel_layout:
+        else:
             tail = _scale_pair(torch.ones(rows), torch.zeros(rows), self.bits)
             packed = torch.cat([torch.zeros(rows, self.row_bytes, dtype=torch.uint8), tail], 1)
             self.register_buffer("packed", packed, persistent=False)
-        else:
-            n_scales = rows if self.precision["scale"] == "row" else 1
-            self.register_buffer("codes", torch.zeros(rows, self.row_bytes, dtype=torch.uint8))
-            self.register_buffer("scale", torch.ones(n_scales, dtype=torch.float16))
-            self.register_buffer("offset", torch.zeros(n_scales, dtype=torch.float16))
-        self._lut: torch.Tensor | None = None
         self._offsets: torch.Tensor | None = None
-        self.register_load_state_dict_post_hook(QuantizedEmbedding._drop_lut)
 
     # -- the one-buffer form: the stored tensors as views / copies of ``packed`` -----------
     def __getattr__(self, name: str) -> Any:
@@ -494,31 +519,11 @@ class QuantizedEmbedding(nn.Module):
                                    self.bits)
                 packed[:, nb:] = tail.to(packed.device)
 
-    @staticmethod
-    def _drop_lut(module: "QuantizedEmbedding", _keys: Any) -> None:
-        module._lut = None  # rebuilt from the loaded tensors on next read
-
     def _apply(self, fn, recurse=True):
-        # A move (``.to(device)``) leaves plain attributes where they are: the byte table
-        # and the cached offsets are rebuilt on the tables' new device at the next read.
-        self._lut = self._offsets = None
+        # A move (``.to(device)``) leaves plain attributes where they are: the cached
+        # offsets are rebuilt on the table's new device at the next read.
+        self._offsets = None
         return super()._apply(fn, recurse)
-
-    def _code_lut(self) -> torch.Tensor:
-        """``[256, 8 // bits]``: the values a packed byte holds, lowest bits first (for a
-        field scale already times the scale plus the offset); 1-bit tables read through it
-        (no kernel exists for them). One gather of the byte's row replaces the shift / mask
-        / cast / scale chain (measured when it served 2 bits too, a 2,000 x 16 table, one
-        thread, batch 256 / 4096: row scales 58 -> 39 / 185 -> 133 us, a field scale 29 ->
-        14 / 148 -> 81 us; fbgemm's 2-bit kernel now takes 12 / 33 and 15 / 36 us). 8 KiB,
-        part of the stated overhead."""
-        if self._lut is None:
-            lut = unpack_codes(torch.arange(256, dtype=torch.uint8, device=self.codes.device
-                                            )[:, None], self.bits, 8 // self.bits).float()
-            if self.scale.numel() == 1:
-                lut = lut * self.scale.float() + self.offset.float()
-            self._lut = lut.contiguous()
-        return self._lut
 
     def num_bytes(self) -> int:
         return table_bytes(self.num_embeddings, self.embedding_dim, self.precision)
@@ -527,21 +532,11 @@ class QuantizedEmbedding(nn.Module):
         if self.bits >= 16:
             return nn.functional.embedding(ids, self.weight).float()
         flat = ids.reshape(-1).contiguous()
-        if self.kernel_layout:  # one id per bag
-            self._offsets = one_id_per_bag(self._offsets, flat)
-            out = read_packed(self._buffers["packed"], self.bits, self.embedding_dim, flat,
-                              self._offsets)
-            if ids.dim() == 2:
-                return out.view(ids.shape[0], ids.shape[1], out.shape[1])
-        else:
-            lut = self._lut if self._lut is not None else self._code_lut()
-            rows = self.codes.index_select(0, flat)
-            out = lut.index_select(0, rows.view(-1).long()).view(flat.shape[0], -1)
-            if out.shape[1] != self.embedding_dim:
-                out = out[:, :self.embedding_dim]
-            if self.scale.numel() != 1:
-                out = torch.addcmul(self.offset.index_select(0, flat).float()[:, None], out,
-                                    self.scale.index_select(0, flat).float()[:, None])
+        self._offsets = one_id_per_bag(self._offsets, flat)  # one id per bag
+        out = read_packed(self._buffers["packed"], self.bits, self.embedding_dim, flat,
+                          self._offsets)
+        if ids.dim() == 2:
+            return out.view(ids.shape[0], ids.shape[1], out.shape[1])
         return out.reshape(*ids.shape, self.embedding_dim)
 
 

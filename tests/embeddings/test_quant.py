@@ -147,11 +147,11 @@ def test_kernel_layout_matches_torch_prepack(bits, dim):
 @pytest.mark.parametrize("bits,scale", [(8, "row"), (4, "row"), (4, "field"), (2, "row"),
                                         (2, "field"), (1, "row")])
 def test_packed_table_state_roundtrips_and_resident_bytes_are_counted(bits, scale):
-    """An 8-, 4- or 2-bit table holds its codes, scales and offsets in the kernel's own
-    buffer (the stored tensors and a prepacked copy used to be both held): resident bytes
-    are the stored ones for row-scaled 4 / 2 bits; 8 bits (float32 scales) and field scales
-    (repeated on every row) add 4 bytes a row; a 1-bit table adds its byte lookup table. The
-    state dict gives back exactly the loaded tensors."""
+    """An 8-, 4-, 2- or 1-bit table holds its codes, scales and offsets in the kernels' own
+    layout, one buffer (the stored tensors and a prepacked copy used to be both held):
+    resident bytes are the stored ones for row-scaled 4 / 2 / 1 bits; 8 bits (float32
+    scales) and field scales (repeated on every row) add 4 bytes a row. The state dict gives
+    back exactly the loaded tensors."""
     from autodim.embeddings.fused import resident_bytes
 
     torch.manual_seed(0)
@@ -170,12 +170,10 @@ def test_packed_table_state_roundtrips_and_resident_bytes_are_counted(bits, scal
     assert qe.num_bytes() == stored
     qe(torch.arange(rows))
     resident = resident_bytes(qe)
-    if bits == 1:  # + the lookup table: 8 float32 values per byte value
-        assert resident == stored + 256 * 8 * 4
-    else:  # one buffer: a row's codes, then its scale and offset (float32 at 8 bits)
-        assert resident == rows * (row_bytes(dim, bits) + (8 if bits == 8 else 4))
-        if bits < 8 and scale == "row":
-            assert resident == stored
+    # one buffer: a row's codes, then its scale and offset (float32 at 8 bits)
+    assert resident == rows * (row_bytes(dim, bits) + (8 if bits == 8 else 4))
+    if bits < 8 and scale == "row":
+        assert resident == stored
     with pytest.raises(RuntimeError, match="codes"):
         qe.load_state_dict({**st, "codes": st["codes"][:-1]})
     with pytest.raises(RuntimeError, match="Unexpected key"):
@@ -284,7 +282,7 @@ def test_served_packed_fields_of_one_dim_and_precision_read_one_buffer(tmp_path)
     assert isinstance(emb, FusedEmbedding)
     packed = [g for g in emb.groups if isinstance(g, _PackedGroup)]
     assert sorted((g.dim, g.bits, len(g.field_index)) for g in packed) == [
-        (4, 4, 4), (4, 16, 2), (8, 2, 2)]
+        (3, 1, 1), (4, 4, 4), (4, 16, 2), (8, 2, 2)]
     fieldwise = emb.fieldwise()  # the per-field packed modules, views of the groups
     before = {k: v.clone() for k, v in fieldwise.state_dict().items()}
     g = torch.Generator().manual_seed(3)
@@ -302,8 +300,7 @@ def test_served_packed_fields_of_one_dim_and_precision_read_one_buffer(tmp_path)
             assert own.untyped_storage().data_ptr() == grp.packed.untyped_storage().data_ptr()
     tables = sum(t.numel() * t.element_size() for t in fieldwise.buffers())
     params = sum(p.numel() * p.element_size() for p in fieldwise.parameters())
-    lut = 256 * 8 * 4  # the 1-bit field's byte lookup table, built on its first read
-    assert tables + params + lut < resident_bytes(emb) <= tables + params + lut + 1024
+    assert tables + params < resident_bytes(emb) <= tables + params + 1024
     state = emb.state_dict()
     assert sorted(state) == sorted(fieldwise.state_dict())
     assert not any(k.startswith("groups.") for k in state)
@@ -325,10 +322,8 @@ def test_served_packed_fields_of_one_dim_and_precision_read_one_buffer(tmp_path)
 @pytest.mark.parametrize("bits", [2, 1])
 @pytest.mark.parametrize("scale", ["row", "field"])
 def test_low_bit_read_equals_unpacking_and_follows_loaded_tensors(bits, scale):
-    """2-bit tables read through fbgemm's kernel (from the buffer they are loaded into),
-    1-bit ones through a byte lookup table (field
-    scales folded in); every cache is rebuilt when new tensors are loaded, so a read never
-    serves the old scale."""
+    """2-bit tables read through fbgemm's kernel, 1-bit ones through ``read_unpacked``, both
+    from the buffer they are loaded into, so a read never serves the old scale."""
     torch.manual_seed(0)
     rows, dim = 30, 7
     qe = QuantizedEmbedding(rows, dim, {"bits": bits, "scale": scale})
