@@ -355,16 +355,25 @@ def _hybrid_plan():
             # pooling groups that project (16 bits), project one-wide, pad
             ("t", 33, 4, {"bits": 16}), ("t2", 21, 4, {"bits": 16}),
             ("q", 27, 1, {"bits": 2}), ("q2", 23, 1, {"bits": 2}),
-            ("r", 31, 4, {"bits": 4}), ("pr", 29, 4, {"bits": 4})]
+            ("r", 31, 4, {"bits": 4}), ("pr", 29, 4, {"bits": 4}),
+            # field scales, alone in a group and beside row scales, pooling, 1 bit
+            ("fa", 61, 6, {"bits": 4, "scale": "field"}),
+            ("fb", 62, 6, {"bits": 4, "scale": "field"}),
+            ("fs", 41, 2, {"bits": 2, "scale": "field"}),
+            ("fp", 43, 2, {"bits": 2}),
+            ("f1", 47, 8, {"bits": 1, "scale": "field"}),
+            ("g1", 48, 8, {"bits": 1})]
     schema = Schema([Field(n, vocab_size=v, **({"kind": "sequence", "width": 3}
-                                               if n in ("s", "s2", "t", "q", "r") else {}))
+                                               if n in ("s", "s2", "t", "q", "r", "fs")
+                                               else {}))
                      for n, v, _, _ in spec])
     plan = DimensionPlan.from_dims(schema, 8, {n: d for n, _, d, _ in spec})
     for f, (_, _, _, prec) in zip(plan.fields, spec):
         f.precision = prec
-        if f.name.startswith("p") or f.name == "r":
+        if f.name.startswith("p") or f.name in ("r", "fs", "fp"):
             f.align = "pad"
     plan.fields[1].hashing = {"method": "hash", "buckets": 50}
+    next(f for f in plan.fields if f.name == "fa").hashing = {"method": "hash", "buckets": 40}
     plan.validate()
     return schema, plan
 
@@ -388,9 +397,10 @@ def test_served_hybrid_groups_share_one_column_gather(tmp_path):
     assert isinstance(emb, FusedEmbedding) and not emb.rest
     shared, calls, order, field_major = emb._calls
     kinds = sorted((item[5], item[7] is not None) for item in shared[3])  # (align, pools)
-    assert kinds == [("identity", False), ("identity", False), ("identity", True),
-                     ("outer", False), ("outer", True), ("pad", False), ("pad", True),
-                     ("project", False), ("project", True)], kinds
+    assert kinds == [("identity", False), ("identity", False), ("identity", False),
+                     ("identity", True), ("outer", False), ("outer", True), ("pad", False),
+                     ("pad", True), ("pad", True), ("project", False), ("project", False),
+                     ("project", True)], kinds
     assert shared[2] is not None  # the hashed field's modulus
     assert len(calls) == 1 and order is not None  # the float32 group, then field order
     assert field_major  # half the fields come out of non-pooling packed groups
@@ -412,7 +422,10 @@ def test_served_hybrid_groups_share_one_column_gather(tmp_path):
     check()
     emb._apply(lambda t: t.clone())  # a move: every tensor is a new one
     state = emb.state_dict()
-    new = {k: (v.flip(0) if v.dim() == 2 and v.shape[0] > 1 else v) for k, v in state.items()}
+    # new codes and weights; a field scale doubled
+    new = {k: (v.flip(0) if v.dim() == 2 and v.shape[0] > 1 else
+               v * 2 if k.endswith(".scale") and v.numel() == 1 else v)
+           for k, v in state.items()}
     ones = torch.ones(2, sum(f.width for f in schema.fields), dtype=torch.long)
     old = emb(ones)
     emb.load_state_dict(new)
@@ -420,6 +433,15 @@ def test_served_hybrid_groups_share_one_column_gather(tmp_path):
     fieldwise = emb.fieldwise()
     torch.testing.assert_close(fieldwise.state_dict(), emb.state_dict())
     check()
+    # against a model that never held the old tensors (a stale cache is caught here)
+    from autodim.embeddings.quant import packed_skeleton
+
+    fresh = packed_skeleton(build_model(plan, "fm")).embedding
+    fresh.load_state_dict(new)
+    x = torch.stack([torch.randint(0, f.vocab_size, (40,)) for f in schema.fields
+                     for _ in range(f.width)], 1)
+    with torch.inference_mode():
+        torch.testing.assert_close(emb(x), fresh(x), rtol=0, atol=1e-6)
 
     # one group of one precision reads batch-major, as the group itself does
     one = DimensionPlan.from_dims(SCHEMA, 8, {"u": 8, "i": 8, "c": 8})
