@@ -287,7 +287,8 @@ def latency(data, *, reps: int, batches=(1, 256, 4096), plans=None) -> list[dict
     base = DimensionPlan.full(data.schema, 16)
     variants = {"float32": None, "float16": {"bits": 16}, "int8": {"bits": 8},
                 "int4": {"bits": 4}, "int4 field": {"bits": 4, "scale": "field"},
-                "int2": {"bits": 2}, "int2 field": {"bits": 2, "scale": "field"}}
+                "int2": {"bits": 2}, "int2 field": {"bits": 2, "scale": "field"},
+                "int1": {"bits": 1}, "int1 field": {"bits": 1, "scale": "field"}}
     todo = {}
     for name, prec in variants.items():
         plan = copy.deepcopy(base)
