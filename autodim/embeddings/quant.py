@@ -402,15 +402,11 @@ def read_unpacked(packed: torch.Tensor, bits: int, dim: int, rows: torch.Tensor,
     # (dims that leave a byte part empty) is faster through addcmul's fresh output
     v = (q.mul_(pair[:, :1]).add_(pair[:, 1:]) if q.is_contiguous()
          else torch.addcmul(pair[:, 1:], q, pair[:, :1]))
-    if weights is not None:
-        v = v * weights.unsqueeze(1)
     if offsets is None:
-        return v
-    bags = offsets.shape[0]
-    ends = torch.cat([offsets[1:], offsets.new_full((1,), n)])
-    bag = torch.repeat_interleave(torch.arange(bags, device=rows.device), ends - offsets,
-                                  output_size=n)
-    return v.new_zeros(bags, dim).index_add_(0, bag, v)
+        return v if weights is None else v * weights.unsqueeze(1)
+    # the bags: one weighted embedding_bag over the unpacked rows in order (empty bags 0)
+    return nn.functional.embedding_bag(torch.arange(n, device=rows.device), v, offsets,
+                                       mode="sum", per_sample_weights=weights)
 
 
 _BYTE_VALUES: dict[tuple[int, torch.device], torch.Tensor] = {}
