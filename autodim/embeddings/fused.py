@@ -45,6 +45,7 @@ from autodim.embeddings.quant import (
     FakeQuantEmbedding,
     QuantizedEmbedding,
     one_id_per_bag,
+    read_coded,
     read_packed,
 )
 from autodim.embeddings.tables import (
@@ -148,10 +149,11 @@ def _packed_key(module: nn.Module) -> tuple[int, str] | None:
     if type(module) is not FieldEmbedding or type(module.table) not in (DenseTable, HashTable):
         return None
     q = module.table.embedding
-    if (type(q) is not QuantizedEmbedding or not (q.kernel_layout or q.bits == 16)
-            or _align_kind(module.align) is None):
+    if type(q) is not QuantizedEmbedding or q.bits > 16 or _align_kind(module.align) is None:
         return None
-    return (module.table.dim, f"int{q.bits}" if q.bits < 16 else f"half-{q.precision['dtype']}")
+    if q.bits == 16:
+        return (module.table.dim, f"half-{q.precision['dtype']}")
+    return (module.table.dim, f"int{q.bits}" + ("-coded" if q.coded else ""))
 
 
 def fusable(emb: nn.Module, *, serving: bool = False) -> bool:
@@ -723,7 +725,10 @@ class _PackedGroup(_Group):
         self.dim, self.out_dim, self.bits = first.embedding_dim, out_dim, first.bits
         self.field_index = [i for i, _, _ in members]
         self.half = self.bits == 16
-        self.buffer = "weight" if self.half else "packed"
+        # field-scaled 1-bit tables: their codes one buffer, their byte tables another (read by
+        # read_coded, each column from its own field's 256 rows)
+        self.coded = not self.half and first.coded
+        self.buffer = "weight" if self.half else "codes" if self.coded else "packed"
         sizes = [t.embedding.num_embeddings for t in tables]
         col_buffer, _ = self._init_columns(members, sizes)
         self.hashed = any(type(t) is HashTable for t in tables)
@@ -731,6 +736,10 @@ class _PackedGroup(_Group):
             col_buffer("col_modulus", sizes)
         with torch.no_grad():
             packed = torch.cat([getattr(t.embedding, self.buffer) for t in tables])
+            if self.coded:
+                self.register_buffer("lut", torch.cat([t.embedding.lut for t in tables]),
+                                     persistent=False)
+                col_buffer("col_lut", [256 * j for j in range(len(tables))])
         self.register_buffer("packed", packed, persistent=False)
         self._offsets: torch.Tensor | None = None
         self.baked = False
@@ -738,8 +747,10 @@ class _PackedGroup(_Group):
         self.rebind([m for _, m, _ in members])
 
     def rebind(self, members: list[FieldEmbedding]) -> None:
-        for (lo, hi), m in zip(self.bounds, members):
+        for j, ((lo, hi), m) in enumerate(zip(self.bounds, members)):
             setattr(m.table.embedding, self.buffer, self.packed[lo:hi])
+            if self.coded:  # a load into the field refreshes its byte table in place
+                m.table.embedding.lut = self.lut[256 * j:256 * (j + 1)]
         self._rebind_proj(members)
 
     def _pool_rows(self, v: torch.Tensor, weights: torch.Tensor, B: int) -> torch.Tensor:
@@ -757,9 +768,14 @@ class _PackedGroup(_Group):
         """``ids[B, T] -> [B, n, d]`` (pooled, not aligned)."""
         local = ids.index_select(1, self.cols)
         rows = torch.remainder(local, self.col_modulus) if self.hashed else local
-        rows = (rows + self.col_offsets).reshape(-1)
         B = ids.shape[0]
         weights = self._bag_weights(local) if self.pooled else None
+        if self.coded:
+            v = read_coded(self.packed, self.lut, rows + self.col_offsets, self.col_lut,
+                           self.dim)
+            return (self._pool_rows(v.reshape(-1, self.dim), weights, B) if self.pooled
+                    else v)
+        rows = (rows + self.col_offsets).reshape(-1)
         if self.half:  # gather, widen, then pool in float32 (as the per-field read)
             v = nn.functional.embedding(rows, self.packed).float()
             return self._pool_rows(v, weights, B) if self.pooled else v.view(B, -1, self.dim)
@@ -988,12 +1004,13 @@ class FusedEmbedding(FieldwiseEmbedding):
                 kind, w = (("outer", g.proj[:, :, 0].detach().unsqueeze(1)) if g.dim == 1
                            else ("project", g.proj.detach().transpose(1, 2)))  # [n, 1|d, D]
             items.append((c0, c0 + g.cols.numel(), g.packed, g.bits, g.dim, kind, w,
-                          g if g.pooled else None))
+                          g if g.pooled else None,
+                          (g.lut, g.col_lut) if g.coded else None))
             fields += g.field_index
         if len(items) == 1 and not calls:  # one group: its own batch-major read, no copy
             return None, (self.groups[0].forward,), None if self.single else self.order, False
         # assembled field-major when most fields come out field-major (see _served_groups)
-        field_major = 2 * sum(c1 - c0 for c0, c1, *_, pooling in items
+        field_major = 2 * sum(c1 - c0 for c0, c1, *_, pooling, _ in items
                               if pooling is None) >= len(self.order)
         fields += [i for g in calls for i in g.field_index]
         shared = None
@@ -1014,8 +1031,16 @@ class FusedEmbedding(FieldwiseEmbedding):
             B = ids.shape[0]
             raw = ids.t().index_select(0, cols)  # [columns, B]
             rows = (raw if moduli is None else torch.remainder(raw, moduli)) + offsets
-            for c0, c1, packed, bits, dim, kind, w, pooling in items:
-                if pooling is not None:  # bags of one sample's columns: batch-major
+            for c0, c1, packed, bits, dim, kind, w, pooling, coded in items:
+                if coded is not None:  # 1 bit, field scales: bytes read from the fields' tables
+                    lut, base = coded
+                    if pooling is not None:
+                        v = read_coded(packed, lut, rows[c0:c1].t(), base, dim)
+                        v = pooling._pool_rows(v.reshape(-1, dim), pooling._bag_weights(
+                            raw[c0:c1].t()), B).transpose(0, 1)
+                    else:  # [n, B, d]
+                        v = read_coded(packed, lut, rows[c0:c1], base[:, None], dim)
+                elif pooling is not None:  # bags of one sample's columns: batch-major
                     weights = pooling._bag_weights(raw[c0:c1].t())
                     r = rows[c0:c1].t().reshape(-1)
                     if bits == 16:

