@@ -387,6 +387,20 @@ def _hybrid_plan():
     return schema, plan
 
 
+def _served_hybrid(tmp_path):
+    """``(schema, plan, model)``: the hybrid plan's model with random embeddings, saved and
+    loaded back as a serving process gets it (eval mode)."""
+    from autodim.export import build_model, load_model, save_weights
+
+    schema, plan = _hybrid_plan()
+    model = build_model(plan, "fm")
+    with torch.no_grad():
+        for p in model.embedding.parameters():
+            p.normal_(0, 0.5)
+    path = save_weights(model.eval(), tmp_path / "w.safetensors", plan=plan, backbone="fm")
+    return schema, plan, load_model(plan, path).eval()
+
+
 def test_served_hybrid_groups_share_one_column_gather(tmp_path):
     """A served model of several packed groups (dims and bits per field: identity, padding,
     projection and a one-wide projection, a hashed field, 16 bits, a pooling group) reads
@@ -396,13 +410,8 @@ def test_served_hybrid_groups_share_one_column_gather(tmp_path):
     from autodim.embeddings.fused import FusedEmbedding
     from autodim.export import build_model, load_model, save_weights
 
-    schema, plan = _hybrid_plan()
-    model = build_model(plan, "fm")
-    with torch.no_grad():
-        for p in model.embedding.parameters():
-            p.normal_(0, 0.5)
-    path = save_weights(model.eval(), tmp_path / "w.safetensors", plan=plan, backbone="fm")
-    emb = load_model(plan, path).embedding
+    schema, plan, emb = _served_hybrid(tmp_path)
+    emb = emb.embedding
     assert isinstance(emb, FusedEmbedding) and not emb.rest
     shared, calls, order, field_major = emb._calls
     # (align, pools, 1-bit field-scaled codes)
@@ -500,15 +509,8 @@ def test_served_models_read_without_the_kernels_and_follow_a_move(tmp_path, monk
     same outputs; a packed table moved to another device reads there (its cached offsets and
     the 1-bit byte table follow the move: ``meta`` stands in for a GPU)."""
     from autodim.embeddings import quant
-    from autodim.export import build_model, load_model, save_weights
 
-    schema, plan = _hybrid_plan()
-    model = build_model(plan, "fm")
-    with torch.no_grad():
-        for p in model.embedding.parameters():
-            p.normal_(0, 0.5)
-    path = save_weights(model.eval(), tmp_path / "w.safetensors", plan=plan, backbone="fm")
-    served = load_model(plan, path).eval()
+    schema, plan, served = _served_hybrid(tmp_path)
     g = torch.Generator().manual_seed(3)
     batches = [torch.stack([torch.randint(0, f.vocab_size, (n,), generator=g)
                             for f in schema.fields for _ in range(f.width)], 1)
