@@ -143,9 +143,9 @@ def _align_kind(align: nn.Module) -> str | None:
 
 def _packed_key(module: nn.Module) -> tuple[int, str] | None:
     """``(dim, "int<bits>")`` for a field whose dense or hashed table is packed in a kernel's
-    layout (:class:`QuantizedEmbedding` at 8 / 4 / 2 / 1 bits), ``(dim, "half-<dtype>")`` for a
-    16-bit one, else None: fields of one key serve through one read
-    (:class:`_PackedGroup`)."""
+    layout (:class:`QuantizedEmbedding` at 8 / 4 / 2 / 1 bits), ``(dim, "int1-coded")`` for
+    a field-scaled 1-bit one (codes and a value table), ``(dim, "half-<dtype>")`` for a
+    16-bit one, else None: fields of one key serve through one read (:class:`_PackedGroup`)."""
     if type(module) is not FieldEmbedding or type(module.table) not in (DenseTable, HashTable):
         return None
     q = module.table.embedding

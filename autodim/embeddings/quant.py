@@ -34,9 +34,11 @@ buffer in the layout of torch's quantized embedding-bag kernels that is also the
 storage (a row's codes, then its scale and offset; the 8-bit kernel wants float32 scales:
 the float16 ones widen exactly). 8-, 4- and 2-bit tables are read with those kernels
 (``quantized::embedding_bag_byte_rowwise_offsets`` / ``embedding_bag_4bit_rowwise_offsets`` /
-``embedding_bag_2bit_rowwise_offsets``). 1-bit tables, which no kernel reads, and tables
-on a device where torch has no such kernel (CUDA: none for 2 bits, none for 8 / 4 bits when
-a row is not a multiple of 4 bytes) are read by :func:`read_unpacked` from the same layout.
+``embedding_bag_2bit_rowwise_offsets``). Row-scaled 1-bit tables, which no kernel reads,
+and tables on a device where torch has no such kernel (CUDA: none for 2 bits, none for 8 /
+4 bits when a row is not a multiple of 4 bytes) are read by :func:`read_unpacked` from the
+same layout; field-scaled 1-bit tables hold their codes as stored and read each byte from
+a value table with the scale folded in (:func:`read_coded`).
 :func:`pack_model` turns a trained model's fake-quantized tables into these.
 """
 
