@@ -143,9 +143,10 @@ def _align_kind(align: nn.Module) -> str | None:
 
 def _packed_key(module: nn.Module) -> tuple[int, str] | None:
     """``(dim, "int<bits>")`` for a field whose dense or hashed table is packed in a kernel's
-    layout (:class:`QuantizedEmbedding` at 8 / 4 / 2 / 1 bits), ``(dim, "int1-coded")`` for
-    a field-scaled 1-bit one (codes and a value table), ``(dim, "half-<dtype>")`` for a
-    16-bit one, else None: fields of one key serve through one read (:class:`_PackedGroup`)."""
+    layout (:class:`QuantizedEmbedding` at 8 / 4 / 2 / 1 bits), ``(dim, "int<bits>-coded")``
+    for a coded one (field-scaled, 1 bit or one value a row: codes and a value table),
+    ``(dim, "half-<dtype>")`` for a 16-bit one, else None: fields of one key serve through
+    one read (:class:`_PackedGroup`)."""
     if type(module) is not FieldEmbedding or type(module.table) not in (DenseTable, HashTable):
         return None
     q = module.table.embedding
@@ -725,8 +726,8 @@ class _PackedGroup(_Group):
         self.dim, self.out_dim, self.bits = first.embedding_dim, out_dim, first.bits
         self.field_index = [i for i, _, _ in members]
         self.half = self.bits == 16
-        # field-scaled 1-bit tables: their codes one buffer, their byte tables another (read by
-        # read_coded, each column from its own field's 256 rows)
+        # coded tables (field-scaled, 1 bit or one value a row): their codes one buffer,
+        # their byte tables another (read_coded, each column from its own field's 256 rows)
         self.coded = not self.half and first.coded
         self.buffer = "weight" if self.half else "codes" if self.coded else "packed"
         sizes = [t.embedding.num_embeddings for t in tables]
@@ -1032,7 +1033,7 @@ class FusedEmbedding(FieldwiseEmbedding):
             raw = ids.t().index_select(0, cols)  # [columns, B]
             rows = (raw if moduli is None else torch.remainder(raw, moduli)) + offsets
             for c0, c1, packed, bits, dim, kind, w, pooling, coded in items:
-                if coded is not None:  # 1 bit, field scales: bytes read from the fields' tables
+                if coded is not None:  # coded: bytes read from the fields' value tables
                     lut, base = coded
                     if pooling is not None:
                         v = read_coded(packed, lut, rows[c0:c1].t(), base, dim)

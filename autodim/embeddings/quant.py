@@ -37,8 +37,8 @@ the float16 ones widen exactly). 8-, 4- and 2-bit tables are read with those ker
 ``embedding_bag_2bit_rowwise_offsets``). Row-scaled 1-bit tables, which no kernel reads,
 and tables on a device where torch has no such kernel (CUDA: none for 2 bits, none for 8 /
 4 bits when a row is not a multiple of 4 bytes) are read by :func:`read_unpacked` from the
-same layout; field-scaled 1-bit tables hold their codes as stored and read each byte from
-a value table with the scale folded in (:func:`read_coded`).
+same layout; field-scaled tables at 1 bit or of one value a row hold their codes as
+stored and read each byte from a value table with the scale folded in (:func:`read_coded`).
 :func:`pack_model` turns a trained model's fake-quantized tables into these.
 """
 
@@ -413,13 +413,15 @@ def read_unpacked(packed: torch.Tensor, bits: int, dim: int, rows: torch.Tensor,
 
 def read_coded(codes: torch.Tensor, lut: torch.Tensor, rows: torch.Tensor,
                base: torch.Tensor | None, dim: int) -> torch.Tensor:
-    """``[*rows.shape, dim]``: rows of field-scaled 1-bit tables (``codes``, one or several
-    tables' rows one after the other), each byte read from ``lut`` (256 rows a table: a
-    byte's values; ``base``: where each id's table starts in ``lut``, broadcastable to
-    ``rows``, or ``None`` for one table). Two gathers, the float values exact."""
+    """``[*rows.shape, dim]``: rows of coded tables (:class:`QuantizedEmbedding`; ``codes``,
+    one or several tables' rows one after the other), each byte read from ``lut`` (256 rows
+    a table: a byte's values; ``base``: where each id's table starts in ``lut``,
+    broadcastable to ``rows``, or ``None`` for one table). Two gathers, the float values
+    exact."""
     got = codes.index_select(0, rows.reshape(-1)).view(*rows.shape, codes.shape[1])
     idx = got.int() if base is None else got + base.unsqueeze(-1)  # uint8 + int: an int
-    v = lut.index_select(0, idx.reshape(-1)).view(*rows.shape, -1)
+    flat = lut.view(-1) if lut.shape[1] == 1 else lut  # one value a byte: a plain gather
+    v = flat.index_select(0, idx.reshape(-1)).view(*rows.shape, -1)
     return v if v.shape[-1] == dim else v[..., :dim]
 
 
@@ -464,14 +466,15 @@ class QuantizedEmbedding(nn.Module):
     so nothing is held twice: resident bytes are :func:`table_bytes` for row-scaled 4 / 2 /
     1 bits, plus 4 bytes a row for 8 bits (float32 scales) and for field scales (repeated);
     ``codes`` is then a view of the buffer and ``scale`` / ``offset`` copies read out of it.
-    A field-scaled 1-bit table holds its codes and its one scale and offset as stored, plus
-    ``lut``, the 256 byte values times the scale plus the offset (8 KiB, built at load),
-    which it reads each byte from (:func:`read_coded`): the repeated pair would be twice
-    the codes of a 16-dim row, and the kernels' layout read slower (MovieLens-100K, one
-    thread, 4096 rows: 1.8 against 1.5x the float32 model). At 8 / 4 / 2 bits the same
-    byte tables were measured and not kept: the kernels' fused reads are several times
-    faster than two plain gathers of small rows (int4 / int8 field-scaled, 4096 rows: 2.2
-    / 3.3x the float32 model against 0.97x).
+    A field-scaled table at 1 bit or of one value a row (``coded``: MEmCom's int8 scalars)
+    holds its codes and its one scale and offset as stored, plus ``lut``, the 256 byte
+    values times the scale plus the offset (at most 8 KiB, built at load), which it reads
+    each byte from (:func:`read_coded`): the repeated pair would be twice the codes of a
+    16-dim 1-bit row and 8 times a one-value row's byte, and at 1 bit the kernels' layout
+    read slower (MovieLens-100K, one thread, 4096 rows: 1.8 against 1.5x the float32
+    model). For wider 8 / 4 / 2-bit rows the same byte tables were measured and not kept:
+    the kernels' fused reads are several times faster than two plain gathers of small rows
+    (int4 / int8 field-scaled, 4096 rows: 2.2 / 3.3x the float32 model against 0.97x).
     """
 
     def __init__(self, rows: int, dim: int, precision: Mapping[str, Any]):
@@ -485,9 +488,11 @@ class QuantizedEmbedding(nn.Module):
         # 15.7 / 8.0 / 2.9x the float32 model at 1 / 256 / 4096 rows when each field read
         # its own codes through a byte-to-values table)
         self.field_scale = self.precision["scale"] == "field"
-        # 1 bit, one field scale: the codes as stored and a byte table with the scale folded
-        # in (one gather of the codes, one of the values; see the class docstring)
-        self.coded = self.bits == 1 and self.field_scale
+        # One field scale at 1 bit, or on rows of one value (MEmCom's int8 scalars): the
+        # codes as stored and a byte table with the scale folded in (one gather of the
+        # codes, one of the values; see the class docstring). In the kernels' layout a
+        # one-value row holds 1 code byte and 8 bytes of repeated scale and offset.
+        self.coded = self.field_scale and (self.bits == 1 or dim == 1)
         self.kernel_layout = self.bits <= 8 and not self.coded
         if self.bits >= 16:
             dtype = torch.float32 if self.bits == 32 else HALF_DTYPES[self.precision["dtype"]]
@@ -505,7 +510,7 @@ class QuantizedEmbedding(nn.Module):
         self._offsets: torch.Tensor | None = None
 
     def _values(self) -> torch.Tensor:
-        """``[256, 8]``: what each byte of a field-scaled 1-bit table reads as."""
+        """``[256, 8 // bits]``: what each byte of a coded table reads as."""
         return torch.addcmul(self.offset.float(), _byte_values(self.bits, self.codes.device),
                              self.scale.float())
 

@@ -371,7 +371,10 @@ def _hybrid_plan():
             # aligns (the group's own read)
             ("c2s", 36, 2, {"bits": 1, "scale": "field"}),
             ("c1s", 37, 4, {"bits": 1, "scale": "field"}),
-            ("c1q", 39, 4, {"bits": 1, "scale": "field"})]
+            ("c1q", 39, 4, {"bits": 1, "scale": "field"}),
+            # one value a row, one field scale: coded too (a one-wide projection)
+            ("e3", 52, 1, {"bits": 4, "scale": "field"}),
+            ("e4", 53, 1, {"bits": 8, "scale": "field"})]
     schema = Schema([Field(n, vocab_size=v, **({"kind": "sequence", "width": 3}
                                                if n in ("s", "s2", "t", "q", "r", "fs",
                                                         "c2s", "c1s") else {}))
@@ -419,8 +422,9 @@ def test_served_hybrid_groups_share_one_column_gather(tmp_path):
     assert kinds == [("identity", False, False), ("identity", False, False),
                      ("identity", False, False), ("identity", False, True),
                      ("identity", True, False), ("outer", False, False),
-                     ("outer", True, False), ("pad", False, False), ("pad", True, False),
-                     ("pad", True, False), ("pad", True, True), ("project", False, False),
+                     ("outer", False, True), ("outer", False, True), ("outer", True, False),
+                     ("pad", False, False), ("pad", True, False), ("pad", True, False),
+                     ("pad", True, True), ("project", False, False),
                      ("project", False, False), ("project", True, False)], kinds
     assert shared[2] is not None  # the hashed field's modulus
     # the float32 group and a 1-bit group of mixed aligns, then the field order
@@ -549,3 +553,30 @@ def test_served_models_read_without_the_kernels_and_follow_a_move(tmp_path, monk
     cpu = quant.one_id_per_bag(None, torch.zeros(4, dtype=torch.long))
     assert quant.one_id_per_bag(cpu, torch.zeros(4, dtype=torch.long, device="meta")
                                 ).device.type == "meta"
+
+
+def test_memcom_int8_scalars_hold_one_byte_an_id(tmp_path):
+    """MEmCom's int8 scalars (one field scale, one value a row) serve as their codes and a
+    256-value table: 1 byte an id resident, not 9 (a code byte and a repeated float32 pair
+    in the kernels' layout); reads equal the stored codes times the scale plus the offset,
+    and a served MEmCom model holds its plan's bytes plus a constant."""
+    from autodim.embeddings.fused import resident_bytes
+    from autodim.embeddings.quant import scalar_precision
+    from autodim.export import build_model, load_model, save_weights
+
+    rows = 1000
+    qe = QuantizedEmbedding(rows, 1, scalar_precision({"bits": 4, "scalars": "int8"}))
+    st = {"codes": torch.randint(0, 256, (rows, 1), dtype=torch.uint8),
+          "scale": torch.tensor([0.01]).half(), "offset": torch.tensor([-1.0]).half()}
+    qe.load_state_dict(st)
+    assert qe.coded and resident_bytes(qe) == rows + 4 + 256 * 4
+    ids = torch.randint(0, rows, (7, 3))
+    ref = st["codes"].float() * st["scale"].float() + st["offset"].float()
+    torch.testing.assert_close(qe(ids), ref[ids].squeeze(-1).unsqueeze(-1).view(7, 3, 1))
+
+    plan = _plan(4, memcom=True, scalars="int8")
+    model = build_model(plan, "fm")
+    path = save_weights(model.eval(), tmp_path / "w.safetensors", plan=plan, backbone="fm")
+    served = load_model(plan, path)
+    extra = resident_bytes(served.embedding) - plan.num_bytes()
+    assert 0 <= extra < 4 * SCHEMA.fields[0].vocab_size, extra  # scalars not repeated
