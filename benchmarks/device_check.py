@@ -70,6 +70,26 @@ def plans_to_check(schema, ratio: float) -> dict:
     return plans
 
 
+def training_plans(schema) -> dict:
+    """The plans ``train`` trains at 10x: full, QR, MEmCom, row-pruned and MDE int4 QAT."""
+    from inference import masked_plans
+
+    from autodim.baselines import baseline_plan
+    from autodim.budget import full_bytes
+
+    budget = int(full_bytes(schema, D) / 10)
+    plans = {name: baseline_plan(name, schema, D, None if name == "full" else budget)
+             for name in ("full", "qr", "memcom")}
+    plans["row-pruned"] = masked_plans(schema, budget)["row-pruned"]
+    q = copy.deepcopy(baseline_plan("mde", schema, D, budget * 4))
+    for f in q.fields:
+        if f.dim:
+            f.precision = {"bits": 4, "train": "qat"}
+    q.validate()
+    plans["mde int4 qat"] = q
+    return plans
+
+
 def hybrid_plan():
     """Dims, bits and hashing per field with sequence fields (pooling groups): the served
     packed groups' every kind of column (identity, pad, project, one-wide, hashed, 16-bit)."""
@@ -121,6 +141,11 @@ def loaded(plan, folder: Path):
     return load_model(plan, path).eval(), model
 
 
+def _err(e: Exception) -> str:
+    """An exception as one short line for the table."""
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+
+
 def rel(a, b) -> float:
     return float((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-12))
 
@@ -140,7 +165,7 @@ def check_outputs(name: str, served, trained, schema, device: str) -> dict:
         row["served max rel err"] = max(errs)
     except Exception as e:  # noqa: BLE001 - a table of what works and what does not
         row["served max rel err"] = None
-        row["error"] = f"served: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        row["error"] = f"served: {_err(e)}"
         traceback.print_exc()
     try:
         ids = random_ids(schema, 256, 7)
@@ -159,8 +184,7 @@ def check_outputs(name: str, served, trained, schema, device: str) -> dict:
                                                                       out["cpu"][1]))
     except Exception as e:  # noqa: BLE001
         row["train loss rel err"] = None
-        row["error"] = (row.get("error", "") + f" train: {type(e).__name__}: "
-                        f"{str(e).splitlines()[0][:200]}").strip()
+        row["error"] = f"{row.get('error', '')} train: {_err(e)}".strip()
         traceback.print_exc()
     # Gradients may differ more than outputs: a fake-quantized value that lands on a rounding
     # boundary rounds either way on the two devices, and LSQ's step gradient sums residuals.
@@ -175,11 +199,11 @@ def check_training(data, plans: dict, device: str, epochs: int) -> list[dict]:
     from autodim.data.datamodule import CTRDataModule
     from autodim.task import TrainConfig, train_plan
 
-    accel = "gpu" if device.startswith("cuda") else device
     rows = []
     for name, plan in plans.items():
         row: dict = {"part": "train", "model": name}
-        for where, acc in {"cpu": "cpu", device: accel}.items():  # once with --device cpu
+        # Lightning's accelerator of the device ("cuda:1" -> "cuda"); once with --device cpu
+        for where, acc in {"cpu": "cpu", device: device.split(":")[0]}.items():
             try:
                 t0 = time.perf_counter()
                 res = train_plan(plan, CTRDataModule(data, batch_size=1024, seed=0),
@@ -188,7 +212,7 @@ def check_training(data, plans: dict, device: str, epochs: int) -> list[dict]:
                 row[f"{where} test AUC"] = round(float(res.metrics["test_auc"]), 4)
                 row[f"{where} s"] = round(time.perf_counter() - t0, 1)
             except Exception as e:  # noqa: BLE001
-                row["error"] = f"{where}: {type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                row["error"] = f"{where}: {_err(e)}"
                 traceback.print_exc()
         if "error" not in row and device != "cpu":
             row["AUC diff"] = round(row[f"{device} test AUC"] - row["cpu test AUC"], 4)
@@ -295,22 +319,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if "train" not in skip:
         small = make_planted("planted", rows=20_000 if args.quick else 100_000, seed=0)
-        from autodim.baselines import baseline_plan
-        from autodim.budget import full_bytes
-
-        budget = int(full_bytes(small.schema, D) / 10)
-        tplans = {name: baseline_plan(name, small.schema, D, None if name == "full" else budget)
-                  for name in ("full", "qr", "memcom")}
-        from inference import masked_plans
-
-        tplans["row-pruned"] = masked_plans(small.schema, budget)["row-pruned"]
-        q = copy.deepcopy(baseline_plan("mde", small.schema, D, budget * 4))
-        for f in q.fields:
-            if f.dim:
-                f.precision = {"bits": 4, "train": "qat"}
-        q.validate()
-        tplans["mde int4 qat"] = q
-        rows += check_training(small, tplans, dev, 1 if args.quick else 2)
+        rows += check_training(small, training_plans(small.schema), dev,
+                               1 if args.quick else 2)
 
     if "latency" not in skip:
         moved = {}

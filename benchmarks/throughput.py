@@ -129,6 +129,11 @@ def plain_model(schema, D: int, backbone: str):
 DEVICE = "cpu"
 
 
+def _accelerator() -> str:
+    """Lightning's accelerator for :data:`DEVICE` (``cuda:1`` -> ``cuda``)."""
+    return DEVICE.split(":")[0]
+
+
 def _sync() -> None:
     if DEVICE.startswith("cuda"):
         import torch
@@ -180,9 +185,9 @@ def lightning_loop(task, dm, steps: int, warm: int = 0) -> float:
             self.t1 = time.perf_counter()
 
     window = Window()
-    accel = "gpu" if DEVICE.startswith("cuda") else DEVICE
     trainer = make_trainer(TrainConfig(max_epochs=1, max_steps=warm + steps,
-                                       accelerator=accel), [window], limit_val_batches=0)
+                                       accelerator=_accelerator()), [window],
+                           limit_val_batches=0)
     trainer.fit(task, train_dataloaders=dm.train_dataloader())
     release_optimizers(trainer)
     return window.t1 - window.t0
@@ -200,8 +205,7 @@ def measure(kind: str, data, backbone: str, batch_size: int, steps: int, D: int 
 
     seed_everything(0)
     plan = DimensionPlan.full(data.schema, D)
-    if DEVICE != "cpu":
-        train_kwargs.setdefault("accelerator", "gpu" if DEVICE.startswith("cuda") else DEVICE)
+    train_kwargs.setdefault("accelerator", _accelerator())
     if kind == "train_plan":
         dm = CTRDataModule(data, batch_size=batch_size, seed=0)
         cfg = TrainConfig(max_epochs=1, max_steps=steps, batch_size=batch_size,
@@ -460,7 +464,7 @@ def main() -> None:
             rows.append(row)
             print(row, flush=True)
 
-    on = "" if DEVICE == "cpu" else f"_{DEVICE.split(':')[0]}"
+    on = "" if DEVICE == "cpu" else f"_{_accelerator()}"
     stem = results_stem("throughput" + on, args.quick)
     titles = {"model": "Training throughput vs an independent plain PyTorch loop"
                        + (f" on {DEVICE}" if on else ""),

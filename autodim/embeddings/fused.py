@@ -1033,24 +1033,22 @@ class FusedEmbedding(FieldwiseEmbedding):
             raw = ids.t().index_select(0, cols)  # [columns, B]
             rows = (raw if moduli is None else torch.remainder(raw, moduli)) + offsets
             for c0, c1, packed, bits, dim, kind, w, pooling, coded in items:
-                if coded is not None:  # coded: bytes read from the fields' value tables
-                    lut, base = coded
-                    if pooling is not None:
-                        v = read_coded(packed, lut, rows[c0:c1].t(), base, dim)
-                        v = pooling._pool_rows(v.reshape(-1, dim), pooling._bag_weights(
-                            raw[c0:c1].t()), B).transpose(0, 1)
-                    else:  # [n, B, d]
-                        v = read_coded(packed, lut, rows[c0:c1], base[:, None], dim)
-                elif pooling is not None:  # bags of one sample's columns: batch-major
+                if pooling is not None:  # bags of one sample's columns: batch-major
                     weights = pooling._bag_weights(raw[c0:c1].t())
-                    r = rows[c0:c1].t().reshape(-1)
-                    if bits == 16:
+                    if coded is not None:  # bytes read from the fields' value tables
+                        v = read_coded(packed, coded[0], rows[c0:c1].t(), coded[1], dim)
+                        v = pooling._pool_rows(v.reshape(-1, dim), weights, B)
+                    elif bits == 16:
+                        r = rows[c0:c1].t().reshape(-1)
                         v = pooling._pool_rows(nn.functional.embedding(r, packed).float(),
                                                weights, B)
                     else:
+                        r = rows[c0:c1].t().reshape(-1)
                         v = read_packed(packed, bits, dim, r, pooling._bag_offsets(B, r.device),
                                         weights.reshape(-1)).view(B, -1, dim)
                     v = v.transpose(0, 1)  # [n, B, d], a view
+                elif coded is not None:  # [n, B, d]
+                    v = read_coded(packed, coded[0], rows[c0:c1], coded[1][:, None], dim)
                 else:
                     r = rows[c0:c1].view(-1)
                     if bits == 16:

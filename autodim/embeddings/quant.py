@@ -385,11 +385,10 @@ def read_unpacked(packed: torch.Tensor, bits: int, dim: int, rows: torch.Tensor,
     gather the rows, unpack their codes, ``q * scale + offset`` from each row's tail, and
     sum each bag (``offsets``: each bag's first row, as the kernel's; empty bags give 0;
     ``None``: one row a bag)."""
-    tail = 8 if bits == 8 else 4
-    nb = packed.shape[1] - tail
-    got = packed.index_select(0, rows)
     dtype = _scale_dtype(bits)
-    if got.shape[1] % tail == 0:  # the gathered rows read as scale / offset words in place
+    nb = packed.shape[1] - 2 * dtype.itemsize  # each row ends in its scale and offset
+    got = packed.index_select(0, rows)
+    if got.shape[1] % dtype.itemsize == 0:  # the rows read as scale / offset words in place
         pair = got.view(dtype)[:, -2:].float()
     else:  # a copy, not .contiguous(): one row's tail is contiguous already, at an odd offset
         pair = got[:, nb:].clone(memory_format=torch.contiguous_format).view(dtype).float()
@@ -441,7 +440,8 @@ def _byte_values(bits: int, device: torch.device) -> torch.Tensor:
 
 def one_id_per_bag(cached: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor:
     """Offsets ``0 .. n-1`` for ``n`` rows of one id each: ``cached`` when it fits (per-call
-    Python and allocation overhead is what decides small-batch latency)."""
+    Python and allocation overhead is what decides small-batch latency), also on the rows'
+    device (a moved table's cache is rebuilt here)."""
     n = rows.shape[0]
     if (cached is None or cached.shape[0] != n or cached.dtype != rows.dtype
             or cached.is_cpu != rows.is_cpu  # (is_cpu first: cheaper than .device)
@@ -568,12 +568,6 @@ class QuantizedEmbedding(nn.Module):
                 tail = _scale_pair(got["scale"].expand(rows), got["offset"].expand(rows),
                                    self.bits)
                 packed[:, nb:] = tail.to(packed.device)
-
-    def _apply(self, fn, recurse=True):
-        # A move (``.to(device)``) leaves plain attributes where they are: the cached
-        # offsets are rebuilt on the table's new device at the next read.
-        self._offsets = None
-        return super()._apply(fn, recurse)
 
     def num_bytes(self) -> int:
         return table_bytes(self.num_embeddings, self.embedding_dim, self.precision)
